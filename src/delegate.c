@@ -1,0 +1,346 @@
+/* delegate.c - jobtap entry points of flux-delegate.
+ *
+ * This is where a jobtap event enters.  Each callback below hands the
+ * topic and the job-manager's arguments to the Python handler
+ * (delegate_handler.py, function 'callback') and applies what it returns;
+ * the handler makes every decision.  The shim's own rules are few:
+ *
+ *  - job.dependency.delegate always reaches the handler: it is how a job
+ *    asks for delegation, at submit and, for jobs still waiting, when the
+ *    plugin is (re)loaded or the instance restarts.
+ *  - job.state.* and job.event.* reach the handler only for jobs it has
+ *    taken on (delegate_jobtap.job_attach()), so other jobs never enter
+ *    Python.
+ *  - A Python exception never escapes: pyerror.c turns it into a rejected
+ *    submit, a DelegationFailure job exception, or a log line.
+ *
+ * Plugin configuration (flux jobtap load delegate.so KEY=VALUE ...):
+ *   handler=PATH   handler file to use instead of the installed one.
+ * All of it is passed to the handler's plugin_load(), for its own keys.
+ */
+#if HAVE_CONFIG_H
+#include "config.h"
+#endif
+#include "delegate.h"
+
+#include <errno.h>
+#include <string.h>
+#include <syslog.h>
+#include <jansson.h>
+
+struct delegate {
+    flux_plugin_t *p;
+    flux_t *h;
+    char *handler_path;
+    PyObject *handler;      /* the handler module, NULL if it failed   */
+    char *load_error;       /* why the handler failed to load, or NULL */
+};
+
+/* Call handler.callback (topic, args, job) and merge the dict it returns,
+ * if any, into the callback's OUT arguments (e.g. "R" in job.state.sched).
+ * GIL held.  Returns 0, or -1 with a Python exception set.
+ */
+static int call_handler (struct delegate *d,
+                         const char *topic,
+                         flux_plugin_arg_t *args,
+                         PyObject *job)
+{
+    char *in = NULL;
+    PyObject *pyargs = NULL;
+    PyObject *result = NULL;
+    char *out = NULL;
+    json_t *o = NULL;
+    json_error_t error;
+    int rc = -1;
+
+    if (flux_plugin_arg_get (args, FLUX_PLUGIN_ARG_IN, &in) < 0) {
+        PyErr_Format (PyExc_OSError,
+                      "%s: reading arguments: %s",
+                      topic,
+                      flux_plugin_arg_strerror (args));
+        goto done;
+    }
+    if (!(pyargs = json_to_python (in)))
+        goto done;
+    if (!(result = PyObject_CallMethod (d->handler,
+                                        "callback",
+                                        "sOO",
+                                        topic,
+                                        pyargs,
+                                        job ? job : Py_None)))
+        goto done;
+    if (result != Py_None) {
+        if (!PyDict_Check (result)) {
+            PyErr_Format (PyExc_TypeError,
+                          "callback(%s) must return a dict or None",
+                          topic);
+            goto done;
+        }
+        if (PyDict_Size (result) > 0) {
+            if (!(out = python_to_json (result)))
+                goto done;
+            if (!(o = json_loads (out, 0, &error))
+                || flux_plugin_arg_pack (args,
+                                         FLUX_PLUGIN_ARG_OUT,
+                                         "O",
+                                         o) < 0) {
+                PyErr_Format (PyExc_OSError,
+                              "%s: setting returned values: %s",
+                              topic,
+                              o ? flux_plugin_arg_strerror (args)
+                                : error.text);
+                goto done;
+            }
+        }
+    }
+    rc = 0;
+done:
+    json_decref (o);
+    free (out);
+    free (in);
+    Py_XDECREF (result);
+    Py_XDECREF (pyargs);
+    return rc;
+}
+
+static flux_jobid_t job_id (flux_plugin_arg_t *args)
+{
+    flux_jobid_t id = FLUX_JOBTAP_CURRENT_JOB;
+    (void) flux_plugin_arg_unpack (args, FLUX_PLUGIN_ARG_IN, "{s?I}",
+                                   "id", &id);
+    return id;
+}
+
+/* job.dependency.delegate: a job asks to be delegated.  At submit, an
+ * error here rejects the job; for a job already waiting (plugin load,
+ * instance restart), the job-manager logs it and the job keeps waiting.
+ */
+static int dependency_delegate_cb (flux_plugin_t *p,
+                                   const char *topic,
+                                   flux_plugin_arg_t *args,
+                                   void *arg)
+{
+    struct delegate *d = arg;
+    int rc = 0;
+
+    if (!d->handler)
+        return flux_jobtap_reject_job (p,
+                                       args,
+                                       "delegate: handler %s failed to load:"
+                                       " %s (see broker log)",
+                                       d->handler_path,
+                                       d->load_error ? d->load_error : "?");
+    PYTHON_ENTER
+    if (call_handler (d, topic, args, NULL) < 0)
+        rc = pyerror_report_current (p, args, PYERROR_SUBMIT,
+                                     job_id (args), topic);
+    PYTHON_LEAVE
+    return rc;
+}
+
+/* job.state.* and job.event.*: only for jobs the handler has taken on. */
+static int job_cb (flux_plugin_t *p,
+                   const char *topic,
+                   flux_plugin_arg_t *args,
+                   void *arg)
+{
+    struct delegate *d = arg;
+    PyObject *job;
+    int rc = 0;
+
+    if (!d->handler
+        || !(job = flux_jobtap_job_aux_get (p,
+                                            FLUX_JOBTAP_CURRENT_JOB,
+                                            DELEGATE_JOB_AUX)))
+        return 0;
+    PYTHON_ENTER
+    if (call_handler (d, topic, args, job) < 0)
+        rc = pyerror_report_current (p, args, PYERROR_JOB,
+                                     job_id (args), topic);
+    PYTHON_LEAVE
+    return rc;
+}
+
+/* conf.update: the broker configuration changed (or the plugin was just
+ * loaded).  An error here makes 'flux config reload' fail with the message.
+ */
+static int conf_update_cb (flux_plugin_t *p,
+                           const char *topic,
+                           flux_plugin_arg_t *args,
+                           void *arg)
+{
+    struct delegate *d = arg;
+    int rc = 0;
+
+    if (!d->handler)
+        return 0;
+    PYTHON_ENTER
+    if (call_handler (d, topic, args, NULL) < 0)
+        rc = pyerror_report_current (p, args, PYERROR_PLUGIN,
+                                     FLUX_JOBTAP_CURRENT_JOB, topic);
+    PYTHON_LEAVE
+    return rc;
+}
+
+/* plugin.query: 'flux jobtap query delegate.so'.  The shim reports which
+ * handler it runs (and why it failed, if it did); the handler adds its own.
+ */
+static int plugin_query_cb (flux_plugin_t *p,
+                            const char *topic,
+                            flux_plugin_arg_t *args,
+                            void *arg)
+{
+    struct delegate *d = arg;
+    int rc = 0;
+
+    if (flux_plugin_arg_pack (args,
+                              FLUX_PLUGIN_ARG_OUT,
+                              "{s:s s:s?}",
+                              "handler", d->handler_path,
+                              "handler_error", d->load_error) < 0)
+        return flux_jobtap_error (p, args, "delegate: %s",
+                                  flux_plugin_arg_strerror (args));
+    if (!d->handler)
+        return 0;
+    PYTHON_ENTER
+    if (call_handler (d, topic, args, NULL) < 0)
+        rc = pyerror_report_current (p, args, PYERROR_PLUGIN,
+                                     FLUX_JOBTAP_CURRENT_JOB, topic);
+    PYTHON_LEAVE
+    return rc;
+}
+
+/* Log why the handler could not be used, with its traceback, and keep the
+ * reason for rejected submits and 'flux jobtap query'.  GIL held.
+ */
+static void handler_failed (struct delegate *d, const char *what)
+{
+    char *summary;
+    char *tb;
+    char *line;
+    char *saveptr = NULL;
+
+    pyerror_fetch (&summary, &tb);
+    flux_log (d->h, LOG_ERR, "delegate: handler %s %s: %s",
+              d->handler_path, what, summary);
+    for (line = strtok_r (tb, "\n", &saveptr);
+         line != NULL;
+         line = strtok_r (NULL, "\n", &saveptr))
+        flux_log (d->h, LOG_ERR, "delegate:   %s", line);
+    free (tb);
+    free (d->load_error);
+    d->load_error = summary;
+    Py_CLEAR (d->handler);
+}
+
+/* Import the handler and call its plugin_load (conf).  GIL held.
+ * A handler that fails leaves the plugin loaded: delegated submits are
+ * then rejected with the reason, and jobs already waiting keep waiting
+ * until a good handler is loaded.  Failing the load instead would fail the
+ * job-manager itself when the plugin is loaded from broker config.
+ */
+static void handler_start (struct delegate *d)
+{
+    const char *conf = flux_plugin_get_conf (d->p);
+    PyObject *pyconf = NULL;
+    PyObject *result;
+
+    if (!(d->handler = handler_import (d->handler_path))) {
+        handler_failed (d, "failed to import");
+        return;
+    }
+    if (!(pyconf = json_to_python (conf ? conf : "{}"))
+        || !(result = PyObject_CallMethod (d->handler,
+                                           "plugin_load",
+                                           "O",
+                                           pyconf))) {
+        handler_failed (d, "plugin_load failed");
+        Py_XDECREF (pyconf);
+        return;
+    }
+    Py_DECREF (result);
+    Py_DECREF (pyconf);
+    flux_log (d->h, LOG_INFO, "delegate: handler %s loaded", d->handler_path);
+}
+
+/* Plugin destructor ('flux jobtap remove', or job-manager unload).
+ * Detach the module functions first, so that the handler's plugin_unload
+ * (and any late continuation) cannot call into a plugin being destroyed.
+ * Python itself stays up.
+ */
+static void delegate_destroy (void *arg)
+{
+    struct delegate *d = arg;
+    PyObject *result;
+
+    if (!d)
+        return;
+    if (jobtap_module_get_plugin () == d->p)
+        jobtap_module_set_plugin (NULL);
+    if (d->handler) {
+        PYTHON_ENTER
+        if (!(result = PyObject_CallMethod (d->handler,
+                                            "plugin_unload",
+                                            NULL)))
+            handler_failed (d, "plugin_unload failed");
+        Py_XDECREF (result);
+        Py_CLEAR (d->handler);
+        PYTHON_LEAVE
+    }
+    free (d->handler_path);
+    free (d->load_error);
+    free (d);
+}
+
+static const struct flux_plugin_handler tab[] = {
+    { "job.dependency.delegate", dependency_delegate_cb, NULL },
+    { "job.state.*",             job_cb,                 NULL },
+    { "job.event.*",             job_cb,                 NULL },
+    { "conf.update",             conf_update_cb,         NULL },
+    { "plugin.query",            plugin_query_cb,        NULL },
+    { 0 },
+};
+
+int flux_plugin_init (flux_plugin_t *p)
+{
+    flux_t *h = flux_jobtap_get_flux (p);
+    const char *path = DELEGATE_HANDLER_PATH;
+    struct delegate *d;
+    flux_error_t error;
+    const struct flux_plugin_handler *t;
+
+    if (flux_plugin_conf_unpack (p, "{s?s}", "handler", &path) < 0) {
+        flux_log (h, LOG_ERR, "delegate: handler=PATH must be a string");
+        return -1;
+    }
+    if (!(d = calloc (1, sizeof (*d)))
+        || !(d->handler_path = strdup (path))) {
+        free (d);
+        return -1;
+    }
+    d->p = p;
+    d->h = h;
+    if (flux_plugin_aux_set (p, NULL, d, delegate_destroy) < 0) {
+        delegate_destroy (d);
+        return -1;
+    }
+    if (interpreter_start (&error) < 0) {
+        flux_log (h, LOG_ERR, "delegate: %s", error.text);
+        return -1;
+    }
+    jobtap_module_set_plugin (p);
+
+    PYTHON_ENTER
+    handler_start (d);
+    PYTHON_LEAVE
+
+    if (flux_plugin_set_name (p, "delegate") < 0)
+        return -1;
+    for (t = tab; t->topic; t++) {
+        if (flux_plugin_add_handler (p, t->topic, t->cb, d) < 0)
+            return -1;
+    }
+    return 0;
+}
+
+// vi:ts=4 sw=4 expandtab

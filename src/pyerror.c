@@ -1,0 +1,263 @@
+/* pyerror.c - the one place a Python exception becomes a Flux error.
+ *
+ * Whatever the handler raises ends up here, from a jobtap callback (via
+ * delegate.c) or from a future continuation (via
+ * delegate_jobtap.report_exception()): the traceback goes to the broker
+ * log, and the job gets a clear rejection or DelegationFailure exception.
+ * The broker itself never sees the exception: nothing propagates, nothing
+ * stops the job-manager's reactor.
+ */
+#if HAVE_CONFIG_H
+#include "config.h"
+#endif
+/* Python.h (via delegate.h) comes before any system header, as the
+ * embedding docs require; it also defines _GNU_SOURCE. */
+#include "delegate.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <syslog.h>
+
+int errorf (flux_error_t *errp, const char *fmt, ...)
+{
+    if (errp) {
+        va_list ap;
+        va_start (ap, fmt);
+        vsnprintf (errp->text, sizeof (errp->text), fmt, ap);
+        va_end (ap);
+    }
+    return -1;
+}
+
+static char *xstrdup_or_fallback (const char *s, const char *fallback)
+{
+    char *copy = strdup (s ? s : fallback);
+    /* Out of memory while reporting an error: a static string would be
+     * wrong to free(), so retry with the (short) fallback once.
+     */
+    if (!copy)
+        copy = strdup (fallback);
+    return copy;
+}
+
+/* str(value), or "" if it has none.  GIL held; never raises. */
+static char *format_message (PyObject *value)
+{
+    PyObject *text = NULL;
+    const char *s = NULL;
+    char *result;
+
+    if (value && (text = PyObject_Str (value)))
+        s = PyUnicode_AsUTF8 (text);
+    PyErr_Clear ();
+    result = xstrdup_or_fallback (s, "");
+    Py_XDECREF (text);
+    return result;
+}
+
+/* "Type: message" (or "Type" alone).  GIL held; never raises. */
+static char *format_summary (PyObject *type, PyObject *value)
+{
+    PyObject *name = NULL;
+    const char *name_s = NULL;
+    char *message = format_message (value);
+    char *result = NULL;
+
+    if (type && (name = PyObject_GetAttrString (type, "__name__")))
+        name_s = PyUnicode_AsUTF8 (name);
+    PyErr_Clear ();
+    if (!name_s)
+        name_s = "Exception";
+    if (message && *message) {
+        if (asprintf (&result, "%s: %s", name_s, message) < 0)
+            result = NULL;
+    }
+    else
+        result = strdup (name_s);
+    Py_XDECREF (name);
+    free (message);
+    return result ? result : xstrdup_or_fallback (NULL, "unknown error");
+}
+
+/* The whole traceback, as traceback.format_exception() prints it. */
+static char *format_traceback (PyObject *type, PyObject *value, PyObject *tb)
+{
+    PyObject *module = NULL;
+    PyObject *lines = NULL;
+    PyObject *empty = NULL;
+    PyObject *joined = NULL;
+    const char *s = NULL;
+    char *result;
+
+    if ((module = PyImport_ImportModule ("traceback"))
+        && (lines = PyObject_CallMethod (module,
+                                         "format_exception",
+                                         "OOO",
+                                         type ? type : Py_None,
+                                         value ? value : Py_None,
+                                         tb ? tb : Py_None))
+        && (empty = PyUnicode_FromString (""))
+        && (joined = PyUnicode_Join (empty, lines)))
+        s = PyUnicode_AsUTF8 (joined);
+    PyErr_Clear ();
+    result = xstrdup_or_fallback (s, "(traceback unavailable)");
+    Py_XDECREF (joined);
+    Py_XDECREF (empty);
+    Py_XDECREF (lines);
+    Py_XDECREF (module);
+    return result;
+}
+
+void pyerror_fetch (char **summary, char **traceback)
+{
+    PyObject *type, *value, *tb;
+
+    PyErr_Fetch (&type, &value, &tb);
+    PyErr_NormalizeException (&type, &value, &tb);
+    *summary = format_summary (type, value);
+    *traceback = format_traceback (type, value, tb);
+    Py_XDECREF (type);
+    Py_XDECREF (value);
+    Py_XDECREF (tb);
+}
+
+/* Log a multi-line traceback one line at a time: the broker log is line
+ * oriented, and 'flux dmesg' shows each line with its own header.
+ */
+static void log_traceback (flux_t *h, int level, const char *tb)
+{
+    char *copy = strdup (tb);
+    char *saveptr = NULL;
+    char *line;
+
+    if (!copy)
+        return;
+    for (line = strtok_r (copy, "\n", &saveptr);
+         line != NULL;
+         line = strtok_r (NULL, "\n", &saveptr))
+        flux_log (h, level, "delegate:   %s", line);
+    free (copy);
+}
+
+/* Is the job still able to take a fatal exception?  Once it is in CLEANUP
+ * it is ending anyway; another exception there would only add noise.
+ */
+static bool job_can_take_exception (flux_plugin_t *p,
+                                    flux_plugin_arg_t *args,
+                                    flux_jobid_t id)
+{
+    flux_plugin_arg_t *lookup = NULL;
+    int state = 0;
+    bool result = false;
+
+    if (args)
+        (void) flux_plugin_arg_unpack (args,
+                                       FLUX_PLUGIN_ARG_IN,
+                                       "{s?i}",
+                                       "state", &state);
+    else if ((lookup = flux_jobtap_job_lookup (p, id)))
+        (void) flux_plugin_arg_unpack (lookup,
+                                       FLUX_PLUGIN_ARG_IN,
+                                       "{s?i}",
+                                       "state", &state);
+    else
+        return false;
+    result = !(state & (FLUX_JOB_STATE_CLEANUP | FLUX_JOB_STATE_INACTIVE));
+    flux_plugin_arg_destroy (lookup);
+    return result;
+}
+
+int pyerror_report (flux_plugin_t *p,
+                    flux_plugin_arg_t *args,
+                    enum pyerror_site site,
+                    flux_jobid_t id,
+                    const char *where,
+                    PyObject *type,
+                    PyObject *value,
+                    PyObject *tb)
+{
+    flux_t *h = flux_jobtap_get_flux (p);
+    bool user_error = type && PyErr_GivenExceptionMatches (type,
+                                                           PyExc_ValueError);
+    char *summary = format_summary (type, value);
+    char *traceback = format_traceback (type, value, tb);
+    char idbuf[64] = "";
+
+    (void) flux_job_id_encode (id, "f58", idbuf, sizeof (idbuf));
+
+    switch (site) {
+        case PYERROR_SUBMIT:
+            /* A ValueError is the handler's way of saying "this value is
+             * wrong": the message is for the user, as is.  Anything else
+             * is a handler bug: say so, and keep the traceback for the
+             * admin.
+             */
+            if (user_error) {
+                char *message = format_message (value);
+                flux_log (h, LOG_INFO, "delegate: %s: rejected: %s",
+                          where, message);
+                flux_jobtap_reject_job (p, args, "delegate: %s", message);
+                free (message);
+            }
+            else {
+                flux_log (h, LOG_ERR, "delegate: %s: handler error: %s",
+                          where, summary);
+                log_traceback (h, LOG_ERR, traceback);
+                flux_jobtap_reject_job (p, args,
+                                        "delegate: handler error: %s"
+                                        " (traceback in broker log)",
+                                        summary);
+            }
+            break;
+        case PYERROR_JOB:
+            flux_log (h, LOG_ERR, "delegate: %s: %s: handler error: %s",
+                      idbuf, where, summary);
+            log_traceback (h, LOG_ERR, traceback);
+            if (job_can_take_exception (p, args, id)
+                && flux_jobtap_raise_exception (p,
+                                                id,
+                                                DELEGATE_EXCEPTION_TYPE,
+                                                0,
+                                                "delegate: handler error in"
+                                                " %s: %s (traceback in"
+                                                " broker log)",
+                                                where,
+                                                summary) < 0)
+                flux_log_error (h, "delegate: %s: raising exception", idbuf);
+            break;
+        case PYERROR_PLUGIN:
+            flux_log (h, LOG_ERR, "delegate: %s: handler error: %s",
+                      where, summary);
+            log_traceback (h, LOG_ERR, traceback);
+            /* e.g. conf.update: the message reaches 'flux config reload' */
+            if (args)
+                (void) flux_jobtap_error (p, args, "delegate: %s", summary);
+            break;
+    }
+    free (summary);
+    free (traceback);
+    return -1;
+}
+
+int pyerror_report_current (flux_plugin_t *p,
+                            flux_plugin_arg_t *args,
+                            enum pyerror_site site,
+                            flux_jobid_t id,
+                            const char *where)
+{
+    PyObject *type, *value, *tb;
+    int rc;
+
+    PyErr_Fetch (&type, &value, &tb);
+    PyErr_NormalizeException (&type, &value, &tb);
+    if (tb && value)
+        (void) PyException_SetTraceback (value, tb);
+    rc = pyerror_report (p, args, site, id, where, type, value, tb);
+    Py_XDECREF (type);
+    Py_XDECREF (value);
+    Py_XDECREF (tb);
+    return rc;
+}
+
+// vi:ts=4 sw=4 expandtab
