@@ -1,0 +1,189 @@
+"""Real Flux instances for the integration tests.
+
+FluxInstance starts 'flux start' in the background with an initial
+program that writes the instance's URI to a file and then waits until a
+"run" file is removed, so a test can talk to the instance for as long as
+it needs and stop it cleanly.  Commands are run against it with FLUX_URI.
+"""
+
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import tempfile
+import time
+
+FLUX = os.environ.get("FLUX", shutil.which("flux") or "flux")
+
+#: The delegate.so and handler under test (set by 'make check').
+PLUGIN = os.environ.get("DELEGATE_PLUGIN", "")
+HANDLER = os.environ.get("DELEGATE_HANDLER", "")
+
+
+class CommandError(AssertionError):
+    pass
+
+
+class FluxClient:
+    """Run flux commands against the instance at 'uri'."""
+
+    def __init__(self, uri):
+        self.uri = uri
+
+    # -- commands ------------------------------------------------------------
+
+    def env(self):
+        env = dict(os.environ)
+        env["FLUX_URI"] = self.uri
+        return env
+
+    def run(self, *args, check=True, timeout=60, input=None):
+        """Run 'flux ARGS' against this instance; CompletedProcess."""
+        proc = subprocess.run(
+            [FLUX, *args],
+            env=self.env(),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            input=input,
+        )
+        if check and proc.returncode != 0:
+            raise CommandError(
+                f"flux {' '.join(args)} exited {proc.returncode}:\n"
+                f"{proc.stdout}{proc.stderr}"
+            )
+        return proc
+
+    def submit(self, *args):
+        return self.run("submit", *args).stdout.strip()
+
+    def eventlog(self, jobid, path="eventlog"):
+        out = self.run("job", "eventlog", "-f", "json", "-p", path, jobid).stdout
+        return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+    def wait_event(self, jobid, name, timeout=30, match=None):
+        """Wait for event 'name' (with context key=value 'match') and return
+        it as a dict."""
+        args = ["job", "wait-event", "-f", "json", "-t", str(timeout)]
+        if match:
+            args += ["-m", match]
+        out = self.run(*args, jobid, name, timeout=timeout + 10).stdout
+        return json.loads(out.strip().splitlines()[-1])
+
+    def wait_memo(self, jobid, key, timeout=30):
+        """Wait for a memo event setting 'key' (e.g. a batch job's "uri")."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            for event in self.eventlog(jobid):
+                if event["name"] == "memo" and key in event["context"]:
+                    return event["context"][key]
+            time.sleep(0.1)
+        raise AssertionError(f"no memo {key} for {jobid} within {timeout}s")
+
+    def status(self, jobid, timeout=60):
+        """'flux job status' exit code of a job (waits for it to end)."""
+        return self.run("job", "status", jobid, check=False, timeout=timeout).returncode
+
+    def exception(self, jobid):
+        """The job's first fatal exception event context, or None."""
+        for event in self.eventlog(jobid):
+            if event["name"] == "exception" and event["context"]["severity"] == 0:
+                return event["context"]
+        return None
+
+    def jobs(self):
+        """All jobs of this instance (flux jobs -a) as a list of dicts."""
+        out = self.run("jobs", "-a", "--json").stdout
+        return json.loads(out)["jobs"] if out.strip() else []
+
+    def dmesg(self):
+        return self.run("dmesg").stdout
+
+
+class FluxInstance(FluxClient):
+    """A Flux instance of its own, started and stopped by the test."""
+
+    def __init__(self, size=1, config=None, statedir=None, name="flux"):
+        self.size = size
+        self.config = config
+        self.statedir = statedir
+        self.name = name
+        self.dir = tempfile.mkdtemp(prefix=f"delegate-{name}-")
+        self.uri = None
+        self.proc = None
+
+    # -- lifetime ------------------------------------------------------------
+
+    def start(self, timeout=60):
+        urifile = os.path.join(self.dir, "uri")
+        self.runfile = os.path.join(self.dir, "run")
+        open(self.runfile, "w").close()
+        if os.path.exists(urifile):
+            os.unlink(urifile)
+        args = [FLUX, "start", f"--test-size={self.size}"]
+        if self.config is not None:
+            confdir = os.path.join(self.dir, "conf.d")
+            os.makedirs(confdir, exist_ok=True)
+            with open(os.path.join(confdir, "test.toml"), "w") as fp:
+                fp.write(self.config)
+            args.append(f"--config-path={confdir}")
+        if self.statedir is not None:
+            args.append(f"-Sstatedir={self.statedir}")
+        script = (
+            f"flux getattr local-uri > {shlex.quote(urifile)}.tmp"
+            f" && mv {shlex.quote(urifile)}.tmp {shlex.quote(urifile)}"
+            f" && while test -e {shlex.quote(self.runfile)}; do sleep 0.1; done"
+        )
+        self.log = open(os.path.join(self.dir, "broker.log"), "w")
+        self.proc = subprocess.Popen(
+            args + ["sh", "-c", script],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            cwd=self.dir,
+            start_new_session=True,
+        )
+        deadline = time.time() + timeout
+        while not os.path.exists(urifile):
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited: {self.broker_log()}")
+            if time.time() > deadline:
+                self.stop()
+                raise RuntimeError(f"{self.name} did not start: {self.broker_log()}")
+            time.sleep(0.05)
+        with open(urifile) as fp:
+            self.uri = fp.read().strip()
+        return self
+
+    def stop(self, timeout=60):
+        if self.proc is None:
+            return
+        if os.path.exists(self.runfile):
+            os.unlink(self.runfile)
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, 9)
+            self.proc.wait()
+        self.proc = None
+        self.log.close()
+
+    def cleanup(self):
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def broker_log(self):
+        try:
+            with open(os.path.join(self.dir, "broker.log")) as fp:
+                return fp.read()[-4000:]
+        except OSError:
+            return ""
+
+    # -- the plugin under test -------------------------------------------------
+
+    def load_plugin(self, handler=None, *conf):
+        handler = handler or HANDLER
+        return self.run("jobtap", "load", PLUGIN, f"handler={handler}", *conf)
+
+    def remove_plugin(self):
+        return self.run("jobtap", "remove", "delegate.so")
