@@ -53,14 +53,16 @@ static int call_handler (struct delegate *d,
     json_error_t error;
     int rc = -1;
 
-    if (flux_plugin_arg_get (args, FLUX_PLUGIN_ARG_IN, &in) < 0) {
+    /* Some callbacks (plugin.query) come with no IN arguments at all. */
+    if (flux_plugin_arg_get (args, FLUX_PLUGIN_ARG_IN, &in) < 0
+        && errno != ENOENT) {
         PyErr_Format (PyExc_OSError,
                       "%s: reading arguments: %s",
                       topic,
                       flux_plugin_arg_strerror (args));
         goto done;
     }
-    if (!(pyargs = json_to_python (in)))
+    if (!(pyargs = json_to_python (in ? in : "{}")))
         goto done;
     if (!(result = PyObject_CallMethod (d->handler,
                                         "callback",

@@ -48,23 +48,21 @@ def pytest_collection_modifyitems(config, items):
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
-    skipped = [
-        report
-        for report in terminalreporter.stats.get("skipped", [])
-        if "integration test:" in str(report.longrepr)
-    ]
-    if skipped:
-        bar = "!" * 72
-        terminalreporter.write_line(bar, red=True, bold=True)
-        terminalreporter.write_line(
-            f"{len(skipped)} INTEGRATION TESTS SKIPPED: {UNAVAILABLE}",
-            red=True,
-            bold=True,
-        )
-        terminalreporter.write_line(
-            "Nothing that needs a Flux broker was tested.", red=True, bold=True
-        )
-        terminalreporter.write_line(bar, red=True, bold=True)
+    """Say loudly how much was skipped for want of flux-core."""
+    skipped = terminalreporter.stats.get("skipped", [])
+    integration = [r for r in skipped if "integration test:" in str(r.longrepr)]
+    bindings = [r for r in skipped if "flux-core's Python bindings" in str(r.longrepr)]
+    if not integration and not bindings:
+        return
+    bar = "!" * 72
+    say = lambda text: terminalreporter.write_line(text, red=True, bold=True)  # noqa
+    say(bar)
+    if integration:
+        say(f"{len(integration)} INTEGRATION TESTS SKIPPED: {UNAVAILABLE}")
+        say("Nothing that needs a Flux broker was tested.")
+    if bindings:
+        say(f"{len(bindings)} unit tests skipped: flux-core's Python bindings are missing")
+    say(bar)
 
 
 def start_instance(request, **kwargs):

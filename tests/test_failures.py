@@ -1,0 +1,108 @@
+"""Bad inputs and failing targets: a clear message, never a hang or a loss."""
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def strict_target(request):
+    """A target whose policy rejects jobs longer than a minute."""
+    from conftest import start_instance
+
+    return start_instance(
+        request, name="strict-target", config='[policy.limits]\nduration = "1m"\n'
+    )
+
+
+def fails_fast(source, jobid, limit=5.0):
+    """Wait for the job to end; return its DelegationFailure context after
+    checking it ended within 'limit' seconds of submission."""
+    clean = source.wait_event(jobid, "clean", timeout=30)
+    submit = source.eventlog(jobid)[0]
+    assert clean["timestamp"] - submit["timestamp"] < limit
+    exc = source.exception(jobid)
+    assert exc is not None, source.eventlog(jobid)
+    assert exc["type"] == "DelegationFailure"
+    assert exc["severity"] == 0
+    assert "delegated" not in [e["name"] for e in source.eventlog(jobid)]
+    return exc
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ("", "delegate needs a target"),
+        ("cluster-that-is-not-a-uri", "is neither a URI nor a job id"),
+    ],
+)
+def test_value_wrong_on_its_face_is_rejected_at_submit(source, value, message):
+    proc = source.run("submit", f"--dependency=delegate:{value}", "true", check=False)
+    assert proc.returncode != 0
+    assert message in proc.stderr
+    assert "delegate:" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "value, note",
+    [
+        ("foo://bar/baz", "unknown URI scheme 'foo'"),
+        ("local://", "names no socket path"),
+        ("ssh:///tmp/socket", "names no host"),
+        ("jobid:not-a-job", "'not-a-job' is not a job id"),
+        ("local:///nonexistent/flux/local-0", "cannot connect to"),
+    ],
+)
+def test_failure_before_remote_job_exists(source, value, note):
+    jobid = source.submit(f"--dependency=delegate:{value}", "true")
+    exc = fails_fast(source, jobid)
+    assert note in exc["note"]
+    assert value in exc["note"]
+
+
+def test_job_id_of_a_job_that_runs_no_instance(source):
+    plain = source.submit("true")
+    source.status(plain)
+    jobid = source.submit(f"--dependency=delegate:{plain}", "true")
+    exc = fails_fast(source, jobid)
+    assert f"job {plain} is not running" in exc["note"]
+
+
+def test_job_id_that_does_not_exist(source):
+    jobid = source.submit("--dependency=delegate:ƒ2222222", "true")
+    exc = fails_fast(source, jobid)
+    assert "not found" in exc["note"] and "ƒ2222222" in exc["note"]
+
+
+def test_target_rejects_the_jobspec(source, strict_target):
+    jobid = source.submit(
+        f"--dependency=delegate:{strict_target.uri}", "-t", "1h", "true"
+    )
+    exc = fails_fast(source, jobid)
+    assert f"submit to {strict_target.uri} failed" in exc["note"]
+    assert "duration" in exc["note"]
+    assert strict_target.jobs() == []
+
+
+def test_remote_alloc_exception(source, target):
+    # More cores than the target has: its scheduler raises an alloc
+    # exception, which ends the local job with DelegationFailure.
+    jobid = source.submit(f"--dependency=delegate:{target.uri}", "-n", "64", "true")
+    source.wait_event(jobid, "delegated")
+    source.wait_event(jobid, "clean")
+    exc = source.exception(jobid)
+    assert exc["type"] == "DelegationFailure"
+    assert "alloc exception" in exc["note"]
+
+
+def test_stopped_target(source):
+    from flux_instance import FluxInstance
+
+    gone = FluxInstance(name="gone").start()
+    uri = gone.uri
+    gone.cleanup()
+    jobid = source.submit(f"--dependency=delegate:{uri}", "true")
+    exc = fails_fast(source, jobid)
+    assert uri in exc["note"]
+    # The broker is still fine: a plain job runs.
+    assert source.status(source.submit("true")) == 0

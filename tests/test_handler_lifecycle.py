@@ -1,0 +1,143 @@
+"""The handler file: override, reload without a broker restart, failures.
+
+Variants of the real handler are made by replacing one line of it; the
+replaced text must be there, so these tests fail loudly if it changes.
+"""
+
+import pytest
+from flux_instance import HANDLER
+
+pytestmark = pytest.mark.integration
+
+DELEGATED_CONTEXT = '{"jobid": int(self.remote_id), "uri": self.uri}'
+
+
+def handler_variant(path, old, new):
+    with open(HANDLER) as fp:
+        text = fp.read()
+    assert old in text, f"handler no longer contains {old!r}"
+    path.write_text(text.replace(old, new))
+    return str(path)
+
+
+def marked(path, marker):
+    """A handler that adds "marker" to the delegated event's context."""
+    return handler_variant(
+        path,
+        DELEGATED_CONTEXT,
+        DELEGATED_CONTEXT[:-1] + f', "marker": "{marker}"' + "}",
+    )
+
+
+def test_handler_override_and_reload(fresh_source, target, tmp_path):
+    source = fresh_source
+    path = marked(tmp_path / "site_handler.py", "first")
+    source.load_plugin(path)
+    jobid = source.submit(f"--dependency=delegate:{target.uri}", "true")
+    assert source.wait_event(jobid, "delegated")["context"]["marker"] == "first"
+    assert source.status(jobid) == 0
+
+    # Edit the file, remove + load: the new code runs, no broker restart.
+    marked(tmp_path / "site_handler.py", "second")
+    source.remove_plugin()
+    source.load_plugin(path)
+    jobid = source.submit(f"--dependency=delegate:{target.uri}", "true")
+    assert source.wait_event(jobid, "delegated")["context"]["marker"] == "second"
+    assert source.status(jobid) == 0
+    assert "delegate: handler " + path + " loaded" in source.dmesg()
+
+
+def test_query_names_the_handler(fresh_source):
+    fresh_source.load_plugin()
+    import json
+
+    query = json.loads(fresh_source.run("jobtap", "query", "delegate.so").stdout)
+    assert query["handler"] == HANDLER
+    assert query["handler_error"] is None
+    assert query["jobs"] == {}
+
+
+def test_job_in_flight_survives_remove_and_load(fresh_source, target):
+    source = fresh_source
+    source.load_plugin()
+    jobid = source.submit(f"--dependency=delegate:{target.uri}", "sh", "-c", "sleep 2; exit 7")
+    rid = str(source.wait_event(jobid, "delegated")["context"]["jobid"])
+
+    source.remove_plugin()
+    # The remote job ends while no handler follows it; the local job stays
+    # held (DEPEND), nothing is lost.
+    target.wait_event(rid, "clean", timeout=30)
+    state = source.run("jobs", "-n", "-o", "{state}", jobid).stdout.strip()
+    assert state == "DEPEND"
+
+    source.load_plugin()
+    assert source.status(jobid) == 7
+    assert "following" in source.dmesg()
+
+
+def test_broken_handler_is_reported_and_does_not_hurt_the_broker(fresh_source, target, tmp_path):
+    source = fresh_source
+    broken = tmp_path / "broken_handler.py"
+    broken.write_text("def callback(:\n")
+    source.load_plugin(str(broken))
+
+    proc = source.run("submit", f"--dependency=delegate:{target.uri}", "true", check=False)
+    assert proc.returncode != 0
+    assert str(broken) in proc.stderr
+    assert "SyntaxError" in proc.stderr
+    dmesg = source.dmesg()
+    assert f"handler {broken} failed to import: SyntaxError" in dmesg
+    assert "Traceback" in dmesg
+    # Plain jobs are not affected.
+    assert source.status(source.submit("true")) == 0
+
+    # Fix it and reload: delegation works.
+    source.remove_plugin()
+    source.load_plugin()
+    jobid = source.submit(f"--dependency=delegate:{target.uri}", "true")
+    assert source.status(jobid) == 0
+
+
+def test_missing_handler_file(fresh_source, target):
+    source = fresh_source
+    source.load_plugin("/nonexistent/delegate_handler.py")
+    proc = source.run("submit", f"--dependency=delegate:{target.uri}", "true", check=False)
+    assert proc.returncode != 0
+    assert "/nonexistent/delegate_handler.py failed to load" in proc.stderr
+    assert "FileNotFoundError" in proc.stderr
+
+
+def test_handler_error_in_callback_rejects_with_traceback(fresh_source, target, tmp_path):
+    source = fresh_source
+    path = handler_variant(
+        tmp_path / "raising.py",
+        '    """job.dependency.delegate: take the job on, or reject it."""\n',
+        '    """job.dependency.delegate: take the job on, or reject it."""\n'
+        '    raise RuntimeError("boom in callback")\n',
+    )
+    source.load_plugin(path)
+    proc = source.run("submit", f"--dependency=delegate:{target.uri}", "true", check=False)
+    assert proc.returncode != 0
+    assert "handler error: RuntimeError: boom in callback" in proc.stderr
+    dmesg = source.dmesg()
+    assert "Traceback" in dmesg and 'raise RuntimeError("boom in callback")' in dmesg
+
+
+def test_handler_error_in_continuation_fails_only_that_job(fresh_source, target, tmp_path):
+    source = fresh_source
+    path = handler_variant(
+        tmp_path / "raising.py",
+        '        J = future.get()["J"]\n',
+        '        J = future.get()["J"]\n'
+        '        raise RuntimeError("boom in continuation")\n',
+    )
+    source.load_plugin(path)
+    jobid = source.submit(f"--dependency=delegate:{target.uri}", "true")
+    source.wait_event(jobid, "clean")
+    exc = source.exception(jobid)
+    assert exc["type"] == "DelegationFailure"
+    assert "RuntimeError: boom in continuation" in exc["note"]
+    assert "on_J" in exc["note"]
+    assert "Traceback" in source.dmesg()
+    # The job-manager's reactor kept running: plain jobs still run.
+    assert source.status(source.submit("true")) == 0
