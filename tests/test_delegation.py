@@ -182,10 +182,12 @@ def test_plain_jobs_are_untouched(source, target):
     assert len(target.jobs()) == before
 
 
-def test_child_instance_job_id_as_target(source):
+def test_child_instance_job_id_as_target(source, tmp_path):
     # A sub-instance of the source (flux batch), named by its job id: the
     # handler resolves it from job-list's "uri" annotation of the job.
-    child = source.run("batch", "-n1", "--wrap", "sleep", "300").stdout.strip()
+    child = source.run(
+        "batch", "-n1", f"--output={tmp_path}/batch.out", "--wrap", "sleep", "300"
+    ).stdout.strip()
     try:
         source.wait_memo(child, "uri", timeout=60)
         jobid = source.submit(f"--dependency=delegate:{child}", "--job-name=in-child", "true")
