@@ -311,7 +311,9 @@ int flux_plugin_init (flux_plugin_t *p)
     flux_error_t error;
     const struct flux_plugin_handler *t;
 
-    if (flux_plugin_conf_unpack (p, "{s?s}", "handler", &path) < 0) {
+    /* No arguments at all is fine: the installed handler is used. */
+    if (flux_plugin_get_conf (p)
+        && flux_plugin_conf_unpack (p, "{s?s}", "handler", &path) < 0) {
         flux_log (h, LOG_ERR, "delegate: handler=PATH must be a string");
         return -1;
     }
