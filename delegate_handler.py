@@ -51,8 +51,10 @@ import copy
 import errno
 import json
 import os
+import queue
 import socket
 import syslog
+import threading
 import time
 
 try:
@@ -61,6 +63,7 @@ try:
     import flux.job
     import flux.kvs
     import flux.uri
+    from flux.constants import FLUX_POLLIN
     from flux.core.inner import ffi, lib, raw
     from flux.job import JobID
 except ImportError:  # pragma: no cover
@@ -83,6 +86,9 @@ LOCAL_ONLY_ATTRIBUTES = ("dependencies", "delegate")
 
 #: Default seconds to wait for a target to answer a submit.
 DEFAULT_SUBMIT_TIMEOUT = 30.0
+
+#: Default seconds to wait for a connection to a target (an ssh:// login).
+DEFAULT_CONNECT_TIMEOUT = 30.0
 
 #: How long the local job "runs" once the remote one has finished: only
 #: long enough for job-exec to post start and finish (test exec mode).
@@ -281,22 +287,24 @@ def log(level, message):
         runtime.log(level, message)
 
 
-def then(future, callback, job=None, timeout=-1.0):
-    """future.then(callback) made safe for the job-manager's reactor.
+def guard(callback, job=None, owner=None):
+    """callback made safe for the job-manager's reactor.
 
-    In flux's bindings an exception escaping a continuation stops the
-    reactor it runs on, here the job-manager's.  Every continuation goes
-    through this guard: an exception is reported against 'job' (log line
-    with traceback + DelegationFailure) and goes no further.  Continuations
-    of a handler that has since been unloaded do nothing.
+    In flux's bindings an exception escaping a future continuation or a
+    watcher callback stops the reactor it runs on, here the job-manager's.
+    Everything the reactor calls goes through this guard: an exception is
+    reported against 'job' (log line with traceback + DelegationFailure) or,
+    without a job, logged; it goes no further.  Callbacks of a handler that
+    has since been unloaded do nothing.  'owner' is the Runtime the callback
+    belongs to (default: the current one).
     """
-    owner = runtime
+    owner = owner or runtime
 
-    def guarded(fut):
+    def guarded(*args):
         if owner is None or owner.unloaded:
             return
         try:
-            callback(fut)
+            callback(*args)
         except Exception:  # pylint: disable=broad-except
             where = getattr(callback, "__qualname__", str(callback))
             try:
@@ -307,21 +315,23 @@ def then(future, callback, job=None, timeout=-1.0):
             except Exception:  # pylint: disable=broad-except
                 pass
 
-    future.then(guarded, timeout=timeout)
+    return guarded
+
+
+def then(future, callback, job=None, timeout=-1.0):
+    """future.then(callback), guarded (see guard())."""
+    future.then(guard(callback, job), timeout=timeout)
     return future
 
 
 class RemoteInstance:
-    """One connection to a target, opened once and shared by every job.
+    """An open connection to a target, on the job-manager's reactor (its
+    futures' continuations run there like any other job-manager event)."""
 
-    The handle is put on the job-manager's reactor, so its futures'
-    continuations run there like any other job-manager event.
-    """
-
-    def __init__(self, uri, reactor):
+    def __init__(self, uri, handle, reactor):
         self.uri = uri
-        self.handle = flux.Flux(uri)
-        raw.flux_set_reactor(self.handle.handle, reactor)
+        self.handle = handle
+        raw.flux_set_reactor(handle.handle, reactor)
         self.opened = time.time()
 
 
@@ -337,12 +347,144 @@ CONNECTION_ERRORS = {
 }
 
 
+class Connections:
+    """One connection per target URI, opened once and shared by every job.
+
+    flux_open() blocks: the local connector retries connect() with sleeps,
+    and both the local and ssh connectors wait for the target broker's
+    handshake (for ssh://, the whole ssh login).  On the job-manager's
+    thread that would stall every job, for minutes if a host is down.  So
+    a connection is opened on a short-lived helper thread (one per target,
+    not per job), and the result comes back to the job-manager's reactor
+    through a pipe and an fd watcher.  Jobs waiting for it give up after
+    connect-timeout.
+    """
+
+    def __init__(self, runtime, timeout):
+        self.runtime = runtime
+        self.timeout = timeout
+        self.open = {}  # uri -> RemoteInstance
+        self.waiters = {}  # uri -> [Waiter]
+        self.opening = set()  # uris with a helper thread at work
+        # Connections dropped after an error stay referenced: futures still
+        # in flight on them must not see their handle closed under them.
+        self.retired = []
+        self.results = queue.SimpleQueue()
+        self.rfd, self.wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.watcher = runtime.handle.fd_watcher_create(
+            self.rfd, self.on_readable, events=FLUX_POLLIN
+        )
+        self.watcher.start()
+
+    def get(self, uri, on_open, on_error, job=None):
+        """Call on_open(remote) with the connection to uri, once open, or
+        on_error(message)."""
+        remote = self.open.get(uri)
+        if remote is not None:
+            on_open(remote)
+            return
+        owner = self.runtime
+        waiter = Waiter(
+            self, uri, guard(on_open, job, owner), guard(on_error, job, owner)
+        )
+        self.waiters.setdefault(uri, []).append(waiter)
+        if uri not in self.opening:
+            self.opening.add(uri)
+            thread = threading.Thread(
+                target=self.open_in_thread, args=(uri,), name="delegate-connect"
+            )
+            thread.daemon = True
+            thread.start()
+
+    def open_in_thread(self, uri):
+        """Helper thread: only flux_open(), nothing that touches jobtap or
+        the job-manager's reactor."""
+        try:
+            result = flux.Flux(uri)
+        except Exception as exc:  # pylint: disable=broad-except
+            result = exc
+        self.results.put((uri, result))
+        try:
+            os.write(self.wfd, b"\0")
+        except OSError:
+            pass
+
+    def on_readable(self, *unused):
+        """fd watcher: drain the pipe first, whatever happens next, or the
+        (level-triggered) watcher would fire again and again."""
+        try:
+            while os.read(self.rfd, 512):
+                pass
+        except Exception:  # pylint: disable=broad-except
+            pass
+        guard(self.on_results, owner=self.runtime)()
+
+    def on_results(self):
+        while True:
+            try:
+                uri, result = self.results.get_nowait()
+            except queue.Empty:
+                return
+            self.opening.discard(uri)
+            waiters = self.waiters.pop(uri, [])
+            if isinstance(result, Exception):
+                message = getattr(result, "strerror", None) or str(result)
+                self.runtime.log(syslog.LOG_INFO, f"cannot connect to {uri}: {message}")
+                for waiter in waiters:
+                    waiter.finish(None, message)
+                continue
+            remote = RemoteInstance(uri, result, self.runtime.reactor)
+            self.open[uri] = remote
+            self.runtime.log(syslog.LOG_INFO, f"connected to {uri}")
+            for waiter in waiters:
+                waiter.finish(remote, None)
+
+    def failed(self, remote, error):
+        """Stop reusing a connection that failed; the next job reconnects."""
+        code = getattr(error, "errno", None)
+        if code in CONNECTION_ERRORS and self.open.get(remote.uri) is remote:
+            del self.open[remote.uri]
+            self.retired.append(remote)
+            self.runtime.log(syslog.LOG_INFO, f"dropped connection to {remote.uri}: {error}")
+
+    def close(self):
+        self.watcher.stop()
+
+
+class Waiter:
+    """A job waiting for a connection, with its own timeout."""
+
+    def __init__(self, connections, uri, on_open, on_error):
+        self.connections = connections
+        self.uri = uri
+        self.on_open = on_open
+        self.on_error = on_error
+        self.timer = connections.runtime.handle.timer_watcher_create(
+            connections.timeout, guard(self.expire, owner=connections.runtime)
+        )
+        self.timer.start()
+
+    def finish(self, remote, message):
+        self.timer.stop()
+        if remote is not None:
+            self.on_open(remote)
+        else:
+            self.on_error(message)
+
+    def expire(self, *unused):
+        waiters = self.connections.waiters.get(self.uri, [])
+        if self in waiters:
+            waiters.remove(self)
+            self.on_error(f"no answer within {self.connections.timeout:g}s")
+
+
 class Runtime:
     """State of one loaded handler: plugin conf, the job-manager's handle,
     connections, and the delegated jobs it follows."""
 
     def __init__(self, conf):
         self.conf = dict(conf or {})
+        self.unloaded = False
         self.handle = flux.Flux(handle=ffi.cast("flux_t *", jobtap.handle()))
         # The job-manager owns its handle: the wrapper must never close it.
         self.handle.incref()
@@ -351,12 +493,9 @@ class Runtime:
         self.submit_timeout = float(
             self.conf.get("submit-timeout", DEFAULT_SUBMIT_TIMEOUT)
         )
-        self.connections = {}
-        # Connections dropped after an error stay referenced: futures still
-        # in flight on them must not see their handle closed under them.
-        self.retired = []
+        connect_timeout = float(self.conf.get("connect-timeout", DEFAULT_CONNECT_TIMEOUT))
         self.jobs = {}
-        self.unloaded = False
+        self.connections = Connections(self, connect_timeout)
 
     def log(self, level, message):
         try:
@@ -369,35 +508,20 @@ class Runtime:
 
         self.log(syslog.LOG_ERR, f"{where}: {traceback.format_exc()}")
 
-    def connect(self, uri):
-        """The connection to uri, opened on first use (raises OSError)."""
-        remote = self.connections.get(uri)
-        if remote is None:
-            remote = RemoteInstance(uri, self.reactor)
-            self.connections[uri] = remote
-            self.log(syslog.LOG_INFO, f"connected to {uri}")
-        return remote
-
-    def connection_failed(self, remote, error):
-        """Stop reusing a connection that failed; the next job reconnects."""
-        code = getattr(error, "errno", None)
-        if code in CONNECTION_ERRORS and self.connections.get(remote.uri) is remote:
-            del self.connections[remote.uri]
-            self.retired.append(remote)
-            self.log(syslog.LOG_INFO, f"dropped connection to {remote.uri}: {error}")
-
     def query(self):
         phases = {}
         for job in self.jobs.values():
             phases[job.phase] = phases.get(job.phase, 0) + 1
         return {
-            "connections": sorted(self.connections),
+            "connections": sorted(self.connections.open),
             "jobs": phases,
             "submit-timeout": self.submit_timeout,
+            "connect-timeout": self.connections.timeout,
         }
 
     def unload(self):
         self.unloaded = True
+        self.connections.close()
         for job in list(self.jobs.values()):
             job.stop_following()
 
@@ -501,27 +625,29 @@ class DelegatedJob:
             lib.free(original)
         environment = spec.get("attributes", {}).get("system", {}).get("environment")
         self.remote_spec = remote_jobspec(self.jobspec, environment)
-        resolve_target(self.target, self.submit, self.fail)
+        resolve_target(self, self.target, self.submit, self.fail)
 
     def submit(self, uri):
         if self.phase != SUBMITTING:
             return
         self.uri = uri
-        try:
-            self.remote = runtime.connect(uri)
-        except OSError as exc:
-            self.fail(f"cannot connect to {uri}: {exc.strerror or exc}")
+        runtime.connections.get(uri, self.submit_to, self.connect_failed, job=self)
+
+    def connect_failed(self, message):
+        self.fail(f"cannot connect to {self.uri}: {message}")
+
+    def submit_to(self, remote):
+        if self.phase != SUBMITTING:
             return
-        future = flux.job.submit_async(
-            self.remote.handle, json.dumps(self.remote_spec)
-        )
+        self.remote = remote
+        future = flux.job.submit_async(remote.handle, json.dumps(self.remote_spec))
         then(future, self.on_submitted, job=self, timeout=runtime.submit_timeout)
 
     def on_submitted(self, future):
         try:
             remote_id = future.get_id()
         except OSError as exc:
-            runtime.connection_failed(self.remote, exc)
+            runtime.connections.failed(self.remote, exc)
             if exc.errno == errno.ETIMEDOUT:
                 reason = f"no answer within {runtime.submit_timeout:g}s"
             else:
@@ -542,25 +668,29 @@ class DelegatedJob:
             syslog.LOG_INFO,
             f"{self.name}: delegated to {self.uri} as {self.remote_id.f58}",
         )
-        self.follow()
+        self.follow(self.remote)
 
     def resume(self, delegation):
         """Follow again a remote job delegated before a reload/restart."""
         self.phase = DELEGATED
         self.uri = delegation.get("uri")
         self.remote_id = JobID(delegation.get("jobid"))
-        try:
-            self.remote = runtime.connect(self.uri)
-        except OSError as exc:
-            self.fail(f"cannot reconnect to {self.uri}: {exc.strerror or exc}")
-            return
-        log(syslog.LOG_INFO, f"{self.name}: following {self.remote_id.f58} again")
-        self.follow()
+        log(
+            syslog.LOG_INFO,
+            f"{self.name}: following {self.remote_id.f58} on {self.uri} again",
+        )
+        runtime.connections.get(self.uri, self.follow, self.reconnect_failed, job=self)
+
+    def reconnect_failed(self, message):
+        self.fail(f"cannot reconnect to {self.uri}: {message}")
 
     # -- following the remote job ------------------------------------------
 
-    def follow(self):
-        self.watch = flux.job.event_watch_async(self.remote.handle, self.remote_id)
+    def follow(self, remote):
+        if self.phase != DELEGATED:
+            return
+        self.remote = remote
+        self.watch = flux.job.event_watch_async(remote.handle, self.remote_id)
         then(self.watch, self.on_remote_event, job=self)
 
     def stop_following(self):
@@ -577,7 +707,7 @@ class DelegatedJob:
         try:
             event = future.get_event()
         except OSError as exc:
-            runtime.connection_failed(self.remote, exc)
+            runtime.connections.failed(self.remote, exc)
             self.fail(
                 f"lost track of remote job {self.remote_id.f58} on {self.uri}:"
                 f" {exc.strerror or exc}"
@@ -695,8 +825,9 @@ def local_end_reason(args, name):
 # ---------------------------------------------------------------------------
 
 
-def resolve_target(target, on_uri, on_error):
-    """Call on_uri(uri) with the URI to connect to, or on_error(message)."""
+def resolve_target(job, target, on_uri, on_error):
+    """Call on_uri(uri) with the URI to connect to, or on_error(message).
+    Errors in the callbacks are reported against job."""
     if target.kind == "uri":
         try:
             on_uri(check_local_or_ssh(target.value))
@@ -711,7 +842,7 @@ def resolve_target(target, on_uri, on_error):
         except ValueError as exc:
             on_error(f"cannot use {target.value}: {exc}")
             return
-        JobidResolution(target.value, jobids, on_uri, on_error).step(runtime.handle)
+        JobidResolution(job, target.value, jobids, on_uri, on_error).step(runtime.handle)
         return
     on_error(
         f"cannot use {target.value}: unknown URI scheme '{target.scheme}'"
@@ -726,7 +857,8 @@ class JobidResolution:
     "uri" annotation of a running job), but with futures: the resolver
     itself would block the job-manager."""
 
-    def __init__(self, value, jobids, on_uri, on_error):
+    def __init__(self, job, value, jobids, on_uri, on_error):
+        self.job = job
         self.value = value
         self.jobids = list(jobids)
         self.on_uri = on_uri
@@ -736,7 +868,7 @@ class JobidResolution:
     def step(self, handle):
         jobid = self.jobids[0]
         future = flux.job.job_list_id(handle, jobid, attrs=["state", "annotations"])
-        then(future, self.on_job)
+        then(future, self.on_job, job=self.job)
 
     def on_job(self, future):
         jobid = self.jobids.pop(0)
@@ -774,13 +906,15 @@ class JobidResolution:
         if not self.jobids:
             self.on_uri(resolved)
             return
-        try:
-            self.step(runtime.connect(resolved).handle)
-        except OSError as exc:
-            self.on_error(
-                f"cannot use {self.value}: cannot connect to {resolved}:"
-                f" {exc.strerror or exc}"
-            )
+        # A job inside that instance: look it up there.
+        self.resolved = resolved
+        runtime.connections.get(resolved, self.step_into, self.connect_failed, job=self.job)
+
+    def step_into(self, remote):
+        self.step(remote.handle)
+
+    def connect_failed(self, message):
+        self.on_error(f"cannot use {self.value}: cannot connect to {self.resolved}: {message}")
 
 
 # ---------------------------------------------------------------------------

@@ -106,3 +106,36 @@ def test_stopped_target(source):
     assert uri in exc["note"]
     # The broker is still fine: a plain job runs.
     assert source.status(source.submit("true")) == 0
+
+
+def test_hung_target_does_not_stall_the_source(fresh_source, request):
+    """A target whose broker is stopped accepts the connection but never
+    answers: the connection attempt runs off the job-manager's thread, the
+    job fails after connect-timeout, and the source keeps working."""
+    import os
+    import signal
+    import time
+
+    from flux_instance import FluxInstance
+
+    hung = FluxInstance(name="hung").start()
+    request.addfinalizer(hung.cleanup)
+    pid = int(hung.run("getattr", "broker.pid").stdout)
+    os.kill(pid, signal.SIGSTOP)
+    request.addfinalizer(lambda: os.kill(pid, signal.SIGCONT))
+
+    fresh_source.load_plugin(None, "connect-timeout=3")
+    jobid = fresh_source.submit(f"--dependency=delegate:{hung.uri}", "true")
+    start = time.time()
+    # While the connection hangs, the job-manager serves other jobs.
+    assert fresh_source.status(fresh_source.submit("true"), timeout=10) == 0
+    assert time.time() - start < 2.5
+    exc = fails_fast(fresh_source, jobid, limit=10)
+    assert f"cannot connect to {hung.uri}: no answer within 3s" in exc["note"]
+
+
+def test_unresolvable_ssh_host(source):
+    uri = "ssh://host.invalid/tmp/flux-x/local-0"
+    jobid = source.submit(f"--dependency=delegate:{uri}", "true")
+    exc = fails_fast(source, jobid, limit=30)
+    assert f"cannot connect to {uri}" in exc["note"]

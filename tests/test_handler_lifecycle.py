@@ -72,7 +72,7 @@ def test_job_in_flight_survives_remove_and_load(fresh_source, target):
 
     source.load_plugin()
     assert source.status(jobid) == 7
-    assert "following" in source.dmesg()
+    assert f"{jobid}: following" in source.dmesg() and " again" in source.dmesg()
 
 
 def test_broken_handler_is_reported_and_does_not_hurt_the_broker(fresh_source, target, tmp_path):

@@ -41,4 +41,4 @@ def test_source_restart_during_remote_run(request, target):
     source.start()
     assert source.status(jobid, timeout=30) == 5
     assert target.exception(rid) is None
-    assert "following" in source.dmesg()
+    assert f"{jobid}: following" in source.dmesg() and " again" in source.dmesg()
