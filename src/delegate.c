@@ -113,6 +113,25 @@ static flux_jobid_t job_id (flux_plugin_arg_t *args)
     return id;
 }
 
+/* Enter Python for one callback: call the handler and report any
+ * exception as 'site' says (enum pyerror_site, delegate.h).  Returns the callback's rc.
+ */
+static int dispatch (struct delegate *d,
+                     flux_plugin_t *p,
+                     const char *topic,
+                     flux_plugin_arg_t *args,
+                     PyObject *job,
+                     enum pyerror_site site)
+{
+    int rc = 0;
+
+    PYTHON_ENTER
+    if (call_handler (d, topic, args, job) < 0)
+        rc = pyerror_report_current (p, args, site, job_id (args), topic);
+    PYTHON_LEAVE
+    return rc;
+}
+
 /* job.dependency.delegate: a job asks to be delegated.  At submit, an
  * error here rejects the job; for a job already waiting (plugin load,
  * instance restart), the job-manager logs it and the job keeps waiting.
@@ -123,7 +142,6 @@ static int dependency_delegate_cb (flux_plugin_t *p,
                                    void *arg)
 {
     struct delegate *d = arg;
-    int rc = 0;
 
     if (!d->handler)
         return flux_jobtap_reject_job (p,
@@ -132,12 +150,7 @@ static int dependency_delegate_cb (flux_plugin_t *p,
                                        " %s (see broker log)",
                                        d->handler_path,
                                        d->load_error ? d->load_error : "?");
-    PYTHON_ENTER
-    if (call_handler (d, topic, args, NULL) < 0)
-        rc = pyerror_report_current (p, args, PYERROR_SUBMIT,
-                                     job_id (args), topic);
-    PYTHON_LEAVE
-    return rc;
+    return dispatch (d, p, topic, args, NULL, PYERROR_SUBMIT);
 }
 
 /* job.state.* and job.event.*: only for jobs the handler has taken on. */
@@ -148,19 +161,13 @@ static int job_cb (flux_plugin_t *p,
 {
     struct delegate *d = arg;
     PyObject *job;
-    int rc = 0;
 
     if (!d->handler
         || !(job = flux_jobtap_job_aux_get (p,
                                             FLUX_JOBTAP_CURRENT_JOB,
                                             DELEGATE_JOB_AUX)))
         return 0;
-    PYTHON_ENTER
-    if (call_handler (d, topic, args, job) < 0)
-        rc = pyerror_report_current (p, args, PYERROR_JOB,
-                                     job_id (args), topic);
-    PYTHON_LEAVE
-    return rc;
+    return dispatch (d, p, topic, args, job, PYERROR_JOB);
 }
 
 /* conf.update: the broker configuration changed (or the plugin was just
@@ -172,16 +179,10 @@ static int conf_update_cb (flux_plugin_t *p,
                            void *arg)
 {
     struct delegate *d = arg;
-    int rc = 0;
 
     if (!d->handler)
         return 0;
-    PYTHON_ENTER
-    if (call_handler (d, topic, args, NULL) < 0)
-        rc = pyerror_report_current (p, args, PYERROR_PLUGIN,
-                                     FLUX_JOBTAP_CURRENT_JOB, topic);
-    PYTHON_LEAVE
-    return rc;
+    return dispatch (d, p, topic, args, NULL, PYERROR_PLUGIN);
 }
 
 /* plugin.query: 'flux jobtap query delegate.so'.  The shim reports which
@@ -193,7 +194,6 @@ static int plugin_query_cb (flux_plugin_t *p,
                             void *arg)
 {
     struct delegate *d = arg;
-    int rc = 0;
 
     if (flux_plugin_arg_pack (args,
                               FLUX_PLUGIN_ARG_OUT,
@@ -204,12 +204,7 @@ static int plugin_query_cb (flux_plugin_t *p,
                                   flux_plugin_arg_strerror (args));
     if (!d->handler)
         return 0;
-    PYTHON_ENTER
-    if (call_handler (d, topic, args, NULL) < 0)
-        rc = pyerror_report_current (p, args, PYERROR_PLUGIN,
-                                     FLUX_JOBTAP_CURRENT_JOB, topic);
-    PYTHON_LEAVE
-    return rc;
+    return dispatch (d, p, topic, args, NULL, PYERROR_PLUGIN);
 }
 
 /* Log why the handler could not be used, with its traceback, and keep the
