@@ -90,9 +90,19 @@ DEFAULT_SUBMIT_TIMEOUT = 30.0
 #: Default seconds to wait for a connection to a target (an ssh:// login).
 DEFAULT_CONNECT_TIMEOUT = 30.0
 
+#: Default seconds a connected candidate has to answer the pre-flight.
+DEFAULT_PREFLIGHT_TIMEOUT = 10.0
+
 #: How long the local job "runs" once the remote one has finished: only
 #: long enough for job-exec to post start and finish (test exec mode).
 RELEASE_RUN_DURATION = "0.001s"
+
+#: Policies built into this handler (site policies are added by config).
+BUILTIN_POLICIES = ("random", "least_pending", "shortest_match", "assign")
+
+#: Policy for --dependency=delegate with no value, unless configured.
+DEFAULT_POLICY = "least_pending"
+
 
 USAGE = (
     "use --dependency=delegate:URI with a Flux URI "
@@ -107,48 +117,82 @@ USAGE = (
 
 
 class Target:
-    """What a delegate:VALUE dependency names, before any resolution.
+    """What a delegate:VALUE dependency (or system.delegate) names, before
+    any resolution.
 
     kind is "uri" (a URI flux_open() takes as it is), "jobid" (a job of
-    this instance, or a path of jobs, running a Flux instance) or
-    "scheme" (another URI scheme, which this handler cannot open).
+    this instance, or a path of jobs, running a Flux instance), "scheme"
+    (another URI scheme, which this handler cannot open), "label" (a
+    registry entry: cluster) or "policy" (a policy chooses among the
+    registry's entries: policy, with its argument policy_arg).
     """
 
-    def __init__(self, value, kind, scheme, jobids=None):
+    def __init__(self, value, kind, scheme=None, jobids=None, cluster=None,
+                 policy=None, policy_arg=None):
         self.value = value
         self.kind = kind
         self.scheme = scheme
         self.jobids = jobids or []
+        self.cluster = cluster
+        self.policy = policy
+        self.policy_arg = policy_arg
 
     def __repr__(self):
         return f"Target({self.value!r}, kind={self.kind!r})"
 
 
-def parse_target(value):
+def parse_target(value, registry=None, policies=BUILTIN_POLICIES, default_policy=None):
     """Parse the value of a delegate dependency.
 
-    Raises ValueError for a value that is wrong on its face (empty, not a
-    URI): such a submit is rejected.  Anything that can only be found out by
-    trying (an unknown scheme, a socket that is not there, a job that runs
-    no instance) is left to resolve_*, and fails the job instead.
+    The value is, in this order: empty (the default policy chooses among
+    the registry's entries), a policy name (POLICY or POLICY:ARG), a label
+    of the registry, a URI, or a job id.  Raises ValueError for a value that
+    is wrong on its face (not any of these): such a submit is rejected.
+    Anything that can only be found out by trying (an unknown scheme, a
+    socket that is not there, a job that runs no instance, assign:N out of
+    range) is left for later, and fails the job instead.
     """
-    if not isinstance(value, str) or not value.strip():
+    registry = registry or Registry()
+    if value is None or (isinstance(value, str) and not value.strip()):
+        if not registry.clusters:
+            raise ValueError(f"no delegation targets are configured: {USAGE}")
+        return policy_target(value or "", default_policy or DEFAULT_POLICY)
+    if not isinstance(value, str):
         raise ValueError(f"delegate needs a target: {USAGE}")
     if any(c.isspace() or ord(c) < 32 for c in value):
         raise ValueError(f"'{value}' is not a URI (it contains white space)")
+    if value.partition(":")[0] in policies:
+        if not registry.clusters:
+            raise ValueError(
+                f"policy '{value}' has no targets to choose from:"
+                " no delegation targets are configured"
+            )
+        return policy_target(value, value)
+    cluster = registry.by_label(value)
+    if cluster is not None:
+        return Target(value, "label", cluster=cluster)
     scheme = uri_scheme(value)
     if scheme == "":
         # A bare job id, as 'flux proxy JOBID' takes it.
         try:
             jobids = parse_jobid_path(value)
         except ValueError:
-            raise ValueError(f"'{value}' is neither a URI nor a job id: {USAGE}")
+            raise ValueError(
+                f"'{value}' is not a URI, a job id, a registry label"
+                f" ({', '.join(registry.labels()) or 'none configured'})"
+                f" or a policy ({', '.join(policies)})"
+            )
         return Target(value, "jobid", "jobid", jobids)
     if scheme in ("local", "ssh"):
         return Target(value, "uri", scheme)
     if scheme == "jobid":
         return Target(value, "jobid", scheme)
     return Target(value, "scheme", scheme)
+
+
+def policy_target(value, policy):
+    name, _, arg = policy.partition(":")
+    return Target(value, "policy", policy=name, policy_arg=arg or None)
 
 
 def uri_scheme(value):
@@ -186,6 +230,344 @@ def check_local_or_ssh(value):
     return value
 
 
+# -- The registry: targets known by label ------------------------------------
+
+class Cluster:
+    """A registry entry: a target instance, known by its label.
+
+    origin is "config" (the broker's [[delegate]] entries, which assign:N
+    indexes in config order) or "user" (the user's registry file).  Keys
+    other than uri and label are kept in extra, for site policies.
+    """
+
+    def __init__(self, uri, label=None, origin="config", index=None, extra=None):
+        self.uri = uri
+        self.label = label
+        self.origin = origin
+        self.index = index
+        self.extra = dict(extra or {})
+
+    @property
+    def name(self):
+        return self.label or self.uri
+
+    def describe(self):
+        return f"{self.label} ({self.uri})" if self.label else self.uri
+
+    def __repr__(self):
+        return f"Cluster({self.uri!r}, label={self.label!r}, origin={self.origin!r})"
+
+
+class Registry:
+    def __init__(self, clusters=()):
+        self.clusters = list(clusters)
+
+    def by_label(self, label):
+        for cluster in self.clusters:
+            if cluster.label == label:
+                return cluster
+        return None
+
+    def by_uri(self, uri):
+        for cluster in self.clusters:
+            if cluster.uri == uri:
+                return cluster
+        return None
+
+    def labels(self):
+        return [c.label for c in self.clusters if c.label]
+
+    def config_entries(self):
+        """The broker's [[delegate]] entries, in config order (assign:N)."""
+        return [c for c in self.clusters if c.origin == "config"]
+
+
+def parse_registry(entries, origin, where):
+    """Clusters from a 'delegate' value, as the C delegate plugin reads it:
+    a list of URI strings (the older form) or of tables with 'uri' and an
+    optional 'label'; other keys are kept.  Raises ValueError naming 'where'
+    and the entry at fault."""
+    if entries is None:
+        return []
+    if not isinstance(entries, list):
+        raise ValueError(
+            f"{where}: 'delegate' must be a list of URIs or of tables with"
+            " 'uri' and 'label'"
+        )
+    clusters = []
+    seen = {}
+    for index, entry in enumerate(entries):
+        at = f"{where}: delegate[{index}]"
+        if isinstance(entry, str):
+            uri, label, extra = entry, None, {}
+        elif isinstance(entry, dict):
+            extra = dict(entry)
+            uri = extra.pop("uri", None)
+            label = extra.pop("label", None)
+        else:
+            raise ValueError(f"{at}: must be a URI or a table with 'uri'")
+        if not isinstance(uri, str) or not uri.strip():
+            raise ValueError(f"{at}: 'uri' must be a non-empty string")
+        if uri_scheme(uri) not in ("local", "ssh"):
+            raise ValueError(f"{at}: '{uri}' is not a local:// or ssh:// URI")
+        if label is not None:
+            if not isinstance(label, str) or not label.strip():
+                raise ValueError(f"{at}: 'label' must be a non-empty string")
+            if any(c.isspace() or c in ":/" for c in label):
+                raise ValueError(
+                    f"{at}: label '{label}' may not contain white space, ':' or '/'"
+                )
+            if label in BUILTIN_POLICIES:
+                raise ValueError(f"{at}: label '{label}' is the name of a policy")
+            if label in seen:
+                raise ValueError(
+                    f"{at}: label '{label}' is already used by delegate[{seen[label]}]"
+                )
+            seen[label] = index
+        clusters.append(Cluster(uri, label, origin, index, extra))
+    return clusters
+
+
+def merge_registry(config_clusters, user_clusters):
+    """The broker's entries, then the user's; on a label used by both, the
+    broker's wins.  Returns (Registry, [notes on dropped user entries])."""
+    labels = {c.label for c in config_clusters if c.label}
+    notes = []
+    merged = list(config_clusters)
+    for cluster in user_clusters:
+        if cluster.label in labels:
+            notes.append(
+                f"user registry entry '{cluster.label}' ({cluster.uri}) is"
+                " overridden by the broker config's entry of that label"
+            )
+            continue
+        merged.append(cluster)
+    return Registry(merged), notes
+
+
+def read_user_registry(path):
+    """Clusters from a user's YAML registry file ('delegate:' as in broker
+    config).  A missing file is an empty registry; anything else that is
+    wrong raises ValueError naming the file."""
+    try:
+        with open(path) as fp:
+            text = fp.read()
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        raise ValueError(f"{path}: {exc.strerror}")
+    import yaml
+
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: not valid YAML: {exc}")
+    if data is None:
+        return []
+    if not isinstance(data, dict) or set(data) - {"delegate"}:
+        raise ValueError(f"{path}: expected a mapping with one key, 'delegate'")
+    return parse_registry(data.get("delegate"), "user", path)
+
+
+def default_user_registry_path(environ=None):
+    """$FLUX_DELEGATE_REGISTRY, else $XDG_CONFIG_HOME/flux/delegate.yaml
+    (~/.config/flux/delegate.yaml): next to flux's own user config."""
+    environ = os.environ if environ is None else environ
+    if environ.get("FLUX_DELEGATE_REGISTRY"):
+        return environ["FLUX_DELEGATE_REGISTRY"]
+    base = environ.get("XDG_CONFIG_HOME") or os.path.join(
+        environ.get("HOME") or os.path.expanduser("~"), ".config"
+    )
+    return os.path.join(base, "flux", "delegate.yaml")
+
+
+# -- Policies: order the candidates for one job -------------------------------
+
+
+class Candidate:
+    """A target considered for one job, with what the pre-flight learned.
+
+    verdict: "feasible" (its scheduler says it could run the job),
+    "unknown" (no feasibility service there: ENOSYS), "infeasible",
+    "unreachable" (no connection or no answer in time), or None before the
+    pre-flight.  pending: jobs pending there (job-list), match_time:
+    Fluxion's longest match time in seconds; None where not known.
+    """
+
+    def __init__(self, cluster):
+        self.cluster = cluster
+        self.verdict = None
+        self.reason = None
+        self.pending = None
+        self.match_time = None
+        self.remote = None
+
+    label = property(lambda self: self.cluster.label)
+    uri = property(lambda self: self.cluster.uri)
+    name = property(lambda self: self.cluster.name)
+
+    def describe(self):
+        return self.cluster.describe()
+
+    @property
+    def usable(self):
+        return self.verdict in ("feasible", "unknown")
+
+    def record(self):
+        """For the provenance event."""
+        record = {"uri": self.uri, "verdict": self.verdict}
+        for key in ("label", "reason", "pending", "match_time"):
+            value = getattr(self, key)
+            if value is not None:
+                record[key] = value
+        return record
+
+    def __repr__(self):
+        return f"Candidate({self.name!r}, {self.verdict!r})"
+
+
+class PolicyError(Exception):
+    """A policy cannot choose (e.g. assign:N out of range): the job fails
+    with DelegationFailure and this message."""
+
+
+class JobView:
+    """What a policy sees of the job."""
+
+    def __init__(self, jobid, userid, jobspec):
+        self.id = jobid
+        self.userid = userid
+        self.jobspec = jobspec
+        self.attributes = jobspec.get("attributes", {})
+
+
+def no_argument(name, arg):
+    if arg is not None:
+        raise PolicyError(f"{name}: takes no argument (got '{arg}')")
+
+
+def order_random(job, candidates, arg=None):
+    """Any order: spread jobs over targets."""
+    no_argument("random", arg)
+    import random
+
+    return random.sample(candidates, len(candidates))
+
+
+def order_least_pending(job, candidates, arg=None):
+    """Fewest pending jobs first (job-list's count of jobs in DEPEND,
+    PRIORITY and SCHED); ties keep registry order, unknown counts last."""
+    no_argument("least_pending", arg)
+    return sorted(candidates, key=lambda c: (c.pending is None, c.pending or 0))
+
+
+def order_shortest_match(job, candidates, arg=None):
+    """Shortest Fluxion match time first (sched-fluxion-resource.stats-get,
+    the longest successful match, as the C delegate plugin compares it).
+    Targets that run no Fluxion are not candidates."""
+    no_argument("shortest_match", arg)
+    fluxion = [c for c in candidates if c.match_time is not None]
+    if not fluxion and candidates:
+        raise PolicyError(
+            "shortest_match: no target runs Fluxion: "
+            + "; ".join(f"{c.describe()}: {c.reason or 'no match statistics'}" for c in candidates)
+        )
+    return sorted(fluxion, key=lambda c: c.match_time)
+
+
+def order_assign(job, candidates, arg=None):
+    """assign:N: the N-th [[delegate]] entry of the broker config, counted
+    from 0 as the C delegate plugin does (assign alone is assign:0).  If it
+    fails, the entries after it are tried in order."""
+    entries = sorted(
+        (c for c in candidates if c.cluster.origin == "config"),
+        key=lambda c: c.cluster.index,
+    )
+    try:
+        index = int(arg) if arg is not None else 0
+        if index < 0:
+            raise ValueError
+    except ValueError:
+        raise PolicyError(f"assign: '{arg}' is not a number (assign:N, N counts from 0)")
+    if index >= len(entries):
+        raise PolicyError(
+            f"assign: sub-instance ID {index} out of range"
+            + (f" (0..{len(entries) - 1})" if entries else " (no [[delegate]] entries)")
+        )
+    return entries[index:]
+
+
+BUILTIN_ORDERS = {
+    "random": order_random,
+    "least_pending": order_least_pending,
+    "shortest_match": order_shortest_match,
+    "assign": order_assign,
+}
+
+#: What each built-in policy needs to know about the candidates.
+POLICY_METRICS = {
+    "random": (),
+    "least_pending": ("pending",),
+    "shortest_match": ("match_time",),
+    "assign": (),
+}
+
+
+def load_policy(name, spec):
+    """A site policy from 'module:function' (a module on sys.path, or
+    delegate_handler for a function of the handler itself) or
+    '/path/to/file.py:function'.  Raises ValueError."""
+    if not isinstance(spec, str) or ":" not in spec:
+        raise ValueError(f"policy '{name}': '{spec}' is not 'module:function'")
+    module_name, _, function = spec.rpartition(":")
+    import importlib
+    import importlib.util
+
+    try:
+        if module_name.endswith(".py") or "/" in module_name:
+            modspec = importlib.util.spec_from_file_location(
+                f"delegate_policy_{name}", module_name
+            )
+            module = importlib.util.module_from_spec(modspec)
+            modspec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(module_name)
+    except Exception as exc:  # pylint: disable=broad-except
+        raise ValueError(f"policy '{name}': cannot import {module_name}: {exc}")
+    order = getattr(module, function, None)
+    if not callable(order):
+        raise ValueError(f"policy '{name}': {module_name} has no function '{function}'")
+    import inspect
+
+    try:
+        takes_arg = len(inspect.signature(order).parameters) >= 3
+    except (TypeError, ValueError):
+        takes_arg = True
+    if takes_arg:
+        return order
+    return lambda job, candidates, arg=None: order(job, candidates)
+
+
+def apply_policy(order, name, arg, job, candidates):
+    """Run a policy and check what it returns: some of the candidates,
+    each at most once."""
+    try:
+        result = list(order(job, list(candidates), arg))
+    except PolicyError:
+        raise
+    except Exception as exc:  # pylint: disable=broad-except
+        raise PolicyError(f"policy {name} failed: {type(exc).__name__}: {exc}") from exc
+    ids = {id(c) for c in candidates}
+    seen = set()
+    for item in result:
+        if id(item) not in ids or id(item) in seen:
+            raise PolicyError(
+                f"policy {name} returned {item!r}, which is not one of its candidates"
+            )
+        seen.add(id(item))
+    return result
+
+
 def remote_jobspec(jobspec, environment=None):
     """The jobspec to submit remotely: the local one without what only
     means something here (dependencies, delegation attributes), with the
@@ -217,6 +599,8 @@ def find_delegation(eventlog):
     for entry in eventlog:
         if entry.get("name") == "delegated":
             found = entry.get("context") or {}
+        elif entry.get("name") == "delegate-failover":
+            found = None  # that remote job failed: choose again
     return found
 
 
@@ -480,7 +864,7 @@ class Waiter:
 
 class Runtime:
     """State of one loaded handler: plugin conf, the job-manager's handle,
-    connections, and the delegated jobs it follows."""
+    connections, the registry and policies, and the jobs it follows."""
 
     def __init__(self, conf):
         self.conf = dict(conf or {})
@@ -493,9 +877,109 @@ class Runtime:
         self.submit_timeout = float(
             self.conf.get("submit-timeout", DEFAULT_SUBMIT_TIMEOUT)
         )
+        self.preflight_timeout = float(
+            self.conf.get("preflight-timeout", DEFAULT_PREFLIGHT_TIMEOUT)
+        )
         connect_timeout = float(self.conf.get("connect-timeout", DEFAULT_CONNECT_TIMEOUT))
         self.jobs = {}
         self.connections = Connections(self, connect_timeout)
+        # Registry: broker config [[delegate]] + the user's registry file.
+        self.configured = False
+        self.config_clusters = []
+        self.registry_error = None
+        self.user_registry_path = self.conf.get("registry") or default_user_registry_path()
+        self.user_clusters = []
+        self.user_registry_stamp = None
+        self.user_registry_error = None
+        self.registry = Registry()
+        self.policies = dict(BUILTIN_ORDERS)
+        self.custom_policies = {}
+        self.default_policy = DEFAULT_POLICY
+
+    # -- configuration -------------------------------------------------------
+
+    def configure(self, conf):
+        """conf.update: the broker config (at load, and on 'flux config
+        reload').  A bad registry or policy table is reported and the
+        previous configuration kept: at load (nothing to keep yet) the
+        error is logged and shown by 'flux jobtap query'; on reload it is
+        raised, so that 'flux config reload' fails with the message."""
+        try:
+            clusters = parse_registry(conf.get("delegate"), "config", "broker config")
+            table = conf.get("delegate-policy") or {}
+            if not isinstance(table, dict):
+                raise ValueError("broker config: [delegate-policy] must be a table")
+            unknown = set(table) - {"default", "custom"}
+            if unknown:
+                raise ValueError(
+                    f"broker config: [delegate-policy] has unknown keys: {sorted(unknown)}"
+                )
+            custom = {}
+            for name, spec in (table.get("custom") or {}).items():
+                if name in BUILTIN_ORDERS:
+                    raise ValueError(f"[delegate-policy.custom]: '{name}' is a built-in policy")
+                custom[name] = load_policy(name, spec)
+            default = table.get("default", DEFAULT_POLICY)
+            if not isinstance(default, str) or default.partition(":")[0] not in (
+                set(BUILTIN_ORDERS) | set(custom)
+            ):
+                raise ValueError(f"[delegate-policy]: unknown default policy '{default}'")
+            labels = {c.label for c in clusters if c.label}
+            clash = labels & set(custom)
+            if clash:
+                raise ValueError(f"broker config: labels {sorted(clash)} are policy names")
+        except ValueError as exc:
+            if self.configured:
+                raise
+            self.registry_error = str(exc)
+            self.log(syslog.LOG_ERR, f"{exc}: no registry until the config is fixed")
+            self.configured = True
+            self.refresh_user_registry(force=True)
+            return
+        self.configured = True
+        self.registry_error = None
+        self.config_clusters = clusters
+        self.custom_policies = custom
+        self.policies = dict(BUILTIN_ORDERS, **custom)
+        self.default_policy = default
+        self.refresh_user_registry(force=True)
+        self.log(
+            syslog.LOG_INFO,
+            f"registry: {len(self.registry.clusters)} targets"
+            f" ({len(clusters)} from broker config), default policy {default}",
+        )
+
+    def refresh_user_registry(self, force=False):
+        """Re-read the user's registry file if it changed (one stat(2));
+        a file with errors is reported and its previous content kept."""
+        path = self.user_registry_path
+        try:
+            st = os.stat(path)
+            stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+        except OSError:
+            stamp = None
+        if stamp != self.user_registry_stamp or force:
+            self.user_registry_stamp = stamp
+            try:
+                self.user_clusters = read_user_registry(path)
+                self.user_registry_error = None
+            except ValueError as exc:
+                self.user_registry_error = str(exc)
+                self.log(syslog.LOG_ERR, f"user registry: {exc} (keeping the previous one)")
+        self.registry, notes = merge_registry(self.config_clusters, self.user_clusters)
+        if force:
+            for note in notes:
+                self.log(syslog.LOG_INFO, note)
+
+    def policy_metrics(self, policy):
+        """What the pre-flight must ask for a policy: a site policy gets
+        everything that can be known."""
+        if policy is None:
+            return ()
+        return POLICY_METRICS.get(policy, ("pending", "match_time"))
+
+    def policy_names(self):
+        return tuple(self.policies)
 
     def log(self, level, message):
         try:
@@ -517,6 +1001,16 @@ class Runtime:
             "jobs": phases,
             "submit-timeout": self.submit_timeout,
             "connect-timeout": self.connections.timeout,
+            "preflight-timeout": self.preflight_timeout,
+            "registry": [
+                dict(c.extra, uri=c.uri, label=c.label, origin=c.origin)
+                for c in self.registry.clusters
+            ],
+            "registry-error": self.registry_error,
+            "user-registry": self.user_registry_path,
+            "user-registry-error": self.user_registry_error,
+            "policies": sorted(self.policies),
+            "default-policy": self.default_policy,
         }
 
     def unload(self):
@@ -541,13 +1035,20 @@ ENDED = "ended"  # nothing left to do
 
 
 class DelegatedJob:
-    def __init__(self, args, target):
+    def __init__(self, args, target, doomed=None):
         self.id = int(args["id"])
+        self.userid = args.get("userid")
         self.jobspec = args["jobspec"]
         self.target = target
+        # A reason to fail as soon as the job may take an exception (set in
+        # job.new, where the job is NEW and cannot take one yet).
+        self.doomed = doomed
         self.phase = WAITING
         self.uri = None
         self.remote = None
+        self.candidate = None
+        self.attempts = []
+        self.failures = []
         self.remote_id = None
         self.outcome = RemoteOutcome()
         self.watch = None
@@ -580,6 +1081,9 @@ class DelegatedJob:
         instance restart)."""
         if self.phase != WAITING:
             return
+        if self.doomed is not None:
+            self.fail(self.doomed)
+            return
         if self.checking:
             self.recheck = True
             return
@@ -603,11 +1107,14 @@ class DelegatedJob:
             self.recheck = False
             self.check_ready()
 
-    # -- submitting remotely -----------------------------------------------
+    # -- choosing a target --------------------------------------------------
 
     def start(self):
-        """Fetch the job's environment (only in J), then resolve and submit."""
+        """Fetch the job's environment (only in J), then choose and submit."""
         self.phase = SUBMITTING
+        if self.doomed is not None:
+            self.fail(self.doomed)
+            return
         future = flux.job.kvslookup.job_info_lookup(
             runtime.handle, self.id, keys=["J"]
         )
@@ -625,23 +1132,101 @@ class DelegatedJob:
             lib.free(original)
         environment = spec.get("attributes", {}).get("system", {}).get("environment")
         self.remote_spec = remote_jobspec(self.jobspec, environment)
-        resolve_target(self, self.target, self.submit, self.fail)
+        target = self.target
+        if target.kind == "policy":
+            self.preflight([Candidate(c) for c in runtime.registry.clusters])
+        elif target.kind == "label":
+            self.preflight([Candidate(target.cluster)])
+        else:
+            resolve_target(self, target, self.on_resolved, self.fail)
 
-    def submit(self, uri):
+    def on_resolved(self, uri):
+        """An explicit URI (or job id): the one candidate, named by its
+        registry label if the registry knows it."""
+        cluster = runtime.registry.by_uri(uri) or Cluster(uri, origin="explicit")
+        self.preflight([Candidate(cluster)])
+
+    def preflight(self, candidates):
         if self.phase != SUBMITTING:
             return
-        self.uri = uri
-        runtime.connections.get(uri, self.submit_to, self.connect_failed, job=self)
+        metrics = runtime.policy_metrics(self.target.policy)
+        Preflight(self, candidates, metrics, self.choose).start()
 
-    def connect_failed(self, message):
-        self.fail(f"cannot connect to {self.uri}: {message}")
-
-    def submit_to(self, remote):
+    def choose(self, candidates):
+        """Order the candidates (policy), record the choice, and try them."""
         if self.phase != SUBMITTING:
             return
-        self.remote = remote
-        future = flux.job.submit_async(remote.handle, json.dumps(self.remote_spec))
+        policy = self.target.policy
+        try:
+            if policy is None:
+                order = list(candidates)
+            else:
+                order = apply_policy(
+                    runtime.policies[policy],
+                    policy,
+                    self.target.policy_arg,
+                    JobView(self.id, self.userid, self.jobspec),
+                    candidates,
+                )
+        except PolicyError as exc:
+            self.record_choice(policy, candidates, [])
+            self.fail(str(exc))
+            return
+        usable = [c for c in order if c.usable]
+        self.record_choice(policy, candidates, usable)
+        if not usable:
+            self.fail(no_target_message(candidates, order))
+            return
+        self.attempts = usable
+        self.failures = []
+        self.try_next()
+
+    def record_choice(self, policy, candidates, order):
+        """Provenance: every candidate with its verdict or metric, and the
+        order in which they will be tried (the first is the choice)."""
+        context = {
+            "candidates": [c.record() for c in candidates],
+            "order": [c.name for c in order],
+            "choice": order[0].name if order else None,
+        }
+        if policy is not None:
+            context["policy"] = policy + (
+                f":{self.target.policy_arg}" if self.target.policy_arg else ""
+            )
+        jobtap.post_event(self.id, "delegate-choice", context)
+
+    # -- submitting remotely -----------------------------------------------
+
+    def try_next(self):
+        candidate = self.attempts.pop(0)
+        self.candidate = candidate
+        self.uri = candidate.uri
+        self.remote = candidate.remote
+        self.outcome = RemoteOutcome()
+        future = flux.job.submit_async(self.remote.handle, json.dumps(self.remote_spec))
         then(future, self.on_submitted, job=self, timeout=runtime.submit_timeout)
+
+    def failover(self, reason):
+        """This attempt failed for sure (no remote job runs): note it in the
+        eventlog and try the next candidate, or fail with all attempts."""
+        candidate = self.candidate
+        self.failures.append((candidate, reason))
+        if not self.attempts:
+            if len(self.failures) == 1:
+                self.fail(reason)
+            else:
+                self.fail(
+                    "all targets failed: "
+                    + "; ".join(f"{c.describe()}: {r}" for c, r in self.failures)
+                )
+            return
+        context = {"uri": candidate.uri, "reason": reason, "next": self.attempts[0].name}
+        if candidate.label:
+            context["label"] = candidate.label
+        jobtap.post_event(self.id, "delegate-failover", context)
+        log(syslog.LOG_INFO, f"{self.name}: {candidate.describe()}: {reason}; trying next")
+        self.phase = SUBMITTING
+        self.try_next()
 
     def on_submitted(self, future):
         try:
@@ -649,10 +1234,17 @@ class DelegatedJob:
         except OSError as exc:
             runtime.connections.failed(self.remote, exc)
             if exc.errno == errno.ETIMEDOUT:
-                reason = f"no answer within {runtime.submit_timeout:g}s"
-            else:
-                reason = exc.strerror or str(exc)
-            self.fail(f"submit to {self.uri} failed: {reason}")
+                # The target may have created the job without answering:
+                # trying another target could run it twice.
+                self.fail(
+                    f"submit to {self.uri} failed: no answer within"
+                    f" {runtime.submit_timeout:g}s (not retried elsewhere:"
+                    " the job may exist there)"
+                )
+                return
+            if self.phase != SUBMITTING:
+                return
+            self.failover(f"submit to {self.uri} failed: {exc.strerror or exc}")
             return
         self.remote_id = JobID(remote_id)
         if self.phase != SUBMITTING:
@@ -661,12 +1253,13 @@ class DelegatedJob:
             self.cancel_remote(self.canceled_reason or "local job ended")
             return
         self.phase = DELEGATED
-        jobtap.post_event(
-            self.id, "delegated", {"jobid": int(self.remote_id), "uri": self.uri}
-        )
+        context = {"jobid": int(self.remote_id), "uri": self.uri}
+        if self.candidate.label:
+            context["label"] = self.candidate.label
+        jobtap.post_event(self.id, "delegated", context)
         log(
             syslog.LOG_INFO,
-            f"{self.name}: delegated to {self.uri} as {self.remote_id.f58}",
+            f"{self.name}: delegated to {self.candidate.describe()} as {self.remote_id.f58}",
         )
         self.follow(self.remote)
 
@@ -717,7 +1310,21 @@ class DelegatedJob:
             self.conclude()
             return
         self.outcome.update(event.name, event.context)
-        if self.outcome.ended:
+        exception = self.outcome.exception
+        if (
+            exception is not None
+            and exception.get("type") == "alloc"
+            and not self.outcome.started
+            and self.attempts
+        ):
+            # The target cannot allocate: the remote job will never start,
+            # so another target may take the job.
+            self.stop_following()
+            self.phase = SUBMITTING
+            self.failover(
+                describe_remote_exception(self.remote_id.f58, self.uri, exception)
+            )
+        elif self.outcome.ended:
             self.conclude()
 
     def conclude(self):
@@ -818,6 +1425,127 @@ def local_end_reason(args, name):
             f" (job {name})" + (f": {note}" if note else "")
         )
     return f"job {name} ended in the source instance"
+
+
+def no_target_message(candidates, order):
+    """Why no candidate can take the job, naming each one."""
+    if len(candidates) == 1:
+        c = candidates[0]
+        if c.verdict == "unreachable":
+            return f"cannot connect to {c.uri}: {c.reason}"
+        if c.verdict == "infeasible":
+            return f"{c.describe()} cannot run this job: {c.reason}"
+    listed = {id(c) for c in order}
+    reasons = []
+    for c in candidates:
+        if c.usable and id(c) not in listed:
+            why = "not chosen by the policy"
+        else:
+            why = f"{c.verdict}: {c.reason}" if c.reason else c.verdict
+        reasons.append(f"{c.describe()}: {why}")
+    return "no target can run this job: " + "; ".join(reasons)
+
+
+class Preflight:
+    """Ask every candidate, concurrently, whether it could ever run the job
+    (feasibility.check: ENOSYS means no scheduler there answers it, which
+    is "unknown", not "no"), and for the metrics the policy needs.  Each
+    candidate gets preflight-timeout seconds once connected (connecting has
+    connect-timeout); then on_done(candidates) is called, once."""
+
+    def __init__(self, job, candidates, metrics, on_done):
+        self.job = job
+        self.candidates = candidates
+        self.metrics = metrics
+        self.on_done = on_done
+        self.waiting = {}  # id(candidate) -> [outstanding query names, timer]
+        self.done = False
+
+    def start(self):
+        if not self.candidates:
+            self.finish()
+            return
+        for c in self.candidates:
+            self.waiting[id(c)] = [set(), None]
+        for c in list(self.candidates):
+            runtime.connections.get(
+                c.uri,
+                lambda remote, c=c: self.connected(c, remote),
+                lambda message, c=c: self.settle(c, "unreachable", message),
+                job=self.job,
+            )
+
+    def connected(self, c, remote):
+        if id(c) not in self.waiting:
+            return
+        c.remote = remote
+        queries = {"feasibility": remote.handle.rpc(
+            "feasibility.check", {"jobspec": self.job.remote_spec}
+        )}
+        if "pending" in self.metrics:
+            queries["pending"] = remote.handle.rpc("job-list.job-stats", {})
+        if "match_time" in self.metrics:
+            queries["match_time"] = remote.handle.rpc("sched-fluxion-resource.stats-get")
+        outstanding, _ = self.waiting[id(c)]
+        outstanding.update(queries)
+        timer = runtime.handle.timer_watcher_create(
+            runtime.preflight_timeout,
+            guard(lambda *unused: self.settle(
+                c, "unreachable", f"no answer within {runtime.preflight_timeout:g}s"
+            ), self.job),
+        )
+        self.waiting[id(c)][1] = timer
+        timer.start()
+        for name, future in queries.items():
+            then(future, lambda f, c=c, name=name: self.answered(c, name, f), job=self.job)
+
+    def answered(self, c, name, future):
+        if id(c) not in self.waiting:
+            return
+        try:
+            result = future.get()
+            error = None
+        except OSError as exc:
+            result, error = None, exc
+        if name == "feasibility":
+            if error is None:
+                c.verdict = "feasible"
+            elif error.errno == errno.ENOSYS:
+                c.verdict = "unknown"
+                c.reason = "no feasibility service"
+            else:
+                c.verdict = "infeasible"
+                c.reason = error.strerror or str(error)
+        elif name == "pending" and error is None:
+            states = result.get("job_states", {})
+            c.pending = sum(int(states.get(k, 0)) for k in ("depend", "priority", "sched"))
+        elif name == "match_time":
+            if error is None:
+                stats = result.get("match", {}).get("succeeded", {}).get("stats", {})
+                c.match_time = float(stats.get("max", 0.0))
+            elif error.errno == errno.ENOSYS:
+                c.reason = c.reason or "runs no Fluxion (no sched-fluxion-resource)"
+        if error is not None and name != "feasibility" and not c.reason:
+            c.reason = f"{name}: {error.strerror or error}"
+        outstanding, _ = self.waiting[id(c)]
+        outstanding.discard(name)
+        if not outstanding:
+            self.settle(c, c.verdict, c.reason)
+
+    def settle(self, c, verdict, reason):
+        entry = self.waiting.pop(id(c), None)
+        if entry is None:
+            return
+        if entry[1] is not None:
+            entry[1].stop()
+        c.verdict, c.reason = verdict, reason
+        if not self.waiting:
+            self.finish()
+
+    def finish(self):
+        if not self.done:
+            self.done = True
+            self.on_done(self.candidates)
 
 
 # ---------------------------------------------------------------------------
@@ -922,19 +1650,11 @@ class JobidResolution:
 # ---------------------------------------------------------------------------
 
 
-def on_dependency(args):
-    """job.dependency.delegate: take the job on, or reject it."""
-    dependency = args.get("dependency") or {}
-    target = parse_target(dependency.get("value"))
-    userid = args.get("userid")
-    if userid is not None and int(userid) != os.getuid():
-        raise ValueError(
-            "only the instance owner can delegate jobs"
-            f" (job owner {userid}, instance owner {os.getuid()})"
-        )
+def claim(args, target, doomed=None):
+    """Take the job on: hold it with the "delegated" dependency."""
     job = runtime.jobs.get(int(args["id"]))
     if job is None:
-        job = DelegatedJob(args, target)
+        job = DelegatedJob(args, target, doomed)
         # State first: the calls below can run callbacks for this job.
         runtime.jobs[job.id] = job
         jobtap.job_attach(job.id, job)
@@ -945,6 +1665,72 @@ def on_dependency(args):
     # DEPEND (plugin load, restart) is checked now.
     if args.get("state") == flux.constants.FLUX_JOB_STATE_DEPEND:
         job.check_ready()
+    return job
+
+
+def check_owner(args):
+    userid = args.get("userid")
+    if userid is not None and int(userid) != os.getuid():
+        raise ValueError(
+            "only the instance owner can delegate jobs"
+            f" (job owner {userid}, instance owner {os.getuid()})"
+        )
+
+
+def system_delegate(args):
+    """The job's -S system.delegate=POLICY, the C delegate plugin's way."""
+    return args["jobspec"].get("attributes", {}).get("system", {}).get("delegate")
+
+
+def on_dependency(args):
+    """job.dependency.delegate: take the job on, or reject it.  With no
+    value, -S system.delegate (or else the default policy) chooses."""
+    existing = runtime.jobs.get(int(args["id"]))
+    if existing is not None:
+        # Taken on already by job.new (system.delegate, plugin load).
+        claim(args, existing.target)
+        return None
+    runtime.refresh_user_registry()
+    value = (args.get("dependency") or {}).get("value")
+    if not value and isinstance(system_delegate(args), str):
+        value = system_delegate(args)
+    target = parse_target(
+        value, runtime.registry, runtime.policy_names(), runtime.default_policy
+    )
+    check_owner(args)
+    claim(args, target)
+    return None
+
+
+def on_job_new(args):
+    """job.new of a job with -S system.delegate=POLICY (delegate.so passes
+    only those): the C delegate plugin's convention.  The job is NEW and
+    may not take an exception yet, so a bad value fails it once it is in
+    DEPEND, with DelegationFailure, as the C plugin does."""
+    jobid = int(args["id"])
+    if jobid in runtime.jobs:
+        return None  # also a delegate dependency: already taken on
+    state = args.get("state")
+    if state not in (flux.constants.FLUX_JOB_STATE_NEW, flux.constants.FLUX_JOB_STATE_DEPEND):
+        log(
+            syslog.LOG_WARNING,
+            f"{JobID(jobid).f58}: has system.delegate but was submitted before"
+            " delegate.so was loaded: not delegated",
+        )
+        return None
+    runtime.refresh_user_registry()
+    value = system_delegate(args)
+    target, doomed = None, None
+    try:
+        if not isinstance(value, str):
+            raise ValueError(f"system.delegate must be a string, not {json.dumps(value)}")
+        target = parse_target(
+            value, runtime.registry, runtime.policy_names(), runtime.default_policy
+        )
+        check_owner(args)
+    except ValueError as exc:
+        doomed = str(exc)
+    claim(args, target, doomed)
     return None
 
 
@@ -961,6 +1747,11 @@ def callback(topic, args, job):
     """Every jobtap callback delegate.so passes on arrives here."""
     if topic == "job.dependency.delegate":
         return on_dependency(args)
+    if topic == "job.new":
+        return on_job_new(args)
+    if topic == "conf.update":
+        runtime.configure(args.get("conf") or {})
+        return None
     if job is not None:
         method = JOB_CALLBACKS.get(topic)
         return method(job, args) if method else None

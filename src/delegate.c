@@ -8,6 +8,8 @@
  *  - job.dependency.delegate always reaches the handler: it is how a job
  *    asks for delegation, at submit and, for jobs still waiting, when the
  *    plugin is (re)loaded or the instance restarts.
+ *  - job.new reaches it only for jobs with attributes.system.delegate
+ *    (-S system.delegate=POLICY, the C delegate plugin's convention).
  *  - job.state.* and job.event.* reach the handler only for jobs it has
  *    taken on (delegate_jobtap.job_attach()), so other jobs never enter
  *    Python.
@@ -153,6 +155,30 @@ static int dependency_delegate_cb (flux_plugin_t *p,
     return dispatch (d, p, topic, args, NULL, PYERROR_SUBMIT);
 }
 
+/* job.new: only for jobs with attributes.system.delegate (the C delegate
+ * plugin's -S system.delegate=POLICY); other jobs never enter Python.
+ */
+static int job_new_cb (flux_plugin_t *p,
+                       const char *topic,
+                       flux_plugin_arg_t *args,
+                       void *arg)
+{
+    struct delegate *d = arg;
+    json_t *policy = NULL;
+
+    if (!d->handler
+        || flux_plugin_arg_unpack (args,
+                                   FLUX_PLUGIN_ARG_IN,
+                                   "{s:{s?{s?{s?o}}}}",
+                                   "jobspec",
+                                     "attributes",
+                                       "system",
+                                         "delegate", &policy) < 0
+        || !policy)
+        return 0;
+    return dispatch (d, p, topic, args, NULL, PYERROR_JOB);
+}
+
 /* job.state.* and job.event.*: only for jobs the handler has taken on. */
 static int job_cb (flux_plugin_t *p,
                    const char *topic,
@@ -291,6 +317,7 @@ static void delegate_destroy (void *arg)
 
 static const struct flux_plugin_handler tab[] = {
     { "job.dependency.delegate", dependency_delegate_cb, NULL },
+    { "job.new",                 job_new_cb,             NULL },
     { "job.state.*",             job_cb,                 NULL },
     { "job.event.*",             job_cb,                 NULL },
     { "conf.update",             conf_update_cb,         NULL },

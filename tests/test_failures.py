@@ -32,8 +32,8 @@ def fails_fast(source, jobid, limit=5.0):
 @pytest.mark.parametrize(
     "value, message",
     [
-        ("", "delegate needs a target"),
-        ("cluster-that-is-not-a-uri", "is neither a URI nor a job id"),
+        ("", "no delegation targets are configured"),
+        ("cluster-that-is-not-a-uri", "is not a URI, a job id, a registry label"),
     ],
 )
 def test_value_wrong_on_its_face_is_rejected_at_submit(source, value, message):
@@ -84,15 +84,20 @@ def test_target_rejects_the_jobspec(source, strict_target):
     assert strict_target.jobs() == []
 
 
-def test_remote_alloc_exception(source, target):
-    # More cores than the target has: its scheduler raises an alloc
-    # exception, which ends the local job with DelegationFailure.
+def test_infeasible_job_is_never_sent(source, target):
+    # More cores than the target has: its feasibility check says no, and no
+    # remote job is created.
+    before = len(target.jobs())
     jobid = source.submit(f"--dependency=delegate:{target.uri}", "-n", "64", "true")
-    source.wait_event(jobid, "delegated")
-    source.wait_event(jobid, "clean")
-    exc = source.exception(jobid)
-    assert exc["type"] == "DelegationFailure"
-    assert "alloc exception" in exc["note"]
+    exc = fails_fast(source, jobid, limit=2)
+    assert f"{target.uri} cannot run this job" in exc["note"]
+    assert "unsatisfiable" in exc["note"]
+    assert len(target.jobs()) == before
+    choice = source.wait_event(jobid, "delegate-choice")["context"]
+    assert choice["candidates"] == [
+        {"uri": target.uri, "verdict": "infeasible", "reason": choice["candidates"][0]["reason"]}
+    ]
+    assert choice["choice"] is None
 
 
 def test_stopped_target(source):

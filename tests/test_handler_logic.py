@@ -23,10 +23,15 @@ needs_flux = pytest.mark.skipif(
 )
 
 
-@pytest.mark.parametrize("value", [None, "", "   ", 5])
-def test_empty_value_is_rejected(value):
-    with pytest.raises(ValueError, match="delegate needs a target"):
+@pytest.mark.parametrize("value", [None, "", "   "])
+def test_empty_value_needs_a_registry(value):
+    with pytest.raises(ValueError, match="no delegation targets are configured"):
         handler.parse_target(value)
+
+
+def test_non_string_value_is_rejected():
+    with pytest.raises(ValueError, match="delegate needs a target"):
+        handler.parse_target(5)
 
 
 @pytest.mark.parametrize("value", ["local:///tmp/a b", "ssh://host/\tx", "a\nb"])
@@ -62,7 +67,7 @@ def test_bare_job_ids():
 
 @needs_flux
 def test_bare_word_is_not_a_target():
-    with pytest.raises(ValueError, match="neither a URI nor a job id"):
+    with pytest.raises(ValueError, match="is not a URI, a job id, a registry label"):
         handler.parse_target("cluster-a")
 
 
@@ -200,3 +205,215 @@ def test_local_end_reason():
     args = {"end_event": {"name": "exception", "context": {"type": "cancel", "note": "bye"}}}
     assert handler.local_end_reason(args, "ƒL") == "cancel in the source instance (job ƒL): bye"
     assert handler.local_end_reason({}, "ƒL") == "job ƒL ended in the source instance"
+
+
+# -- registry -------------------------------------------------------------------
+
+
+def test_registry_old_and_new_forms():
+    clusters = handler.parse_registry(
+        [
+            "local:///tmp/a/local-0",
+            {"uri": "ssh://big/run/flux/local", "label": "big", "users": ["alice"]},
+        ],
+        "config",
+        "broker config",
+    )
+    assert [(c.uri, c.label, c.index) for c in clusters] == [
+        ("local:///tmp/a/local-0", None, 0),
+        ("ssh://big/run/flux/local", "big", 1),
+    ]
+    assert clusters[1].extra == {"users": ["alice"]}
+    assert clusters[0].name == "local:///tmp/a/local-0"
+    assert clusters[1].describe() == "big (ssh://big/run/flux/local)"
+
+
+@pytest.mark.parametrize(
+    "entries, message",
+    [
+        ("local:///x", "must be a list"),
+        ([5], r"delegate\[0\]: must be a URI or a table"),
+        ([{"label": "a"}], r"delegate\[0\]: 'uri' must be a non-empty string"),
+        (["http://x/y"], "is not a local:// or ssh:// URI"),
+        ([{"uri": "local:///x", "label": "a b"}], "may not contain white space"),
+        ([{"uri": "local:///x", "label": "random"}], "is the name of a policy"),
+        (
+            [{"uri": "local:///x", "label": "a"}, {"uri": "local:///y", "label": "a"}],
+            r"delegate\[1\]: label 'a' is already used by delegate\[0\]",
+        ),
+    ],
+)
+def test_registry_errors_name_the_entry(entries, message):
+    with pytest.raises(ValueError, match=message):
+        handler.parse_registry(entries, "config", "broker config")
+
+
+def test_broker_config_wins_over_user_registry():
+    config = handler.parse_registry([{"uri": "local:///c", "label": "a"}], "config", "c")
+    user = handler.parse_registry(
+        [{"uri": "local:///u", "label": "a"}, {"uri": "local:///v", "label": "b"}], "user", "u"
+    )
+    registry, notes = handler.merge_registry(config, user)
+    assert [(c.label, c.uri, c.origin) for c in registry.clusters] == [
+        ("a", "local:///c", "config"),
+        ("b", "local:///v", "user"),
+    ]
+    assert "overridden by the broker config" in notes[0]
+    assert registry.by_label("b").uri == "local:///v"
+    assert [c.label for c in registry.config_entries()] == ["a"]
+
+
+def test_user_registry_file(tmp_path):
+    path = tmp_path / "delegate.yaml"
+    assert handler.read_user_registry(str(path)) == []
+    path.write_text("delegate:\n  - uri: ssh://h/p\n    label: home\n  - local:///q\n")
+    clusters = handler.read_user_registry(str(path))
+    assert [(c.label, c.uri, c.origin) for c in clusters] == [
+        ("home", "ssh://h/p", "user"),
+        (None, "local:///q", "user"),
+    ]
+    path.write_text("delegate: [\n")
+    with pytest.raises(ValueError, match="not valid YAML"):
+        handler.read_user_registry(str(path))
+    path.write_text("clusters: []\n")
+    with pytest.raises(ValueError, match="one key, 'delegate'"):
+        handler.read_user_registry(str(path))
+
+
+def test_user_registry_path():
+    path = handler.default_user_registry_path
+    assert path({"FLUX_DELEGATE_REGISTRY": "/x.yaml", "HOME": "/h"}) == "/x.yaml"
+    assert path({"XDG_CONFIG_HOME": "/cfg"}) == "/cfg/flux/delegate.yaml"
+    assert path({"HOME": "/h"}) == "/h/.config/flux/delegate.yaml"
+
+
+def registry(*labels):
+    return handler.Registry(
+        handler.parse_registry(
+            [{"uri": f"local:///{label}", "label": label} for label in labels], "config", "c"
+        )
+    )
+
+
+def test_targets_by_label_and_policy():
+    reg = registry("big", "small")
+    assert handler.parse_target("big", reg).cluster.uri == "local:///big"
+    target = handler.parse_target("assign:1", reg)
+    assert (target.kind, target.policy, target.policy_arg) == ("policy", "assign", "1")
+    target = handler.parse_target("", reg, default_policy="random")
+    assert (target.kind, target.policy) == ("policy", "random")
+    target = handler.parse_target("site", reg, policies=("random", "site"))
+    assert (target.kind, target.policy) == ("policy", "site")
+    with pytest.raises(ValueError, match="has no targets to choose from"):
+        handler.parse_target("least_pending")
+
+
+# -- policies ---------------------------------------------------------------------
+
+
+def candidates(*specs):
+    """(label, verdict, pending, match_time) -> Candidates in registry order."""
+    result = []
+    for index, (label, verdict, pending, match) in enumerate(specs):
+        c = handler.Candidate(handler.Cluster(f"local:///{label}", label, "config", index))
+        c.verdict, c.pending, c.match_time = verdict, pending, match
+        result.append(c)
+    return result
+
+
+def names(order):
+    return [c.label for c in order]
+
+
+def test_least_pending_orders_by_pending_jobs():
+    cs = candidates(("a", "feasible", 5, None), ("b", "feasible", None, None),
+                    ("c", "feasible", 1, None), ("d", "feasible", 1, None))
+    assert names(handler.order_least_pending(None, cs)) == ["c", "d", "a", "b"]
+
+
+def test_shortest_match_needs_fluxion():
+    cs = candidates(("a", "feasible", 0, 0.5), ("b", "feasible", 0, None), ("c", "feasible", 0, 0.1))
+    assert names(handler.order_shortest_match(None, cs)) == ["c", "a"]
+    none = candidates(("a", "feasible", 0, None))
+    none[0].reason = "runs no Fluxion (no sched-fluxion-resource)"
+    with pytest.raises(handler.PolicyError, match="no target runs Fluxion: a .*runs no Fluxion"):
+        handler.order_shortest_match(None, none)
+
+
+def test_assign_counts_config_entries_from_zero():
+    cs = candidates(("a", "feasible", 0, None), ("b", "unreachable", 0, None), ("c", "feasible", 0, None))
+    user = handler.Candidate(handler.Cluster("local:///u", "u", "user"))
+    assert names(handler.order_assign(None, cs + [user])) == ["a", "b", "c"]
+    assert names(handler.order_assign(None, cs, "1")) == ["b", "c"]
+    assert names(handler.order_assign(None, cs, "2")) == ["c"]
+    with pytest.raises(handler.PolicyError, match=r"sub-instance ID 3 out of range \(0..2\)"):
+        handler.order_assign(None, cs, "3")
+    with pytest.raises(handler.PolicyError, match="'x' is not a number"):
+        handler.order_assign(None, cs, "x")
+    with pytest.raises(handler.PolicyError, match="'-1' is not a number"):
+        handler.order_assign(None, cs, "-1")
+
+
+def test_random_is_a_permutation_and_takes_no_argument():
+    cs = candidates(*[(str(i), "feasible", 0, None) for i in range(6)])
+    assert sorted(names(handler.order_random(None, cs))) == sorted(names(cs))
+    with pytest.raises(handler.PolicyError, match="takes no argument"):
+        handler.order_random(None, cs, "x")
+
+
+def test_apply_policy_checks_what_a_policy_returns():
+    cs = candidates(("a", "feasible", 0, None), ("b", "feasible", 0, None))
+    assert names(handler.apply_policy(lambda j, c, a: reversed(c), "rev", None, None, cs)) == ["b", "a"]
+    stranger = candidates(("x", "feasible", 0, None))[0]
+    with pytest.raises(handler.PolicyError, match="not one of its candidates"):
+        handler.apply_policy(lambda j, c, a: [stranger], "bad", None, None, cs)
+    with pytest.raises(handler.PolicyError, match="not one of its candidates"):
+        handler.apply_policy(lambda j, c, a: [c[0], c[0]], "twice", None, None, cs)
+
+    def broken(job, cands, arg):
+        raise KeyError("gpu")
+
+    with pytest.raises(handler.PolicyError, match="policy broken failed: KeyError"):
+        handler.apply_policy(broken, "broken", None, None, cs)
+
+
+def test_load_policy_from_a_file(tmp_path):
+    path = tmp_path / "site.py"
+    path.write_text(
+        "def prefer_small(job, candidates):\n"
+        "    return sorted(candidates, key=lambda c: c.label != 'small')\n"
+    )
+    order = handler.load_policy("site", f"{path}:prefer_small")
+    cs = candidates(("big", "feasible", 0, None), ("small", "feasible", 0, None))
+    assert names(order(None, cs, None)) == ["small", "big"]
+    with pytest.raises(ValueError, match="has no function 'nope'"):
+        handler.load_policy("site", f"{path}:nope")
+    with pytest.raises(ValueError, match="is not 'module:function'"):
+        handler.load_policy("site", "just_a_module")
+    with pytest.raises(ValueError, match="cannot import no_such_module"):
+        handler.load_policy("site", "no_such_module:f")
+
+
+def test_no_target_message_lists_every_candidate():
+    cs = candidates(("a", "infeasible", 0, None), ("b", "unreachable", 0, None))
+    cs[0].reason, cs[1].reason = "unsatisfiable request", "no answer within 10s"
+    message = handler.no_target_message(cs, cs)
+    assert message == (
+        "no target can run this job: a (local:///a): infeasible: unsatisfiable request;"
+        " b (local:///b): unreachable: no answer within 10s"
+    )
+    assert handler.no_target_message([cs[1]], [cs[1]]) == (
+        "cannot connect to local:///b: no answer within 10s"
+    )
+
+
+def test_failover_after_the_last_delegation_means_choose_again():
+    log = [event("delegated", jobid=1, uri="local:///a"), event("delegate-failover", uri="local:///a")]
+    assert handler.find_delegation(log) is None
+    log.append(event("delegated", jobid=2, uri="local:///b"))
+    assert handler.find_delegation(log) == {"jobid": 2, "uri": "local:///b"}
+
+
+def test_candidate_record():
+    c = candidates(("a", "feasible", 3, None))[0]
+    assert c.record() == {"uri": "local:///a", "verdict": "feasible", "label": "a", "pending": 3}
