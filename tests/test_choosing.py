@@ -1,0 +1,303 @@
+"""Choosing where a job goes, on real instances: registry, policies,
+feasibility pre-flight, provenance and failover.
+
+The source has two sub-instances of its own as targets (flux batch): small
+with 1 core and big with 2 cores, so a 2-core job must skip small.
+"""
+
+import json
+
+import pytest
+from conftest import start_instance
+from flux_instance import FluxClient, FluxInstance
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def site(request, tmp_path_factory):
+    """A source instance with two child instances as targets."""
+    source = start_instance(request, name="site", size=2)
+    source.load_plugin()
+    out = tmp_path_factory.mktemp("site")
+    children = {}
+    for label, cores in (("small", 1), ("big", 2)):
+        jobid = source.run(
+            "batch", f"-n{cores}", f"--output={out}/{label}.out", "--wrap", "sleep", "3600"
+        ).stdout.strip()
+        source.wait_memo(jobid, "uri", timeout=60)
+        uri = source.run("uri", "--local", jobid).stdout.strip()
+        children[label] = FluxClient(uri)
+    source.small, source.big = children["small"], children["big"]
+    source.registry = (
+        f'[[delegate]]\nlabel = "small"\nuri = "{source.small.uri}"\n\n'
+        f'[[delegate]]\nlabel = "big"\nuri = "{source.big.uri}"\n'
+    )
+    configure(source, source.registry)
+    return source
+
+
+def configure(instance, toml, check=True):
+    return instance.run("config", "load", input=toml, check=check)
+
+
+def choice(instance, jobid):
+    return instance.wait_event(jobid, "delegate-choice")["context"]
+
+
+def delegated(instance, jobid):
+    return instance.wait_event(jobid, "delegated")["context"]
+
+
+def names(client):
+    return [j["name"] for j in client.jobs()]
+
+
+def test_label_names_a_registry_entry(site):
+    jobid = site.submit("--dependency=delegate:big", "true")
+    context = delegated(site, jobid)
+    assert (context["label"], context["uri"]) == ("big", site.big.uri)
+    assert site.status(jobid) == 0
+
+
+def test_feasibility_skips_the_small_target(site):
+    for _ in range(4):
+        jobid = site.submit("-S", "system.delegate=random", "-n2", "true")
+        assert delegated(site, jobid)["label"] == "big"
+        verdicts = {c["label"]: c["verdict"] for c in choice(site, jobid)["candidates"]}
+        assert verdicts == {"small": "infeasible", "big": "feasible"}
+        assert site.status(jobid) == 0
+
+
+def test_job_no_target_can_run_fails_with_every_reason(site):
+    before = (len(site.small.jobs()), len(site.big.jobs()))
+    jobid = site.submit("--dependency=delegate:least_pending", "-n4", "--job-name=huge", "true")
+    site.wait_event(jobid, "clean")
+    exc = site.exception(jobid)
+    assert exc["type"] == "DelegationFailure" and exc["severity"] == 0
+    assert "no target can run this job" in exc["note"]
+    assert f"small ({site.small.uri}): infeasible" in exc["note"]
+    assert f"big ({site.big.uri}): infeasible" in exc["note"]
+    events = site.eventlog(jobid)
+    assert events[-1]["timestamp"] - events[0]["timestamp"] < 1.0
+    assert (len(site.small.jobs()), len(site.big.jobs())) == before
+    assert choice(site, jobid)["choice"] is None
+
+
+@pytest.mark.parametrize("style", ["attribute", "dependency"])
+def test_assign_counts_from_zero(site, style):
+    def submit(policy):
+        if style == "attribute":
+            return site.submit("-S", f"system.delegate={policy}", "true")
+        return site.submit(f"--dependency=delegate:{policy}", "true")
+
+    assert delegated(site, submit("assign"))["label"] == "small"
+    assert delegated(site, submit("assign:0"))["label"] == "small"
+    assert delegated(site, submit("assign:1"))["label"] == "big"
+    for policy, message in (
+        ("assign:2", "assign: sub-instance ID 2 out of range (0..1)"),
+        ("assign:x", "assign: 'x' is not a number"),
+    ):
+        jobid = submit(policy)
+        site.wait_event(jobid, "clean")
+        exc = site.exception(jobid)
+        assert exc["type"] == "DelegationFailure"
+        assert message in exc["note"]
+
+
+def test_least_pending_prefers_the_idle_target(site):
+    # Hold jobs in small: least_pending then prefers big, and the other
+    # way round.
+    held = [site.small.submit("--urgency=0", "true") for _ in range(3)]
+    try:
+        jobid = site.submit("--dependency=delegate:least_pending", "true")
+        assert delegated(site, jobid)["label"] == "big"
+        pending = {c["label"]: c["pending"] for c in choice(site, jobid)["candidates"]}
+        assert pending["small"] >= 3 and pending["small"] > pending["big"]
+        assert choice(site, jobid)["policy"] == "least_pending"
+    finally:
+        for h in held:
+            site.small.run("cancel", h)
+    held = [site.big.submit("--urgency=0", "true") for _ in range(3)]
+    try:
+        jobid = site.submit("--dependency=delegate:least_pending", "true")
+        assert delegated(site, jobid)["label"] == "small"
+    finally:
+        for h in held:
+            site.big.run("cancel", h)
+
+
+def test_shortest_match_needs_fluxion(site):
+    jobid = site.submit("-S", "system.delegate=shortest_match", "true")
+    site.wait_event(jobid, "clean")
+    note = site.exception(jobid)["note"]
+    assert "shortest_match: no target runs Fluxion" in note
+    assert "small" in note and "big" in note and "sched-fluxion-resource" in note
+
+
+def test_random_uses_both_targets(site):
+    labels = set()
+    for _ in range(16):
+        labels.add(delegated(site, site.submit("-S", "system.delegate=random", "true"))["label"])
+    assert labels == {"small", "big"}
+
+
+def test_custom_python_policy(site, tmp_path):
+    policy = tmp_path / "site_policy.py"
+    policy.write_text(
+        "def by_user_attribute(job, candidates):\n"
+        "    wanted = job.attributes.get('user', {}).get('cluster')\n"
+        "    return [c for c in candidates if c.label == wanted and c.usable]\n"
+    )
+    configure(
+        site,
+        site.registry
+        + f'\n[delegate-policy.custom]\nwanted = "{policy}:by_user_attribute"\n',
+    )
+    try:
+        for wanted in ("small", "big", "small"):
+            jobid = site.submit(
+                "-S", "system.delegate=wanted", f"--setattr=user.cluster={wanted}", "true"
+            )
+            assert delegated(site, jobid)["label"] == wanted
+            assert choice(site, jobid)["policy"] == "wanted"
+        jobid = site.submit("-S", "system.delegate=wanted", "--setattr=user.cluster=none", "true")
+        site.wait_event(jobid, "clean")
+        assert "not chosen by the policy" in site.exception(jobid)["note"]
+    finally:
+        configure(site, site.registry)
+
+
+def test_default_policy_for_an_empty_value(site):
+    configure(site, site.registry + '\n[delegate-policy]\ndefault = "assign:1"\n')
+    try:
+        jobid = site.submit("--dependency=delegate", "true")
+        assert delegated(site, jobid)["label"] == "big"
+        assert choice(site, jobid)["policy"] == "assign:1"
+    finally:
+        configure(site, site.registry)
+
+
+def test_old_config_format(site):
+    configure(site, f'delegate = ["{site.small.uri}", "{site.big.uri}"]\n')
+    try:
+        jobid = site.submit("-S", "system.delegate=assign:1", "true")
+        context = delegated(site, jobid)
+        assert context["uri"] == site.big.uri and "label" not in context
+        assert site.status(jobid) == 0
+    finally:
+        configure(site, site.registry)
+
+
+def test_config_reload_and_bad_config(site):
+    configure(site, f'[[delegate]]\nlabel = "small"\nuri = "{site.small.uri}"\n')
+    try:
+        proc = site.run("submit", "--dependency=delegate:big", "true", check=False)
+        assert proc.returncode != 0 and "'big' is not a URI" in proc.stderr
+        # A bad registry is refused with a message; the previous one stays.
+        bad = configure(site, '[[delegate]]\nlabel = "x"\n', check=False)
+        assert bad.returncode != 0
+        assert "delegate[0]: 'uri' must be a non-empty string" in bad.stderr
+        jobid = site.submit("--dependency=delegate:small", "true")
+        assert delegated(site, jobid)["label"] == "small"
+    finally:
+        configure(site, site.registry)
+    jobid = site.submit("--dependency=delegate:big", "true")
+    assert delegated(site, jobid)["label"] == "big"
+
+
+def test_user_registry_file(request, site, tmp_path):
+    registry = tmp_path / "delegate.yaml"
+    registry.write_text(
+        f"delegate:\n  - label: home\n    uri: {site.big.uri}\n"
+        f"  - label: small\n    uri: local:///overridden\n"
+    )
+    source = start_instance(request, name="user-registry")
+    source.load_plugin(None, f"registry={registry}")
+    configure(source, f'[[delegate]]\nlabel = "small"\nuri = "{site.small.uri}"\n')
+    jobid = source.submit("--dependency=delegate:home", "true")
+    assert delegated(source, jobid)["uri"] == site.big.uri
+    # The broker config's "small" wins over the user's.
+    jobid = source.submit("--dependency=delegate:small", "true")
+    assert delegated(source, jobid)["uri"] == site.small.uri
+    # Edits to the file take effect for new jobs.
+    registry.write_text(f"delegate:\n  - label: away\n    uri: {site.big.uri}\n")
+    jobid = source.submit("--dependency=delegate:away", "true")
+    assert delegated(source, jobid)["uri"] == site.big.uri
+    query = json.loads(source.run("jobtap", "query", "delegate.so").stdout)
+    assert [c["label"] for c in query["registry"]] == ["small", "away"]
+
+
+# -- failover ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def spare(request):
+    """A healthy target of its own."""
+    return start_instance(request, name="spare")
+
+
+def registry_of(*pairs):
+    return "".join(f'[[delegate]]\nlabel = "{label}"\nuri = "{uri}"\n\n' for label, uri in pairs)
+
+
+def test_stopped_target_is_skipped(request, fresh_source, spare):
+    gone = FluxInstance(name="gone").start()
+    gone_uri = gone.uri
+    gone.cleanup()
+    fresh_source.load_plugin()
+    configure(fresh_source, registry_of(("gone", gone_uri), ("spare", spare.uri)))
+    jobid = fresh_source.submit("-S", "system.delegate=assign:0", "true")
+    assert delegated(fresh_source, jobid)["label"] == "spare"
+    verdicts = {c["label"]: c["verdict"] for c in choice(fresh_source, jobid)["candidates"]}
+    assert verdicts == {"gone": "unreachable", "spare": "feasible"}
+    assert fresh_source.status(jobid) == 0
+
+
+def test_failover_on_remote_alloc_exception(request, fresh_source, spare):
+    stuck = start_instance(request, name="stuck")
+    stuck.run("queue", "stop")
+    fresh_source.load_plugin()
+    configure(fresh_source, registry_of(("stuck", stuck.uri), ("spare", spare.uri)))
+    jobid = fresh_source.submit("-S", "system.delegate=assign:0", "sh", "-c", "exit 4")
+    first = delegated(fresh_source, jobid)
+    assert first["label"] == "stuck"
+    # The target cannot allocate the job: an alloc exception before start.
+    stuck.run("job", "raise", "--type=alloc", "--message=no nodes", str(first["jobid"]))
+    assert fresh_source.status(jobid) == 4
+    events = fresh_source.eventlog(jobid)
+    failover = [e["context"] for e in events if e["name"] == "delegate-failover"]
+    assert len(failover) == 1 and failover[0]["label"] == "stuck"
+    assert "alloc exception" in failover[0]["reason"] and failover[0]["next"] == "spare"
+    landed = [e["context"]["label"] for e in events if e["name"] == "delegated"]
+    assert landed == ["stuck", "spare"]
+    # It never ran in two places: the stuck target's job never started.
+    rid = str(first["jobid"])
+    assert "start" not in [e["name"] for e in stuck.eventlog(rid)]
+
+
+def test_failover_when_a_target_rejects(request, fresh_source, spare):
+    strict = start_instance(request, name="strict", config='[policy.limits]\nduration = "1m"\n')
+    fresh_source.load_plugin()
+    configure(fresh_source, registry_of(("strict", strict.uri), ("spare", spare.uri)))
+    jobid = fresh_source.submit("-S", "system.delegate=assign:0", "-t", "1h", "true")
+    assert delegated(fresh_source, jobid)["label"] == "spare"
+    failover = fresh_source.wait_event(jobid, "delegate-failover")["context"]
+    assert failover["label"] == "strict" and "duration" in failover["reason"]
+    assert fresh_source.status(jobid) == 0
+    assert strict.jobs() == []
+
+
+def test_all_targets_fail(request, fresh_source):
+    limits = '[policy.limits]\nduration = "1m"\n'
+    first = start_instance(request, name="strict1", config=limits)
+    second = start_instance(request, name="strict2", config=limits)
+    fresh_source.load_plugin()
+    configure(fresh_source, registry_of(("one", first.uri), ("two", second.uri)))
+    jobid = fresh_source.submit("-S", "system.delegate=assign", "-t", "1h", "true")
+    fresh_source.wait_event(jobid, "clean")
+    note = fresh_source.exception(jobid)["note"]
+    assert note.startswith("delegate: all targets failed: ")
+    assert f"one ({first.uri}): submit to {first.uri} failed" in note
+    assert f"two ({second.uri}): submit to {second.uri} failed" in note
+    assert "delegated" not in [e["name"] for e in fresh_source.eventlog(jobid)]
