@@ -63,7 +63,7 @@ try:
     import flux.job
     import flux.kvs
     import flux.uri
-    from flux.constants import FLUX_POLLIN
+    from flux.constants import FLUX_POLLERR, FLUX_POLLIN
     from flux.core.inner import ffi, lib, raw
     from flux.job import JobID
 except ImportError:  # pragma: no cover
@@ -89,6 +89,10 @@ DEFAULT_SUBMIT_TIMEOUT = 30.0
 
 #: Default seconds to wait for a connection to a target (an ssh:// login).
 DEFAULT_CONNECT_TIMEOUT = 30.0
+
+#: Default seconds to keep trying to reach a target whose connection broke
+#: while it runs a job (it may be restarting) before giving the job up.
+DEFAULT_RECONNECT_TIMEOUT = 300.0
 
 #: Default seconds a connected candidate has to answer the pre-flight.
 DEFAULT_PREFLIGHT_TIMEOUT = 10.0
@@ -709,14 +713,86 @@ def then(future, callback, job=None, timeout=-1.0):
 
 
 class RemoteInstance:
-    """An open connection to a target, on the job-manager's reactor (its
-    futures' continuations run there like any other job-manager event)."""
+    """An open connection to a target.
 
-    def __init__(self, uri, handle, reactor):
+    Its handle runs on a reactor of its own, not the job-manager's: when a
+    connection breaks, libflux stops the reactor the handle is on
+    (flux_reactor_stop_error() in its message dispatch), and that must never
+    be the job-manager's.  The job-manager's reactor watches the handle's
+    poll fd and runs the handle's reactor, without waiting, whenever it has
+    something to do; the continuations of remote futures so run on the
+    job-manager's thread as before.  No timers go on the handle's reactor
+    (they would only run when a message arrives): timeouts are job-manager
+    timers.
+    """
+
+    def __init__(self, uri, handle, runtime):
         self.uri = uri
         self.handle = handle
-        raw.flux_set_reactor(handle.handle, reactor)
+        self.runtime = runtime
+        self.lost = None  # why the connection is gone, once it is
+        self.listeners = set()  # jobs to tell if it is lost
+        self.reactor = lib.flux_reactor_create(0)
+        if self.reactor == ffi.NULL or lib.flux_set_reactor(handle.handle, self.reactor) < 0:
+            raise OSError(ffi.errno, f"cannot set up a reactor for {uri}")
+        fd = lib.flux_pollfd(handle.handle)
+        if fd < 0:
+            raise OSError(ffi.errno, f"cannot poll the connection to {uri}")
+        self.watcher = runtime.handle.fd_watcher_create(
+            fd, self.on_ready, events=FLUX_POLLIN | FLUX_POLLERR
+        )
+        self.watcher.start()
+        self.more = None
         self.opened = time.time()
+
+    def on_ready(self, *unused):
+        """Run the handle's reactor until it has nothing more to do now;
+        never raises (the job-manager's reactor calls it).
+
+        One pass of the handle's reactor reads one message; a future it
+        fulfills runs its continuation on the next pass (libflux defers
+        continuations to a check watcher).  So: passes while messages are
+        queued, then two more.
+        """
+        try:
+            if self.more is not None:
+                self.more.stop()
+                self.more = None
+            extra = 2
+            for _ in range(512):
+                if self.lost:
+                    return
+                if lib.flux_reactor_run(self.reactor, lib.FLUX_REACTOR_NOWAIT) < 0:
+                    self.close("the connection was lost")
+                    return
+                events = lib.flux_pollevents(self.handle.handle)
+                if events < 0 or events & FLUX_POLLERR:
+                    self.close("the connection was lost")
+                    return
+                if events & FLUX_POLLIN:
+                    extra = 2
+                elif extra == 0:
+                    return
+                else:
+                    extra -= 1
+            # More is queued: come back on the next pass of the reactor.
+            self.more = self.runtime.handle.timer_watcher_create(0.0, self.on_ready)
+            self.more.start()
+        except Exception:  # pylint: disable=broad-except
+            self.runtime.log_exception(f"connection to {self.uri}")
+
+    def close(self, reason):
+        """The connection is gone: stop watching it and tell its jobs.  The
+        handle stays referenced (futures still point at it)."""
+        if self.lost:
+            return
+        self.lost = reason
+        self.watcher.stop()
+        if self.more is not None:
+            self.more.stop()
+        self.runtime.connections.forget(self, reason)
+        for job in list(self.listeners):
+            guard(job.connection_lost, job, self.runtime)(self, reason)
 
 
 #: Errors after which a connection is not reused.
@@ -726,8 +802,6 @@ CONNECTION_ERRORS = {
     errno.EPIPE,
     errno.ENOTCONN,
     errno.EHOSTUNREACH,
-    errno.ETIMEDOUT,
-    errno.ENOENT,
 }
 
 
@@ -817,19 +891,31 @@ class Connections:
                 for waiter in waiters:
                     waiter.finish(None, message)
                 continue
-            remote = RemoteInstance(uri, result, self.runtime.reactor)
+            try:
+                remote = RemoteInstance(uri, result, self.runtime)
+            except Exception as exc:  # pylint: disable=broad-except
+                # Whatever went wrong, every waiting job gets an answer.
+                self.runtime.log_exception(f"setting up the connection to {uri}")
+                message = getattr(exc, "strerror", None) or f"{type(exc).__name__}: {exc}"
+                for waiter in waiters:
+                    waiter.finish(None, message)
+                continue
             self.open[uri] = remote
             self.runtime.log(syslog.LOG_INFO, f"connected to {uri}")
             for waiter in waiters:
                 waiter.finish(remote, None)
 
     def failed(self, remote, error):
-        """Stop reusing a connection that failed; the next job reconnects."""
-        code = getattr(error, "errno", None)
-        if code in CONNECTION_ERRORS and self.open.get(remote.uri) is remote:
+        """An RPC on remote failed: if it says the connection is broken, stop
+        using it (its jobs are told; the next job reconnects)."""
+        if getattr(error, "errno", None) in CONNECTION_ERRORS:
+            remote.close(error.strerror or str(error))
+
+    def forget(self, remote, reason):
+        if self.open.get(remote.uri) is remote:
             del self.open[remote.uri]
-            self.retired.append(remote)
-            self.runtime.log(syslog.LOG_INFO, f"dropped connection to {remote.uri}: {error}")
+        self.retired.append(remote)
+        self.runtime.log(syslog.LOG_INFO, f"connection to {remote.uri} closed: {reason}")
 
     def close(self):
         self.watcher.stop()
@@ -872,7 +958,6 @@ class Runtime:
         self.handle = flux.Flux(handle=ffi.cast("flux_t *", jobtap.handle()))
         # The job-manager owns its handle: the wrapper must never close it.
         self.handle.incref()
-        self.reactor = raw.flux_get_reactor(self.handle.handle)
         self.hostname = socket.gethostname()
         self.submit_timeout = float(
             self.conf.get("submit-timeout", DEFAULT_SUBMIT_TIMEOUT)
@@ -881,6 +966,10 @@ class Runtime:
             self.conf.get("preflight-timeout", DEFAULT_PREFLIGHT_TIMEOUT)
         )
         connect_timeout = float(self.conf.get("connect-timeout", DEFAULT_CONNECT_TIMEOUT))
+        self.reconnect_interval = float(self.conf.get("reconnect-interval", 2.0))
+        self.reconnect_timeout = float(
+            self.conf.get("reconnect-timeout", DEFAULT_RECONNECT_TIMEOUT)
+        )
         self.jobs = {}
         self.connections = Connections(self, connect_timeout)
         # Registry: broker config [[delegate]] + the user's registry file.
@@ -1002,6 +1091,7 @@ class Runtime:
             "submit-timeout": self.submit_timeout,
             "connect-timeout": self.connections.timeout,
             "preflight-timeout": self.preflight_timeout,
+            "reconnect-timeout": self.reconnect_timeout,
             "registry": [
                 dict(c.extra, uri=c.uri, label=c.label, origin=c.origin)
                 for c in self.registry.clusters
@@ -1032,6 +1122,65 @@ SUBMITTING = "submitting"  # resolving, connecting, submitting remotely
 DELEGATED = "delegated"  # remote job exists and is followed
 RELEASING = "releasing"  # remote finished; local job run through to its end
 ENDED = "ended"  # nothing left to do
+
+
+class Submission:
+    """One submit of a job to a target, and what to do with its answer,
+    whenever it comes: after the job-manager's own timeout, or after the
+    handler that sent it was unloaded, a job the target created anyway is
+    canceled, so that no remote job runs that nobody follows."""
+
+    def __init__(self, job, remote, uri):
+        self.job = job
+        self.remote = remote
+        self.uri = uri
+        self.owner = runtime
+        self.answered = False
+
+    def send(self):
+        future = flux.job.submit_async(self.remote.handle, json.dumps(self.job.remote_spec))
+        # Not guard(): the answer must be handled even after an unload.
+        future.then(self.on_answer)
+        self.timer = self.owner.handle.timer_watcher_create(
+            max(0.0, self.job.submit_deadline - time.time()),
+            guard(lambda *unused: self.job.on_submit_timeout(self), self.job, self.owner),
+        )
+        self.timer.start()
+
+    def on_answer(self, future):
+        try:
+            self.answered = True
+            self.timer.stop()
+            try:
+                remote_id = future.get_id()
+            except OSError as exc:
+                if not self.owner.unloaded:
+                    guard(self.job.on_submit_error, self.job, self.owner)(self, exc)
+                return
+            job = self.job
+            current = job.submission is self and job.phase == SUBMITTING
+            if current and not self.owner.unloaded:
+                guard(job.on_submitted, job, self.owner)(self, remote_id)
+                return
+            if self.owner.unloaded:
+                why = "the delegate plugin was reloaded before the target answered"
+            elif job.phase == ENDED and job.canceled_reason:
+                why = job.canceled_reason
+            else:
+                why = "the target answered after the submit timed out"
+            self.withdraw(JobID(remote_id), why)
+        except Exception:  # pylint: disable=broad-except
+            self.owner.log_exception("submit answer")
+
+    def withdraw(self, remote_id, why):
+        """Cancel a remote job nobody will follow."""
+        self.owner.log(
+            syslog.LOG_INFO,
+            f"{self.job.name}: canceling {remote_id.f58} on {self.uri}: {why}",
+        )
+        future = flux.job.cancel_async(self.remote.handle, remote_id, f"delegate: {why}")
+        future.then(lambda f: None)
+        self.withdrawn = future
 
 
 class DelegatedJob:
@@ -1067,8 +1216,16 @@ class DelegatedJob:
         if self.phase == ENDED:
             log(syslog.LOG_DEBUG, f"{self.name}: after end: {what}")
             return
-        self.phase = ENDED
+        previous, self.phase = self.phase, ENDED
         self.stop_following()
+        if (
+            previous == DELEGATED
+            and not self.outcome.ended
+            and self.remote is not None
+            and not self.remote.lost
+        ):
+            # Whatever went wrong, the remote job must not run on alone.
+            self.cancel_remote(f"delegation failed: {what}")
         log(syslog.LOG_ERR, f"{self.name}: {what}")
         jobtap.raise_exception(self.id, EXCEPTION_TYPE, 0, f"delegate: {what}")
 
@@ -1203,8 +1360,52 @@ class DelegatedJob:
         self.uri = candidate.uri
         self.remote = candidate.remote
         self.outcome = RemoteOutcome()
-        future = flux.job.submit_async(self.remote.handle, json.dumps(self.remote_spec))
-        then(future, self.on_submitted, job=self, timeout=runtime.submit_timeout)
+        self.submit_deadline = time.time() + runtime.submit_timeout
+        self.send_submit()
+
+    def send_submit(self):
+        if self.remote.lost:
+            self.failover(f"cannot connect to {self.uri}: {self.remote.lost}")
+            return
+        attempt = Submission(self, self.remote, self.uri)
+        self.submission = attempt
+        attempt.send()
+
+    def on_submit_timeout(self, attempt):
+        """No answer in time.  The target may yet create the job: trying
+        another target could run it twice, so the job fails here, and a job
+        created late is canceled (Submission.on_answer)."""
+        if attempt is not self.submission or self.phase != SUBMITTING:
+            return
+        self.fail(
+            f"submit to {self.uri} failed: no answer within"
+            f" {runtime.submit_timeout:g}s (not tried elsewhere: the target may"
+            " still create the job, which would then be canceled)"
+        )
+
+    def on_submit_error(self, attempt, exc):
+        if attempt is not self.submission or self.phase != SUBMITTING:
+            return
+        if exc.errno == errno.ENOSYS and time.time() < self.submit_deadline:
+            # The target is still starting (no job-ingest yet): try again.
+            timer = runtime.handle.timer_watcher_create(
+                1.0, guard(lambda *unused: self.retry_submit(attempt), self)
+            )
+            self.retry_timer = timer
+            timer.start()
+            return
+        if exc.errno in CONNECTION_ERRORS:
+            # The request may have reached the target before the break.
+            self.fail(
+                f"submit to {self.uri} failed: {exc.strerror or exc} (not"
+                " tried elsewhere: the target may have the job)"
+            )
+            return
+        self.failover(f"submit to {self.uri} failed: {exc.strerror or exc}")
+
+    def retry_submit(self, attempt):
+        if attempt is self.submission and self.phase == SUBMITTING:
+            self.send_submit()
 
     def failover(self, reason):
         """This attempt failed for sure (no remote job runs): note it in the
@@ -1228,30 +1429,9 @@ class DelegatedJob:
         self.phase = SUBMITTING
         self.try_next()
 
-    def on_submitted(self, future):
-        try:
-            remote_id = future.get_id()
-        except OSError as exc:
-            runtime.connections.failed(self.remote, exc)
-            if exc.errno == errno.ETIMEDOUT:
-                # The target may have created the job without answering:
-                # trying another target could run it twice.
-                self.fail(
-                    f"submit to {self.uri} failed: no answer within"
-                    f" {runtime.submit_timeout:g}s (not retried elsewhere:"
-                    " the job may exist there)"
-                )
-                return
-            if self.phase != SUBMITTING:
-                return
-            self.failover(f"submit to {self.uri} failed: {exc.strerror or exc}")
-            return
+    def on_submitted(self, attempt, remote_id):
+        """The target accepted the job as remote_id."""
         self.remote_id = JobID(remote_id)
-        if self.phase != SUBMITTING:
-            # The local job ended while the submit was in flight: the
-            # remote job must not run on its own.
-            self.cancel_remote(self.canceled_reason or "local job ended")
-            return
         self.phase = DELEGATED
         context = {"jobid": int(self.remote_id), "uri": self.uri}
         if self.candidate.label:
@@ -1272,10 +1452,9 @@ class DelegatedJob:
             syslog.LOG_INFO,
             f"{self.name}: following {self.remote_id.f58} on {self.uri} again",
         )
-        runtime.connections.get(self.uri, self.follow, self.reconnect_failed, job=self)
-
-    def reconnect_failed(self, message):
-        self.fail(f"cannot reconnect to {self.uri}: {message}")
+        self.lost_since = time.time()
+        self.lost_reason = "the source reloaded"
+        runtime.connections.get(self.uri, self.reattach, self.reattach_failed, job=self)
 
     # -- following the remote job ------------------------------------------
 
@@ -1283,16 +1462,67 @@ class DelegatedJob:
         if self.phase != DELEGATED:
             return
         self.remote = remote
+        remote.listeners.add(self)
         self.watch = flux.job.event_watch_async(remote.handle, self.remote_id)
         then(self.watch, self.on_remote_event, job=self)
 
     def stop_following(self):
         watch, self.watch = self.watch, None
-        if watch is not None:
+        if self.remote is not None:
+            self.remote.listeners.discard(self)
+        if watch is not None and not (self.remote and self.remote.lost):
             try:
                 watch.cancel(stop=True)
             except OSError:
                 pass
+
+    def connection_lost(self, remote, reason):
+        """The connection the remote job is followed on broke (target
+        restarting, ssh dropped...).  The remote job may well live on:
+        reconnect and follow it again, for up to reconnect-timeout."""
+        if remote is not self.remote or self.phase != DELEGATED:
+            return
+        self.watch = None
+        remote.listeners.discard(self)
+        self.lost_since = time.time()
+        self.lost_reason = reason
+        log(
+            syslog.LOG_INFO,
+            f"{self.name}: lost contact with {self.remote_id.f58} on {self.uri}"
+            f" ({reason}); reconnecting",
+        )
+        self.schedule_reconnect()
+
+    def schedule_reconnect(self):
+        timer = runtime.handle.timer_watcher_create(
+            runtime.reconnect_interval, guard(self.reconnect, self)
+        )
+        self.reconnect_timer = timer
+        timer.start()
+
+    def reconnect(self, *unused):
+        if self.phase == DELEGATED:
+            runtime.connections.get(
+                self.uri, self.reattach, self.reattach_failed, job=self
+            )
+
+    def reattach(self, remote):
+        if self.phase != DELEGATED:
+            return
+        self.outcome = RemoteOutcome()  # the watch replays the whole eventlog
+        self.lost_since = None
+        self.follow(remote)
+
+    def reattach_failed(self, message):
+        if self.phase != DELEGATED:
+            return
+        if time.time() - self.lost_since < runtime.reconnect_timeout:
+            self.schedule_reconnect()
+            return
+        self.fail(
+            f"lost contact with remote job {self.remote_id.f58} on {self.uri}"
+            f" ({self.lost_reason}), and cannot reconnect: {message}"
+        )
 
     def on_remote_event(self, future):
         if self.phase != DELEGATED:
@@ -1300,11 +1530,24 @@ class DelegatedJob:
         try:
             event = future.get_event()
         except OSError as exc:
-            runtime.connections.failed(self.remote, exc)
-            self.fail(
-                f"lost track of remote job {self.remote_id.f58} on {self.uri}:"
-                f" {exc.strerror or exc}"
-            )
+            if exc.errno == errno.ENOENT:
+                self.fail(
+                    f"remote job {self.remote_id.f58} no longer exists on"
+                    f" {self.uri} (purged, or the instance restarted without"
+                    " its state)"
+                )
+            elif exc.errno == errno.EPERM:
+                self.fail(
+                    f"cannot follow remote job {self.remote_id.f58} on"
+                    f" {self.uri}: {exc.strerror or exc}"
+                )
+            elif self.watch is future:
+                # Anything else is the target going away or coming back
+                # (a target shutting down answers ENOSYS before its
+                # connection closes): follow again once it answers.
+                runtime.connections.failed(self.remote, exc)
+                if self.phase == DELEGATED and self.watch is future:
+                    self.connection_lost(self.remote, exc.strerror or str(exc))
             return
         if event is None:
             self.conclude()

@@ -87,6 +87,15 @@ def main():
         print("plain jobs ('true') in the source:")
         print(f"  without the plugin     {n / plain_without:8.1f} jobs/s ({plain_without:.2f} s)")
         print(f"  with the plugin        {n / plain_with:8.1f} jobs/s ({plain_with:.2f} s)")
+        # How fast a job no target can run fails (pre-flight, no remote job).
+        infeasible = []
+        for _ in range(10):
+            jobid = source.submit(f"--dependency=delegate:{target.uri}", "-n", "1024", "true")
+            source.run("job", "wait-event", jobid, "clean")
+            local = events(source, jobid)
+            infeasible.append(local["exception"]["timestamp"] - local["submit"]["timestamp"])
+        print("jobs no target can run:")
+        summary("submit to failure", infeasible)
         query = json.loads(source.run("jobtap", "query", "delegate.so").stdout)
         print(f"  connections opened     {len(query['connections'])}")
     finally:

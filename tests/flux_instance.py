@@ -104,10 +104,11 @@ class FluxClient:
 class FluxInstance(FluxClient):
     """A Flux instance of its own, started and stopped by the test."""
 
-    def __init__(self, size=1, config=None, statedir=None, name="flux"):
+    def __init__(self, size=1, config=None, statedir=None, rundir=None, name="flux"):
         self.size = size
         self.config = config
         self.statedir = statedir
+        self.rundir = rundir
         self.name = name
         self.dir = tempfile.mkdtemp(prefix=f"delegate-{name}-")
         self.uri = None
@@ -130,6 +131,9 @@ class FluxInstance(FluxClient):
             args.append(f"--config-path={confdir}")
         if self.statedir is not None:
             args.append(f"-Sstatedir={self.statedir}")
+        if self.rundir is not None:
+            # A fixed rundir keeps the same local:// URI across restarts.
+            args.append(f"--test-rundir={self.rundir}")
         script = (
             f"flux getattr local-uri > {shlex.quote(urifile)}.tmp"
             f" && mv {shlex.quote(urifile)}.tmp {shlex.quote(urifile)}"
