@@ -1187,6 +1187,7 @@ class DelegatedJob:
     def __init__(self, args, target, doomed=None):
         self.id = int(args["id"])
         self.userid = args.get("userid")
+        self.urgency = args.get("urgency")
         self.jobspec = args["jobspec"]
         self.target = target
         # A reason to fail as soon as the job may take an exception (set in
@@ -1241,6 +1242,8 @@ class DelegatedJob:
         if self.doomed is not None:
             self.fail(self.doomed)
             return
+        if self.urgency == 0:
+            return  # held: on_urgency checks again when released
         if self.checking:
             self.recheck = True
             return
@@ -1639,6 +1642,12 @@ class DelegatedJob:
         self.stop_following()
         runtime.jobs.pop(self.id, None)
 
+    def on_urgency(self, args):
+        """A held job (urgency 0) is not delegated until it is released."""
+        self.urgency = args.get("urgency", self.urgency)
+        if self.urgency != 0:
+            self.check_ready()
+
     def cancel_remote(self, reason):
         remote, remote_id, uri = self.remote, self.remote_id, self.uri
         log(syslog.LOG_INFO, f"{self.name}: canceling {remote_id.f58} on {uri}")
@@ -1979,6 +1988,10 @@ def on_job_new(args):
 
 JOB_CALLBACKS = {
     "job.state.depend": DelegatedJob.on_depend,
+    "job.event.urgency": DelegatedJob.on_urgency,
+    # A submit rejected after the job was taken on (e.g. by a later
+    # dependency) is destroyed without becoming inactive.
+    "job.destroy": DelegatedJob.on_inactive,
     "job.event.dependency-remove": DelegatedJob.on_dependency_removed,
     "job.state.sched": DelegatedJob.on_sched,
     "job.state.cleanup": DelegatedJob.on_cleanup,

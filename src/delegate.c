@@ -10,9 +10,9 @@
  *    plugin is (re)loaded or the instance restarts.
  *  - job.new reaches it only for jobs with attributes.system.delegate
  *    (-S system.delegate=POLICY, the C delegate plugin's convention).
- *  - job.state.* and job.event.* reach the handler only for jobs it has
- *    taken on (delegate_jobtap.job_attach()), so other jobs never enter
- *    Python.
+ *  - job.state.*, job.event.* and job.destroy reach the handler only for
+ *    jobs it has taken on (delegate_jobtap.job_attach()), so other jobs
+ *    never enter Python.
  *  - A Python exception never escapes: pyerror.c turns it into a rejected
  *    submit, a DelegationFailure job exception, or a log line.
  *
@@ -179,7 +179,8 @@ static int job_new_cb (flux_plugin_t *p,
     return dispatch (d, p, topic, args, NULL, PYERROR_JOB);
 }
 
-/* job.state.* and job.event.*: only for jobs the handler has taken on. */
+/* job.state.*, job.event.*, job.destroy: only for jobs the handler has
+ * taken on. */
 static int job_cb (flux_plugin_t *p,
                    const char *topic,
                    flux_plugin_arg_t *args,
@@ -320,6 +321,7 @@ static const struct flux_plugin_handler tab[] = {
     { "job.new",                 job_new_cb,             NULL },
     { "job.state.*",             job_cb,                 NULL },
     { "job.event.*",             job_cb,                 NULL },
+    { "job.destroy",             job_cb,                 NULL },
     { "conf.update",             conf_update_cb,         NULL },
     { "plugin.query",            plugin_query_cb,        NULL },
     { 0 },
@@ -334,6 +336,15 @@ int flux_plugin_init (flux_plugin_t *p)
     const struct flux_plugin_handler *t;
 
     /* No arguments at all is fine: the installed handler is used. */
+    /* jobtap runs init before it finds a plugin of the same name already
+     * loaded: a second 'flux jobtap load delegate.so' must not take the
+     * module functions away from the first one.
+     */
+    if (jobtap_module_get_plugin ()) {
+        flux_log (h, LOG_ERR, "delegate: delegate.so is already loaded"
+                  " (flux jobtap remove delegate.so first)");
+        return -1;
+    }
     if (flux_plugin_get_conf (p)
         && flux_plugin_conf_unpack (p, "{s?s}", "handler", &path) < 0) {
         flux_log (h, LOG_ERR, "delegate: handler=PATH must be a string");

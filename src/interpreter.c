@@ -61,9 +61,28 @@ static int make_libpython_global (flux_error_t *errp)
 static int init_python (flux_error_t *errp)
 {
     PyStatus status;
+    PyPreConfig preconfig;
     PyConfig config;
 
+    /* Leave the broker's locale and environment alone: by default Python
+     * sets LC_CTYPE (and may setenv LC_CTYPE=C.UTF-8 in a C locale), on
+     * this thread, while other broker threads read the environment, and
+     * every process the broker starts would inherit the change.  UTF-8
+     * mode gives Python its encoding without touching the process locale.
+     */
+    PyPreConfig_InitPythonConfig (&preconfig);
+    preconfig.configure_locale = 0;
+    preconfig.coerce_c_locale = 0;
+    preconfig.utf8_mode = 1;
+    status = Py_PreInitialize (&preconfig);
+    if (PyStatus_Exception (status))
+        return errorf (errp,
+                       "Python pre-initialization failed: %s",
+                       status.err_msg ? status.err_msg : "unknown error");
+
     PyConfig_InitPythonConfig (&config);
+    /* The broker's stdio is not Python's to reconfigure. */
+    config.configure_c_stdio = 0;
     /* The broker owns signals (it blocks them in module threads and
      * handles them in its reactor): Python must not install handlers.
      */

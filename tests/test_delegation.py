@@ -101,9 +101,9 @@ def test_cancel_in_target_fails_local_job(source, target):
 
 
 def test_cancel_while_waiting_for_other_dependency(source, target):
-    # Held by afterok on a long job: canceled before delegation, so no
-    # remote job may ever be created.
-    blocker = source.submit("sleep", "300")
+    # Held by afterok on a job that then completes successfully: canceled
+    # before that, the job must never be delegated.
+    blocker = source.submit("sleep", "2")
     jobid = source.submit(
         f"--dependency=afterok:{blocker}",
         f"--dependency=delegate:{target.uri}",
@@ -112,10 +112,25 @@ def test_cancel_while_waiting_for_other_dependency(source, target):
     )
     source.run("cancel", jobid)
     source.wait_event(jobid, "clean")
-    source.run("cancel", blocker)
+    assert source.status(blocker) == 0
+    control = source.submit(f"--dependency=afterok:{blocker}", f"--dependency=delegate:{target.uri}", "true")
+    assert source.status(control) == 0  # the plugin is alive and delegating
     names = [e["name"] for e in source.eventlog(jobid)]
-    assert "delegated" not in names
+    assert "delegated" not in names and "delegate-choice" not in names
     assert "never-delegated" not in [j["name"] for j in target.jobs()]
+
+
+def test_held_job_is_delegated_only_when_released(source, target):
+    jobid = source.submit(
+        f"--dependency=delegate:{target.uri}", "--urgency=hold", "--job-name=held", "true"
+    )
+    source.wait_event(jobid, "validate")
+    proc = source.run("job", "wait-event", "-t", "2", jobid, "delegated", check=False)
+    assert proc.returncode != 0  # still held, not delegated
+    assert "held" not in [j["name"] for j in target.jobs()]
+    source.run("job", "urgency", jobid, "default")
+    assert source.status(jobid) == 0
+    assert "held" in [j["name"] for j in target.jobs()]
 
 
 def test_afterok_is_honoured_before_delegation(source, target):

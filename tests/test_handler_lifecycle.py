@@ -5,7 +5,7 @@ replaced text must be there, so these tests fail loudly if it changes.
 """
 
 import pytest
-from flux_instance import HANDLER
+from flux_instance import HANDLER, PLUGIN
 
 pytestmark = pytest.mark.integration
 
@@ -141,3 +141,28 @@ def test_handler_error_in_continuation_fails_only_that_job(fresh_source, target,
     assert "Traceback" in source.dmesg()
     # The job-manager's reactor kept running: plain jobs still run.
     assert source.status(source.submit("true")) == 0
+
+
+def test_second_load_is_refused_and_the_first_keeps_working(fresh_source, target):
+    fresh_source.load_plugin()
+    again = fresh_source.run("jobtap", "load", PLUGIN, check=False)
+    assert again.returncode != 0
+    assert "delegate.so is already loaded" in fresh_source.dmesg()
+    jobid = fresh_source.submit(f"--dependency=delegate:{target.uri}", "true")
+    assert fresh_source.status(jobid) == 0
+
+
+def test_rejected_submit_leaves_nothing_behind(fresh_source, target):
+    import json
+
+    fresh_source.load_plugin()
+    proc = fresh_source.run(
+        "submit",
+        f"--dependency=delegate:{target.uri}",
+        "--dependency=afterok:ƒ2222222",
+        "true",
+        check=False,
+    )
+    assert proc.returncode != 0
+    query = json.loads(fresh_source.run("jobtap", "query", "delegate.so").stdout)
+    assert query["jobs"] == {}
