@@ -417,3 +417,20 @@ def test_failover_after_the_last_delegation_means_choose_again():
 def test_candidate_record():
     c = candidates(("a", "feasible", 3, None))[0]
     assert c.record() == {"uri": "local:///a", "verdict": "feasible", "label": "a", "pending": 3}
+
+
+def test_readme_site_policy_example():
+    """The site policy shown in the README works as it says."""
+    readme = os.path.join(os.path.dirname(HANDLER_PATH), "README.md")
+    with open(readme) as fp:
+        text = fp.read()
+    start = text.index("```python\n# /etc/flux/delegate/site_policy.py")
+    code = text[start + len("```python\n"): text.index("```", start + 3)]
+    namespace = {}
+    exec(compile(code, "README site_policy.py", "exec"), namespace)
+    cs = candidates(("a", "unknown", 0, None), ("b", "feasible", 7, None), ("c", "feasible", 1, None))
+    cs[0].cluster.extra["allowed-projects"] = ["chem"]
+    cs[1].cluster.extra["allowed-projects"] = ["chem", "bio"]
+    job = handler.JobView(1, 0, {"attributes": {"system": {"project": "bio"}}})
+    order = handler.apply_policy(namespace["by_project"], "by-project", None, job, cs)
+    assert names(order) == ["c", "b"]
