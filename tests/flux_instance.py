@@ -68,8 +68,15 @@ class FluxClient:
         args = ["job", "wait-event", "-f", "json", "-t", str(timeout)]
         if match:
             args += ["-m", match]
-        out = self.run(*args, jobid, name, timeout=timeout + 10).stdout
-        return json.loads(out.strip().splitlines()[-1])
+        proc = self.run(*args, jobid, name, timeout=timeout + 10, check=False)
+        if proc.returncode != 0:
+            # Say what did happen, so that a failure can be understood.
+            log = self.run("job", "eventlog", jobid, check=False)
+            raise CommandError(
+                f"no '{name}' event for {jobid}: {proc.stderr.strip()}\n"
+                f"its eventlog:\n{log.stdout}{log.stderr}"
+            )
+        return json.loads(proc.stdout.strip().splitlines()[-1])
 
     def wait_memo(self, jobid, key, timeout=30):
         """Wait for a memo event setting 'key' (e.g. a batch job's "uri")."""
