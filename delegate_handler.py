@@ -332,9 +332,10 @@ def parse_registry(entries, origin, where):
     return clusters
 
 
-def merge_registry(config_clusters, user_clusters):
+def merge_registry(config_clusters, user_clusters, policies=()):
     """The broker's entries, then the user's; on a label used by both, the
-    broker's wins.  Returns (Registry, [notes on dropped user entries])."""
+    broker's wins, and a user label that names a policy is left out.
+    Returns (Registry, [notes on dropped user entries])."""
     labels = {c.label for c in config_clusters if c.label}
     notes = []
     merged = list(config_clusters)
@@ -345,8 +346,44 @@ def merge_registry(config_clusters, user_clusters):
                 " overridden by the broker config's entry of that label"
             )
             continue
+        if cluster.label in policies:
+            notes.append(
+                f"user registry entry '{cluster.label}' ({cluster.uri}) is left"
+                " out: its label is the name of a policy"
+            )
+            continue
         merged.append(cluster)
     return Registry(merged), notes
+
+
+def parse_policy_config(conf):
+    """The broker config's registry ('delegate') and [delegate-policy]
+    table: (clusters, {name: site policy}, default policy).  Raises
+    ValueError naming what is wrong."""
+    clusters = parse_registry(conf.get("delegate"), "config", "broker config")
+    table = conf.get("delegate-policy") or {}
+    if not isinstance(table, dict):
+        raise ValueError("broker config: [delegate-policy] must be a table")
+    unknown = set(table) - {"default", "custom"}
+    if unknown:
+        raise ValueError(f"broker config: [delegate-policy] has unknown keys: {sorted(unknown)}")
+    specs = table.get("custom") or {}
+    if not isinstance(specs, dict):
+        raise ValueError("broker config: [delegate-policy.custom] must be a table of name = \"module:function\"")
+    custom = {}
+    for name, spec in specs.items():
+        if name in BUILTIN_ORDERS:
+            raise ValueError(f"[delegate-policy.custom]: '{name}' is a built-in policy")
+        custom[name] = load_policy(name, spec)
+    default = table.get("default", DEFAULT_POLICY)
+    if not isinstance(default, str) or default.partition(":")[0] not in (
+        set(BUILTIN_ORDERS) | set(custom)
+    ):
+        raise ValueError(f"[delegate-policy]: unknown default policy '{default}'")
+    clash = {c.label for c in clusters if c.label} & set(custom)
+    if clash:
+        raise ValueError(f"broker config: labels {sorted(clash)} are policy names")
+    return clusters, custom, default
 
 
 def read_user_registry(path):
@@ -360,7 +397,10 @@ def read_user_registry(path):
         return []
     except OSError as exc:
         raise ValueError(f"{path}: {exc.strerror}")
-    import yaml
+    try:
+        import yaml
+    except ImportError:
+        raise ValueError(f"{path}: PyYAML is not installed, so the file cannot be read")
 
     try:
         data = yaml.safe_load(text)
@@ -823,7 +863,7 @@ class Connections:
         self.timeout = timeout
         self.open = {}  # uri -> RemoteInstance
         self.waiters = {}  # uri -> [Waiter]
-        self.opening = set()  # uris with a helper thread at work
+        self.opening = {}  # uri -> when its helper thread started
         # Connections dropped after an error stay referenced: futures still
         # in flight on them must not see their handle closed under them.
         self.retired = []
@@ -846,8 +886,11 @@ class Connections:
             self, uri, guard(on_open, job, owner), guard(on_error, job, owner)
         )
         self.waiters.setdefault(uri, []).append(waiter)
-        if uri not in self.opening:
-            self.opening.add(uri)
+        started = self.opening.get(uri)
+        # One helper at a time per target; a new one if the last has hung
+        # (in flux_open) for longer than connect-timeout.
+        if started is None or time.time() - started > self.timeout:
+            self.opening[uri] = time.time()
             thread = threading.Thread(
                 target=self.open_in_thread, args=(uri,), name="delegate-connect"
             )
@@ -883,7 +926,7 @@ class Connections:
                 uri, result = self.results.get_nowait()
             except queue.Empty:
                 return
-            self.opening.discard(uri)
+            self.opening.pop(uri, None)
             waiters = self.waiters.pop(uri, [])
             if isinstance(result, Exception):
                 message = getattr(result, "strerror", None) or str(result)
@@ -893,6 +936,11 @@ class Connections:
                 continue
             try:
                 remote = RemoteInstance(uri, result, self.runtime)
+                if self.open.get(uri) is not None and not self.open[uri].lost:
+                    # A hung attempt answered late: keep the newer one.
+                    self.retired.append(remote)
+                    remote.close("a newer connection is in use")
+                    remote = self.open[uri]
             except Exception as exc:  # pylint: disable=broad-except
                 # Whatever went wrong, every waiting job gets an answer.
                 self.runtime.log_exception(f"setting up the connection to {uri}")
@@ -904,12 +952,6 @@ class Connections:
             self.runtime.log(syslog.LOG_INFO, f"connected to {uri}")
             for waiter in waiters:
                 waiter.finish(remote, None)
-
-    def failed(self, remote, error):
-        """An RPC on remote failed: if it says the connection is broken, stop
-        using it (its jobs are told; the next job reconnects)."""
-        if getattr(error, "errno", None) in CONNECTION_ERRORS:
-            remote.close(error.strerror or str(error))
 
     def forget(self, remote, reason):
         if self.open.get(remote.uri) is remote:
@@ -974,6 +1016,7 @@ class Runtime:
         self.connections = Connections(self, connect_timeout)
         # Registry: broker config [[delegate]] + the user's registry file.
         self.configured = False
+        self.rejected_conf = None
         self.config_clusters = []
         self.registry_error = None
         self.user_registry_path = self.conf.get("registry") or default_user_registry_path()
@@ -990,42 +1033,29 @@ class Runtime:
     def configure(self, conf):
         """conf.update: the broker config (at load, and on 'flux config
         reload').  A bad registry or policy table is reported and the
-        previous configuration kept: at load (nothing to keep yet) the
-        error is logged and shown by 'flux jobtap query'; on reload it is
-        raised, so that 'flux config reload' fails with the message."""
+        previous configuration kept.  The error is raised (so that 'flux
+        config reload' fails with the message) only for a config not seen
+        before: when the plugin is loaded from broker config, jobtap passes
+        the same config twice, and failing then would stop the instance
+        from starting."""
         try:
-            clusters = parse_registry(conf.get("delegate"), "config", "broker config")
-            table = conf.get("delegate-policy") or {}
-            if not isinstance(table, dict):
-                raise ValueError("broker config: [delegate-policy] must be a table")
-            unknown = set(table) - {"default", "custom"}
-            if unknown:
-                raise ValueError(
-                    f"broker config: [delegate-policy] has unknown keys: {sorted(unknown)}"
-                )
-            custom = {}
-            for name, spec in (table.get("custom") or {}).items():
-                if name in BUILTIN_ORDERS:
-                    raise ValueError(f"[delegate-policy.custom]: '{name}' is a built-in policy")
-                custom[name] = load_policy(name, spec)
-            default = table.get("default", DEFAULT_POLICY)
-            if not isinstance(default, str) or default.partition(":")[0] not in (
-                set(BUILTIN_ORDERS) | set(custom)
-            ):
-                raise ValueError(f"[delegate-policy]: unknown default policy '{default}'")
-            labels = {c.label for c in clusters if c.label}
-            clash = labels & set(custom)
-            if clash:
-                raise ValueError(f"broker config: labels {sorted(clash)} are policy names")
-        except ValueError as exc:
-            if self.configured:
-                raise
-            self.registry_error = str(exc)
-            self.log(syslog.LOG_ERR, f"{exc}: no registry until the config is fixed")
+            clusters, custom, default = parse_policy_config(conf)
+        except Exception as exc:  # pylint: disable=broad-except
+            message = str(exc) if isinstance(exc, ValueError) else (
+                f"delegate config: {type(exc).__name__}: {exc}"
+            )
+            fingerprint = json.dumps(conf, sort_keys=True, default=str)
+            first_time = fingerprint != self.rejected_conf
+            self.rejected_conf = fingerprint
+            self.registry_error = message
+            self.log(syslog.LOG_ERR, f"{message} (the previous registry is kept)")
+            if self.configured and first_time:
+                raise ValueError(message)
             self.configured = True
             self.refresh_user_registry(force=True)
             return
         self.configured = True
+        self.rejected_conf = None
         self.registry_error = None
         self.config_clusters = clusters
         self.custom_policies = custom
@@ -1055,7 +1085,9 @@ class Runtime:
             except ValueError as exc:
                 self.user_registry_error = str(exc)
                 self.log(syslog.LOG_ERR, f"user registry: {exc} (keeping the previous one)")
-        self.registry, notes = merge_registry(self.config_clusters, self.user_clusters)
+        self.registry, notes = merge_registry(
+            self.config_clusters, self.user_clusters, self.policies
+        )
         if force:
             for note in notes:
                 self.log(syslog.LOG_INFO, note)
@@ -1202,6 +1234,8 @@ class DelegatedJob:
         self.remote_id = None
         self.outcome = RemoteOutcome()
         self.watch = None
+        self.lost_since = None
+        self.lost_reason = None
         self.checking = False
         self.recheck = False
         self.canceled_reason = None
@@ -1239,10 +1273,7 @@ class DelegatedJob:
         instance restart)."""
         if self.phase != WAITING:
             return
-        if self.doomed is not None:
-            self.fail(self.doomed)
-            return
-        if self.urgency == 0:
+        if self.urgency == 0 and self.doomed is None:
             return  # held: on_urgency checks again when released
         if self.checking:
             self.recheck = True
@@ -1260,7 +1291,11 @@ class DelegatedJob:
             return
         previous = find_delegation(eventlog)
         if previous is not None:
+            # Delegated before (plugin reload, restart): follow it, even if
+            # its target would not parse any more (registry changed).
             self.resume(previous)
+        elif self.doomed is not None:
+            self.fail(self.doomed)
         elif not (outstanding_dependencies(eventlog) - {DEPENDENCY}):
             self.start()
         elif self.recheck:
@@ -1272,9 +1307,6 @@ class DelegatedJob:
     def start(self):
         """Fetch the job's environment (only in J), then choose and submit."""
         self.phase = SUBMITTING
-        if self.doomed is not None:
-            self.fail(self.doomed)
-            return
         future = flux.job.kvslookup.job_info_lookup(
             runtime.handle, self.id, keys=["J"]
         )
@@ -1318,6 +1350,8 @@ class DelegatedJob:
             return
         policy = self.target.policy
         try:
+            if policy is not None and policy not in runtime.policies:
+                raise PolicyError(f"policy '{policy}' is no longer configured")
             if policy is None:
                 order = list(candidates)
             else:
@@ -1480,15 +1514,21 @@ class DelegatedJob:
                 pass
 
     def connection_lost(self, remote, reason):
-        """The connection the remote job is followed on broke (target
-        restarting, ssh dropped...).  The remote job may well live on:
-        reconnect and follow it again, for up to reconnect-timeout."""
+        """The remote job cannot be followed for now (target restarting,
+        ssh dropped, its job-info gone...).  It may well live on: follow it
+        again once its target answers, for up to reconnect-timeout."""
         if remote is not self.remote or self.phase != DELEGATED:
             return
         self.watch = None
         remote.listeners.discard(self)
-        self.lost_since = time.time()
+        self.lost_since = self.lost_since or time.time()
         self.lost_reason = reason
+        if time.time() - self.lost_since >= runtime.reconnect_timeout:
+            self.fail(
+                f"lost contact with remote job {self.remote_id.f58} on {self.uri}"
+                f" for {runtime.reconnect_timeout:g}s: {reason}"
+            )
+            return
         log(
             syslog.LOG_INFO,
             f"{self.name}: lost contact with {self.remote_id.f58} on {self.uri}"
@@ -1513,8 +1553,7 @@ class DelegatedJob:
         if self.phase != DELEGATED:
             return
         self.outcome = RemoteOutcome()  # the watch replays the whole eventlog
-        self.lost_since = None
-        self.follow(remote)
+        self.follow(remote)  # lost_since is cleared by the first event
 
     def reattach_failed(self, message):
         if self.phase != DELEGATED:
@@ -1548,10 +1587,9 @@ class DelegatedJob:
                 # Anything else is the target going away or coming back
                 # (a target shutting down answers ENOSYS before its
                 # connection closes): follow again once it answers.
-                runtime.connections.failed(self.remote, exc)
-                if self.phase == DELEGATED and self.watch is future:
-                    self.connection_lost(self.remote, exc.strerror or str(exc))
+                self.connection_lost(self.remote, exc.strerror or str(exc))
             return
+        self.lost_since = None  # in contact again
         if event is None:
             self.conclude()
             return
@@ -1649,21 +1687,63 @@ class DelegatedJob:
             self.check_ready()
 
     def cancel_remote(self, reason):
-        remote, remote_id, uri = self.remote, self.remote_id, self.uri
-        log(syslog.LOG_INFO, f"{self.name}: canceling {remote_id.f58} on {uri}")
-        future = flux.job.cancel_async(remote.handle, remote_id, reason)
+        """Cancel the remote job: now, or, if the connection is down, as soon
+        as it is back.  It must not run on alone."""
+        RemoteCancel(self, reason).start()
 
-        def on_canceled(fut):
-            try:
-                fut.get()
-            except OSError as exc:
-                log(
-                    syslog.LOG_ERR,
-                    f"{self.name}: cancel of {remote_id.f58} on {uri} failed:"
+
+class RemoteCancel:
+    """Cancel a remote job, retrying while its target cannot be reached
+    (for up to reconnect-timeout); the local job may be gone by then."""
+
+    def __init__(self, job, reason):
+        self.job = job
+        self.owner = runtime
+        self.uri = job.uri
+        self.remote_id = job.remote_id
+        self.reason = reason
+        self.deadline = time.time() + runtime.reconnect_timeout
+
+    def start(self):
+        log(syslog.LOG_INFO, f"{self.job.name}: canceling {self.remote_id.f58} on {self.uri}")
+        remote = self.job.remote
+        if remote is not None and not remote.lost:
+            self.send(remote)
+        else:
+            self.connect()
+
+    def connect(self, *unused):
+        self.owner.connections.get(self.uri, self.send, self.retry)
+
+    def retry(self, message):
+        if time.time() < self.deadline:
+            self.timer = self.owner.handle.timer_watcher_create(
+                self.owner.reconnect_interval, guard(self.connect, owner=self.owner)
+            )
+            self.timer.start()
+            return
+        self.owner.log(
+            syslog.LOG_ERR,
+            f"{self.job.name}: could not cancel remote job {self.remote_id.f58}"
+            f" on {self.uri}: {message}; it may still run there",
+        )
+
+    def send(self, remote):
+        future = flux.job.cancel_async(remote.handle, self.remote_id, self.reason)
+        then(future, self.on_answer)
+
+    def on_answer(self, future):
+        try:
+            future.get()
+        except OSError as exc:
+            if exc.errno in CONNECTION_ERRORS or exc.errno == errno.ENOSYS:
+                self.retry(exc.strerror or str(exc))
+            else:  # e.g. the remote job is inactive already
+                self.owner.log(
+                    syslog.LOG_INFO,
+                    f"{self.job.name}: cancel of {self.remote_id.f58} on {self.uri}:"
                     f" {exc.strerror or exc}",
                 )
-
-        then(future, on_canceled)
 
 
 def local_end_reason(args, name):
@@ -1681,6 +1761,8 @@ def local_end_reason(args, name):
 
 def no_target_message(candidates, order):
     """Why no candidate can take the job, naming each one."""
+    if not candidates:
+        return "no targets in the registry (it changed since the job was submitted)"
     if len(candidates) == 1:
         c = candidates[0]
         if c.verdict == "unreachable":
@@ -1936,20 +2018,31 @@ def system_delegate(args):
 
 def on_dependency(args):
     """job.dependency.delegate: take the job on, or reject it.  With no
-    value, -S system.delegate (or else the default policy) chooses."""
+    value, -S system.delegate (or else the default policy) chooses.
+
+    At submit a bad value rejects the job.  A job already waiting (plugin
+    load, instance restart) is always taken on: it may have been delegated
+    before, under a registry that has changed since.
+    """
     existing = runtime.jobs.get(int(args["id"]))
     if existing is not None:
         # Taken on already by job.new (system.delegate, plugin load).
-        claim(args, existing.target)
+        claim(args, existing.target, existing.doomed)
         return None
     runtime.refresh_user_registry()
     value = (args.get("dependency") or {}).get("value")
     if not value and isinstance(system_delegate(args), str):
         value = system_delegate(args)
-    target = parse_target(
-        value, runtime.registry, runtime.policy_names(), runtime.default_policy
-    )
-    check_owner(args)
+    try:
+        target = parse_target(
+            value, runtime.registry, runtime.policy_names(), runtime.default_policy
+        )
+        check_owner(args)
+    except ValueError as exc:
+        if args.get("state") == flux.constants.FLUX_JOB_STATE_NEW:
+            raise
+        claim(args, None, doomed=str(exc))
+        return None
     claim(args, target)
     return None
 

@@ -301,3 +301,31 @@ def test_all_targets_fail(request, fresh_source):
     assert f"one ({first.uri}): submit to {first.uri} failed" in note
     assert f"two ({second.uri}): submit to {second.uri} failed" in note
     assert "delegated" not in [e["name"] for e in fresh_source.eventlog(jobid)]
+
+
+def test_bad_registry_does_not_stop_the_instance(request, tmp_path):
+    """Loaded from broker config with a bad registry, the plugin starts
+    (no registry) and says why; a good config then works."""
+    from test_restart import example_config
+
+    config = example_config() + '\n[[delegate]]\nlabel = "x"\nuri = "http://nope"\n'
+    source = start_instance(request, name="bad-config", config=config)
+    query = json.loads(source.run("jobtap", "query", "delegate.so").stdout)
+    assert "'http://nope' is not a local:// or ssh:// URI" in query["registry-error"]
+    spare = start_instance(request, name="good-target")
+    configure(source, f'[[delegate]]\nlabel = "good"\nuri = "{spare.uri}"\n')
+    jobid = source.submit("--dependency=delegate:good", "true")
+    assert source.status(jobid) == 0
+
+
+def test_job_delegated_to_a_label_since_removed_is_still_followed(request, site, tmp_path):
+    registry = tmp_path / "delegate.yaml"
+    registry.write_text(f"delegate:\n  - label: home\n    uri: {site.big.uri}\n")
+    source = start_instance(request, name="changing-registry")
+    source.load_plugin(None, f"registry={registry}")
+    jobid = source.submit("--dependency=delegate:home", "sh", "-c", "sleep 2; exit 3")
+    source.wait_event(jobid, "delegated")
+    registry.write_text("delegate: []\n")
+    source.remove_plugin()
+    source.load_plugin(None, f"registry={registry}")
+    assert source.status(jobid, timeout=30) == 3

@@ -57,3 +57,47 @@ def test_target_restart_is_followed_through(request, fresh_source):
     dmesg = fresh_source.dmesg()
     assert "lost contact with" in dmesg and "reconnecting" in dmesg
     assert target.run("jobs", "-n", "-o", "{result}", rid).stdout.strip() == "FAILED"
+
+
+def stoppable_target(request, name):
+    """A target that keeps its URI and its jobs across a restart; its queue
+    is stopped, so delegated jobs stay pending there."""
+    base = tempfile.mkdtemp(prefix=f"delegate-{name}-")
+    rundir, statedir = os.path.join(base, "run"), os.path.join(base, "state")
+    os.makedirs(rundir)
+    os.makedirs(statedir)
+    target = FluxInstance(name=name, rundir=rundir, statedir=statedir)
+    request.addfinalizer(target.cleanup)
+    target.start()
+    target.run("queue", "stop")
+    return target
+
+
+def test_cancel_while_the_target_is_down_reaches_it_later(request, fresh_source):
+    target = stoppable_target(request, "down-target")
+    fresh_source.load_plugin(None, "reconnect-interval=0.5")
+    jobid = fresh_source.submit(f"--dependency=delegate:{target.uri}", "true")
+    rid = str(fresh_source.wait_event(jobid, "delegated")["context"]["jobid"])
+    target.stop()
+    fresh_source.run("cancel", jobid)
+    fresh_source.wait_event(jobid, "clean")
+    target.start()
+    exc = target.wait_event(rid, "exception", timeout=30)["context"]
+    assert exc["type"] == "cancel" and jobid in exc["note"]
+
+
+def test_persistent_watch_error_ends_within_reconnect_timeout(request, fresh_source):
+    target = stoppable_target(request, "broken-target")
+    fresh_source.load_plugin(None, "reconnect-timeout=3", "reconnect-interval=0.5")
+    jobid = fresh_source.submit(f"--dependency=delegate:{target.uri}", "true")
+    rid = str(fresh_source.wait_event(jobid, "delegated")["context"]["jobid"])
+    # Without job-info the target cannot be followed, though it answers.
+    target.run("module", "remove", "job-info")
+    fresh_source.wait_event(jobid, "clean", timeout=30)
+    exc = fresh_source.exception(jobid)
+    assert exc["type"] == "DelegationFailure"
+    assert "lost contact with remote job" in exc["note"] and "for 3s" in exc["note"]
+    # It was not left to run on its own.
+    target.run("module", "load", "job-info")
+    cancel = target.wait_event(rid, "exception", timeout=30)["context"]
+    assert cancel["type"] == "cancel" and "delegation failed" in cancel["note"]

@@ -434,3 +434,26 @@ def test_readme_site_policy_example():
     job = handler.JobView(1, 0, {"attributes": {"system": {"project": "bio"}}})
     order = handler.apply_policy(namespace["by_project"], "by-project", None, job, cs)
     assert names(order) == ["c", "b"]
+
+
+def test_user_label_that_names_a_policy_is_left_out():
+    user = handler.parse_registry([{"uri": "local:///u", "label": "site"}], "user", "u")
+    registry, notes = handler.merge_registry([], user, policies=("random", "site"))
+    assert registry.clusters == [] and "is the name of a policy" in notes[0]
+
+
+def test_empty_registry_message():
+    assert "no targets in the registry" in handler.no_target_message([], [])
+
+
+def test_policy_config_errors():
+    parse = handler.parse_policy_config
+    assert parse({})[2] == "least_pending"
+    with pytest.raises(ValueError, match="unknown keys"):
+        parse({"delegate-policy": {"defualt": "random"}})
+    with pytest.raises(ValueError, match="must be a table"):
+        parse({"delegate-policy": {"custom": "x"}})
+    with pytest.raises(ValueError, match="unknown default policy 'nope'"):
+        parse({"delegate-policy": {"default": "nope"}})
+    with pytest.raises(ValueError, match="'random' is a built-in policy"):
+        parse({"delegate-policy": {"custom": {"random": "m:f"}}})
