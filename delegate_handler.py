@@ -747,9 +747,31 @@ def guard(callback, job=None, owner=None):
 
 
 def then(future, callback, job=None, timeout=-1.0):
-    """future.then(callback), guarded (see guard())."""
-    future.then(guard(callback, job), timeout=timeout)
+    """future.then(callback), guarded (see guard()); the first answer of a
+    request to a target also releases its bytes (RemoteInstance.request)."""
+    guarded = guard(callback, job)
+
+    def continuation(fut):
+        answered(fut)
+        guarded(fut)
+
+    future.then(continuation, timeout=timeout)
     return future
+
+
+def answered(future):
+    """Release the bytes of a request to a target: it has been answered."""
+    pending = getattr(future, "delegate_unanswered", None)
+    if pending is not None:
+        future.delegate_unanswered = None
+        remote, nbytes = pending
+        remote.unanswered = max(0, remote.unanswered - nbytes)
+
+
+def payload_size(obj):
+    """Bytes a request carrying obj takes on the wire, roughly (a signed J is
+    base64: a third more)."""
+    return len(json.dumps(obj)) * 4 // 3 + 1024
 
 
 class RemoteInstance:
@@ -783,7 +805,26 @@ class RemoteInstance:
         )
         self.watcher.start()
         self.more = None
+        self.unanswered = 0  # bytes of requests sent and not yet answered
         self.opened = time.time()
+
+    def request(self, nbytes, send):
+        """send(handle) -> future, unless the target has left so much
+        unanswered that this send might not fit in the socket's buffer and
+        block the job-manager (then OSError EAGAIN).  The bytes count as
+        unanswered until the future's first answer (see then())."""
+        if self.lost:
+            raise OSError(errno.ENOTCONN, f"the connection to {self.uri} is lost: {self.lost}")
+        if self.unanswered and self.unanswered + nbytes > SEND_BUDGET:
+            raise OSError(
+                errno.EAGAIN,
+                f"{self.uri} is not reading its requests"
+                f" ({self.unanswered // 1024} KiB unanswered)",
+            )
+        future = send(self.handle)
+        self.unanswered += nbytes
+        future.delegate_unanswered = (self, nbytes)
+        return future
 
     def on_ready(self, *unused):
         """Run the handle's reactor until it has nothing more to do now;
@@ -834,6 +875,13 @@ class RemoteInstance:
         for job in list(self.listeners):
             guard(job.connection_lost, job, self.runtime)(self, reason)
 
+
+#: Bytes of requests a target may leave unanswered before the next send to
+#: it is refused.  A send that does not fit in the socket's buffer blocks
+#: (libflux waits for POLLOUT), and on the job-manager's thread that would
+#: stall everything: this keeps well under Linux's default buffer (~208 KiB)
+#: when a target stops reading (hung, stopped, overloaded).
+SEND_BUDGET = 128 * 1024
 
 #: Errors after which a connection is not reused.
 CONNECTION_ERRORS = {
@@ -1170,7 +1218,11 @@ class Submission:
         self.answered = False
 
     def send(self):
-        future = flux.job.submit_async(self.remote.handle, json.dumps(self.job.remote_spec))
+        spec = json.dumps(self.job.remote_spec)
+        future = self.remote.request(
+            payload_size(self.job.remote_spec),
+            lambda handle: flux.job.submit_async(handle, spec),
+        )
         # Not guard(): the answer must be handled even after an unload.
         future.then(self.on_answer)
         self.timer = self.owner.handle.timer_watcher_create(
@@ -1181,6 +1233,7 @@ class Submission:
 
     def on_answer(self, future):
         try:
+            answered(future)
             self.answered = True
             self.timer.stop()
             try:
@@ -1210,8 +1263,14 @@ class Submission:
             syslog.LOG_INFO,
             f"{self.job.name}: canceling {remote_id.f58} on {self.uri}: {why}",
         )
-        future = flux.job.cancel_async(self.remote.handle, remote_id, f"delegate: {why}")
-        future.then(lambda f: None)
+        try:
+            future = self.remote.request(
+                1024, lambda h: flux.job.cancel_async(h, remote_id, f"delegate: {why}")
+            )
+        except OSError as exc:
+            self.owner.log(syslog.LOG_ERR, f"{self.job.name}: cannot cancel {remote_id.f58}: {exc}")
+            return
+        future.then(answered)
         self.withdrawn = future
 
 
@@ -1406,7 +1465,11 @@ class DelegatedJob:
             return
         attempt = Submission(self, self.remote, self.uri)
         self.submission = attempt
-        attempt.send()
+        try:
+            attempt.send()
+        except OSError as exc:
+            # Nothing was sent: another target may take the job.
+            self.failover(f"submit to {self.uri} failed: {exc.strerror or exc}")
 
     def on_submit_timeout(self, attempt):
         """No answer in time.  The target may yet create the job: trying
@@ -1500,7 +1563,13 @@ class DelegatedJob:
             return
         self.remote = remote
         remote.listeners.add(self)
-        self.watch = flux.job.event_watch_async(remote.handle, self.remote_id)
+        try:
+            self.watch = remote.request(
+                1024, lambda h: flux.job.event_watch_async(h, self.remote_id)
+            )
+        except OSError as exc:
+            self.connection_lost(remote, exc.strerror or str(exc))
+            return
         then(self.watch, self.on_remote_event, job=self)
 
     def stop_following(self):
@@ -1729,7 +1798,13 @@ class RemoteCancel:
         )
 
     def send(self, remote):
-        future = flux.job.cancel_async(remote.handle, self.remote_id, self.reason)
+        try:
+            future = remote.request(
+                1024, lambda h: flux.job.cancel_async(h, self.remote_id, self.reason)
+            )
+        except OSError as exc:
+            self.retry(exc.strerror or str(exc))
+            return
         then(future, self.on_answer)
 
     def on_answer(self, future):
@@ -1813,13 +1888,24 @@ class Preflight:
         if id(c) not in self.waiting:
             return
         c.remote = remote
-        queries = {"feasibility": remote.handle.rpc(
-            "feasibility.check", {"jobspec": self.job.remote_spec}
-        )}
+        spec = self.job.remote_spec
+        wanted = [("feasibility", payload_size(spec),
+                   lambda h: h.rpc("feasibility.check", {"jobspec": spec}))]
         if "pending" in self.metrics:
-            queries["pending"] = remote.handle.rpc("job-list.job-stats", {})
+            wanted.append(("pending", 1024, lambda h: h.rpc("job-list.job-stats", {})))
         if "match_time" in self.metrics:
-            queries["match_time"] = remote.handle.rpc("sched-fluxion-resource.stats-get")
+            wanted.append(
+                ("match_time", 1024, lambda h: h.rpc("sched-fluxion-resource.stats-get"))
+            )
+        queries = {}
+        for name, nbytes, send in wanted:
+            try:
+                queries[name] = remote.request(nbytes, send)
+            except OSError as exc:
+                if not queries:
+                    self.settle(c, "unreachable", exc.strerror or str(exc))
+                    return
+                break
         outstanding, _ = self.waiting[id(c)]
         outstanding.update(queries)
         timer = runtime.handle.timer_watcher_create(
@@ -1973,7 +2059,7 @@ class JobidResolution:
         runtime.connections.get(resolved, self.step_into, self.connect_failed, job=self.job)
 
     def step_into(self, remote):
-        self.step(remote.handle)
+        self.step(remote.handle)  # a small request: job-list.list-id
 
     def connect_failed(self, message):
         self.on_error(f"cannot use {self.value}: cannot connect to {self.resolved}: {message}")

@@ -38,11 +38,12 @@ class FluxClient:
         env["FLUX_URI"] = self.uri
         return env
 
-    def run(self, *args, check=True, timeout=60, input=None):
-        """Run 'flux ARGS' against this instance; CompletedProcess."""
+    def run(self, *args, check=True, timeout=60, input=None, env=None):
+        """Run 'flux ARGS' against this instance (with extra environment
+        'env'); CompletedProcess."""
         proc = subprocess.run(
             [FLUX, *args],
-            env=self.env(),
+            env=dict(self.env(), **(env or {})),
             capture_output=True,
             text=True,
             timeout=timeout,

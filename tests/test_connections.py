@@ -101,3 +101,33 @@ def test_persistent_watch_error_ends_within_reconnect_timeout(request, fresh_sou
     target.run("module", "load", "job-info")
     cancel = target.wait_event(rid, "exception", timeout=30)["context"]
     assert cancel["type"] == "cancel" and "delegation failed" in cancel["note"]
+
+
+def test_target_that_stops_reading_never_blocks_the_source(request, fresh_source):
+    """Requests to a stopped target pile up in the socket; once it could
+    fill, further sends are refused instead of blocking the job-manager."""
+    import time
+
+    target = start_instance(request, name="not-reading")
+    fresh_source.load_plugin(None, "preflight-timeout=2", "connect-timeout=2")
+    warm = fresh_source.submit(f"--dependency=delegate:{target.uri}", "true")
+    assert fresh_source.status(warm) == 0  # the connection is open
+    pid = int(target.run("getattr", "broker.pid").stdout)
+    os.kill(pid, signal.SIGSTOP)
+    request.addfinalizer(lambda: os.kill(pid, signal.SIGCONT))
+
+    big = {"DELEGATE_TEST_BULK": "x" * (100 * 1024)}  # 100 KiB environment
+    jobs = [
+        fresh_source.run("submit", f"--dependency=delegate:{target.uri}", "true", env=big)
+        .stdout.strip()
+        for _ in range(6)
+    ]
+    start = time.time()
+    assert fresh_source.status(fresh_source.submit("true"), timeout=10) == 0
+    assert fresh_source.run("jobtap", "list", timeout=10).stdout.strip() == "delegate.so"
+    assert time.time() - start < 5
+    notes = []
+    for jobid in jobs:
+        fresh_source.wait_event(jobid, "clean", timeout=30)
+        notes.append(fresh_source.exception(jobid)["note"])
+    assert any("is not reading its requests" in note for note in notes), notes
