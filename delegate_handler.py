@@ -1070,6 +1070,7 @@ class Runtime:
         self.user_registry_path = self.conf.get("registry") or default_user_registry_path()
         self.user_clusters = []
         self.user_registry_stamp = None
+        self.user_registry_checked = 0.0
         self.user_registry_error = None
         self.registry = Registry()
         self.policies = dict(BUILTIN_ORDERS)
@@ -1117,8 +1118,13 @@ class Runtime:
         )
 
     def refresh_user_registry(self, force=False):
-        """Re-read the user's registry file if it changed (one stat(2));
-        a file with errors is reported and its previous content kept."""
+        """Re-read the user's registry file if it changed (one stat(2), at
+        most once a second, since it runs on the job-manager's thread); a
+        file with errors is reported and its previous content kept."""
+        now = time.time()
+        if not force and now - self.user_registry_checked < 1.0:
+            return
+        self.user_registry_checked = now
         path = self.user_registry_path
         try:
             st = os.stat(path)
@@ -2102,6 +2108,18 @@ def system_delegate(args):
     return args["jobspec"].get("attributes", {}).get("system", {}).get("delegate")
 
 
+def parse_job_target(value):
+    """parse_target() against the current registry; on a miss, re-read the
+    user's registry file once (it may have just been edited) and retry."""
+    runtime.refresh_user_registry()
+    names = runtime.policy_names()
+    try:
+        return parse_target(value, runtime.registry, names, runtime.default_policy)
+    except ValueError:
+        runtime.refresh_user_registry(force=True)
+        return parse_target(value, runtime.registry, names, runtime.default_policy)
+
+
 def on_dependency(args):
     """job.dependency.delegate: take the job on, or reject it.  With no
     value, -S system.delegate (or else the default policy) chooses.
@@ -2115,14 +2133,11 @@ def on_dependency(args):
         # Taken on already by job.new (system.delegate, plugin load).
         claim(args, existing.target, existing.doomed)
         return None
-    runtime.refresh_user_registry()
     value = (args.get("dependency") or {}).get("value")
     if not value and isinstance(system_delegate(args), str):
         value = system_delegate(args)
     try:
-        target = parse_target(
-            value, runtime.registry, runtime.policy_names(), runtime.default_policy
-        )
+        target = parse_job_target(value)
         check_owner(args)
     except ValueError as exc:
         if args.get("state") == flux.constants.FLUX_JOB_STATE_NEW:
@@ -2149,15 +2164,12 @@ def on_job_new(args):
             " delegate.so was loaded: not delegated",
         )
         return None
-    runtime.refresh_user_registry()
     value = system_delegate(args)
     target, doomed = None, None
     try:
         if not isinstance(value, str):
             raise ValueError(f"system.delegate must be a string, not {json.dumps(value)}")
-        target = parse_target(
-            value, runtime.registry, runtime.policy_names(), runtime.default_policy
-        )
+        target = parse_job_target(value)
         check_owner(args)
     except ValueError as exc:
         doomed = str(exc)

@@ -111,9 +111,9 @@ def test_handler_error_in_callback_rejects_with_traceback(fresh_source, target, 
     source = fresh_source
     path = handler_variant(
         tmp_path / "raising.py",
-        "    runtime.refresh_user_registry()\n    value = (args.get(",
+        '    value = (args.get("dependency") or {}).get("value")\n',
         '    raise RuntimeError("boom in callback")\n'
-        "    runtime.refresh_user_registry()\n    value = (args.get(",
+        '    value = (args.get("dependency") or {}).get("value")\n',
     )
     source.load_plugin(path)
     proc = source.run("submit", f"--dependency=delegate:{target.uri}", "true", check=False)
