@@ -112,8 +112,10 @@ class FluxClient:
 class FluxInstance(FluxClient):
     """A Flux instance of its own, started and stopped by the test."""
 
-    def __init__(self, size=1, config=None, statedir=None, rundir=None, name="flux"):
+    def __init__(self, size=1, config=None, statedir=None, rundir=None, name="flux",
+                 env=None):
         self.size = size
+        self.broker_env = env
         self.config = config
         self.statedir = statedir
         self.rundir = rundir
@@ -150,6 +152,7 @@ class FluxInstance(FluxClient):
         self.log = open(os.path.join(self.dir, "broker.log"), "w")
         self.proc = subprocess.Popen(
             args + ["sh", "-c", script],
+            env=dict(os.environ, **(self.broker_env or {})),
             stdout=self.log,
             stderr=subprocess.STDOUT,
             cwd=self.dir,

@@ -329,3 +329,19 @@ def test_job_delegated_to_a_label_since_removed_is_still_followed(request, site,
     source.remove_plugin()
     source.load_plugin(None, f"registry={registry}")
     assert source.status(jobid, timeout=30) == 3
+
+
+def test_target_without_feasibility_service_is_unknown_not_no(request, fresh_source):
+    """ENOSYS from feasibility.check (no scheduler answers it) is "unknown":
+    the job is still sent, and runs once a scheduler is there."""
+    bare = start_instance(request, name="no-scheduler")
+    bare.run("module", "remove", "sched-simple")
+    fresh_source.load_plugin()
+    configure(fresh_source, registry_of(("bare", bare.uri)))
+    jobid = fresh_source.submit("--dependency=delegate:bare", "true")
+    candidates = choice(fresh_source, jobid)["candidates"]
+    assert candidates[0]["verdict"] == "unknown"
+    assert candidates[0]["reason"] == "no feasibility service"
+    delegated(fresh_source, jobid)
+    bare.run("module", "load", "sched-simple")
+    assert fresh_source.status(jobid, timeout=60) == 0
