@@ -108,6 +108,24 @@ class FluxClient:
     def dmesg(self):
         return self.run("dmesg").stdout
 
+    def sched_modules(self):
+        """Names of the loaded scheduler modules (sched-simple, or Fluxion's)."""
+        out = self.run("module", "list").stdout.splitlines()[1:]
+        return [line.split()[0] for line in out if line.split() and line.split()[0].startswith("sched")]
+
+    def remove_scheduler(self):
+        """Unload the scheduler, whichever it is (Fluxion's qmanager first)."""
+        for _ in range(10):  # removing one Fluxion module may take others
+            names = sorted(self.sched_modules(), key=lambda n: "qmanager" not in n)
+            if not names:
+                return
+            self.run("module", "remove", names[0])
+
+    def use_sched_simple(self):
+        """Run flux-core's own scheduler (no Fluxion) from now on."""
+        self.remove_scheduler()
+        self.run("module", "load", "sched-simple")
+
 
 class FluxInstance(FluxClient):
     """A Flux instance of its own, started and stopped by the test."""

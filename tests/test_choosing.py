@@ -127,12 +127,34 @@ def test_least_pending_prefers_the_idle_target(site):
             site.big.run("cancel", h)
 
 
-def test_shortest_match_needs_fluxion(site):
-    jobid = site.submit("-S", "system.delegate=shortest_match", "true")
-    site.wait_event(jobid, "clean")
-    note = site.exception(jobid)["note"]
+def fluxion_installed(instance):
+    return any("fluxion" in name for name in instance.sched_modules())
+
+
+def test_shortest_match_without_fluxion_fails_clearly(request, fresh_source):
+    plain = start_instance(request, name="sched-simple-target")
+    if fluxion_installed(plain):
+        plain.use_sched_simple()
+    fresh_source.load_plugin()
+    configure(fresh_source, registry_of(("plain", plain.uri)))
+    jobid = fresh_source.submit("-S", "system.delegate=shortest_match", "true")
+    fresh_source.wait_event(jobid, "clean")
+    note = fresh_source.exception(jobid)["note"]
     assert "shortest_match: no target runs Fluxion" in note
-    assert "small" in note and "big" in note and "sched-fluxion-resource" in note
+    assert "plain" in note and "sched-fluxion-resource" in note
+
+
+def test_shortest_match_with_fluxion(site):
+    if not fluxion_installed(site):
+        pytest.skip("Fluxion (flux-sched) is not installed: targets run sched-simple")
+    jobid = site.submit("-S", "system.delegate=shortest_match", "true")
+    chosen = delegated(site, jobid)["label"]
+    candidates = {c["label"]: c for c in choice(site, jobid)["candidates"]}
+    times = {label: c["match_time"] for label, c in candidates.items()}
+    assert all(isinstance(t, float) for t in times.values()), candidates
+    assert times[chosen] == min(times.values())
+    assert choice(site, jobid)["policy"] == "shortest_match"
+    assert site.status(jobid) == 0
 
 
 def test_random_uses_both_targets(site):
@@ -335,7 +357,7 @@ def test_target_without_feasibility_service_is_unknown_not_no(request, fresh_sou
     """ENOSYS from feasibility.check (no scheduler answers it) is "unknown":
     the job is still sent, and runs once a scheduler is there."""
     bare = start_instance(request, name="no-scheduler")
-    bare.run("module", "remove", "sched-simple")
+    bare.remove_scheduler()
     fresh_source.load_plugin()
     configure(fresh_source, registry_of(("bare", bare.uri)))
     jobid = fresh_source.submit("--dependency=delegate:bare", "true")
@@ -343,5 +365,5 @@ def test_target_without_feasibility_service_is_unknown_not_no(request, fresh_sou
     assert candidates[0]["verdict"] == "unknown"
     assert candidates[0]["reason"] == "no feasibility service"
     delegated(fresh_source, jobid)
-    bare.run("module", "load", "sched-simple")
+    bare.run("module", "load", "sched-simple")  # a scheduler is back
     assert fresh_source.status(jobid, timeout=60) == 0

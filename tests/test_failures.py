@@ -92,7 +92,7 @@ def test_infeasible_job_is_never_sent(source, target):
     jobid = source.submit(f"--dependency=delegate:{target.uri}", "-n", "64", "true")
     exc = fails_fast(source, jobid)
     assert f"{target.uri} cannot run this job" in exc["note"]
-    assert "unsatisfiable" in exc["note"]
+    assert "unsatisfiable" in exc["note"].lower()  # sched-simple or Fluxion
     assert len(target.jobs()) == before
     choice = source.wait_event(jobid, "delegate-choice")["context"]
     assert choice["candidates"] == [
