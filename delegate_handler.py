@@ -765,7 +765,7 @@ def answered(future):
     if pending is not None:
         future.delegate_unanswered = None
         remote, nbytes = pending
-        remote.unanswered = max(0, remote.unanswered - nbytes)
+        remote.release(nbytes)
 
 
 def payload_size(obj):
@@ -806,25 +806,36 @@ class RemoteInstance:
         self.watcher.start()
         self.more = None
         self.unanswered = 0  # bytes of requests sent and not yet answered
+        self.queue = []  # Outgoing requests waiting for the target to read
         self.opened = time.time()
 
-    def request(self, nbytes, send):
-        """send(handle) -> future, unless the target has left so much
-        unanswered that this send might not fit in the socket's buffer and
-        block the job-manager (then OSError EAGAIN).  The bytes count as
-        unanswered until the future's first answer (see then())."""
+    def request(self, nbytes, send, callback, job=None, guarded=True):
+        """Send a request: send(handle) -> future, whose answers go to
+        callback(future) (through guard() unless guarded=False).  Sent now,
+        or, if the target has left too much unanswered for it to fit safely
+        in the socket's buffer, queued until enough answers have come back
+        (backpressure: a send never blocks the job-manager).  Returns the
+        Outgoing request."""
+        outgoing = Outgoing(self, nbytes, send, callback, job, guarded)
         if self.lost:
-            raise OSError(errno.ENOTCONN, f"the connection to {self.uri} is lost: {self.lost}")
-        if self.unanswered and self.unanswered + nbytes > SEND_BUDGET:
-            raise OSError(
-                errno.EAGAIN,
-                f"{self.uri} is not reading its requests"
-                f" ({self.unanswered // 1024} KiB unanswered)",
-            )
-        future = send(self.handle)
-        self.unanswered += nbytes
-        future.delegate_unanswered = (self, nbytes)
-        return future
+            outgoing.fail(OSError(errno.ENOTCONN, f"the connection to {self.uri} is lost"))
+            return outgoing
+        self.queue.append(outgoing)
+        self.flush()
+        return outgoing
+
+    def flush(self):
+        """Send queued requests while they fit."""
+        while self.queue and not self.lost:
+            head = self.queue[0]
+            if self.unanswered and self.unanswered + head.nbytes > SEND_BUDGET:
+                return
+            self.queue.pop(0)
+            head.send_now()
+
+    def release(self, nbytes):
+        self.unanswered = max(0, self.unanswered - nbytes)
+        self.flush()
 
     def on_ready(self, *unused):
         """Run the handle's reactor until it has nothing more to do now;
@@ -872,12 +883,78 @@ class RemoteInstance:
         if self.more is not None:
             self.more.stop()
         self.runtime.connections.forget(self, reason)
+        queued, self.queue = self.queue, []
+        for outgoing in queued:  # never sent: say so
+            outgoing.fail(OSError(errno.ENOTCONN, f"the connection was lost: {reason}"))
         for job in list(self.listeners):
             guard(job.connection_lost, job, self.runtime)(self, reason)
 
 
-#: Bytes of requests a target may leave unanswered before the next send to
-#: it is refused.  A send that does not fit in the socket's buffer blocks
+class Outgoing:
+    """A request to a target: sent, or waiting in its connection's queue."""
+
+    def __init__(self, remote, nbytes, send, callback, job, guarded):
+        self.remote = remote
+        self.nbytes = nbytes
+        self.send = send
+        self.callback = callback
+        self.job = job
+        self.guarded = guarded
+        self.future = None
+        self.canceled = False
+
+    @property
+    def sent(self):
+        return self.future is not None
+
+    def fail(self, error):
+        """Answer the request with error, unsent."""
+        self.future = FailedRequest(error)
+        if self.guarded:
+            guard(self.callback, self.job, self.remote.runtime)(self.future)
+        else:
+            self.callback(self.future)
+
+    def send_now(self):
+        try:
+            future = self.send(self.remote.handle)
+        except OSError as exc:
+            self.fail(exc)  # not sent (e.g. the connection broke)
+            return
+        self.future = future
+        self.remote.unanswered += self.nbytes
+        future.delegate_unanswered = (self.remote, self.nbytes)
+        if self.guarded:
+            then(future, self.callback, job=self.job)
+        else:
+            future.then(self.callback)
+
+    def cancel(self):
+        """Withdraw the request if it is still queued; True if it was."""
+        if self.future is None and self in self.remote.queue:
+            self.remote.queue.remove(self)
+            self.canceled = True
+            return True
+        return False
+
+
+class FailedRequest:
+    """Stands in for the future of a request that could not be sent."""
+
+    def __init__(self, error):
+        self.error = error
+
+    def get(self):
+        raise self.error
+
+    get_id = get_event = get
+
+    def cancel(self, stop=False):
+        pass
+
+
+#: Bytes of requests a target may leave unanswered before further requests
+#: wait their turn.  A send that does not fit in the socket's buffer blocks
 #: (libflux waits for POLLOUT), and on the job-manager's thread that would
 #: stall everything: this keeps well under Linux's default buffer (~208 KiB)
 #: when a target stops reading (hung, stopped, overloaded).
@@ -1225,17 +1302,18 @@ class Submission:
 
     def send(self):
         spec = json.dumps(self.job.remote_spec)
-        future = self.remote.request(
-            payload_size(self.job.remote_spec),
-            lambda handle: flux.job.submit_async(handle, spec),
-        )
-        # Not guard(): the answer must be handled even after an unload.
-        future.then(self.on_answer)
         self.timer = self.owner.handle.timer_watcher_create(
             max(0.0, self.job.submit_deadline - time.time()),
             guard(lambda *unused: self.job.on_submit_timeout(self), self.job, self.owner),
         )
         self.timer.start()
+        # Not guarded: the answer must be handled even after an unload.
+        self.outgoing = self.remote.request(
+            payload_size(self.job.remote_spec),
+            lambda handle: flux.job.submit_async(handle, spec),
+            self.on_answer,
+            guarded=False,
+        )
 
     def on_answer(self, future):
         try:
@@ -1246,7 +1324,8 @@ class Submission:
                 remote_id = future.get_id()
             except OSError as exc:
                 if not self.owner.unloaded:
-                    guard(self.job.on_submit_error, self.job, self.owner)(self, exc)
+                    sent = not isinstance(future, FailedRequest)
+                    guard(self.job.on_submit_error, self.job, self.owner)(self, exc, sent)
                 return
             job = self.job
             current = job.submission is self and job.phase == SUBMITTING
@@ -1269,15 +1348,12 @@ class Submission:
             syslog.LOG_INFO,
             f"{self.job.name}: canceling {remote_id.f58} on {self.uri}: {why}",
         )
-        try:
-            future = self.remote.request(
-                1024, lambda h: flux.job.cancel_async(h, remote_id, f"delegate: {why}")
-            )
-        except OSError as exc:
-            self.owner.log(syslog.LOG_ERR, f"{self.job.name}: cannot cancel {remote_id.f58}: {exc}")
-            return
-        future.then(answered)
-        self.withdrawn = future
+        self.withdrawn = self.remote.request(
+            1024,
+            lambda h: flux.job.cancel_async(h, remote_id, f"delegate: {why}"),
+            answered,
+            guarded=False,
+        )
 
 
 class DelegatedJob:
@@ -1471,11 +1547,7 @@ class DelegatedJob:
             return
         attempt = Submission(self, self.remote, self.uri)
         self.submission = attempt
-        try:
-            attempt.send()
-        except OSError as exc:
-            # Nothing was sent: another target may take the job.
-            self.failover(f"submit to {self.uri} failed: {exc.strerror or exc}")
+        attempt.send()
 
     def on_submit_timeout(self, attempt):
         """No answer in time.  The target may yet create the job: trying
@@ -1483,14 +1555,26 @@ class DelegatedJob:
         created late is canceled (Submission.on_answer)."""
         if attempt is not self.submission or self.phase != SUBMITTING:
             return
+        if attempt.outgoing.cancel():
+            # Still queued behind requests the target has not read: nothing
+            # was sent, so another target may take the job.
+            self.failover(
+                f"submit to {self.uri} failed: the target read no request"
+                f" within {runtime.submit_timeout:g}s"
+            )
+            return
         self.fail(
             f"submit to {self.uri} failed: no answer within"
             f" {runtime.submit_timeout:g}s (not tried elsewhere: the target may"
             " still create the job, which would then be canceled)"
         )
 
-    def on_submit_error(self, attempt, exc):
+    def on_submit_error(self, attempt, exc, sent=True):
         if attempt is not self.submission or self.phase != SUBMITTING:
+            return
+        if not sent:
+            # Never sent (the connection broke first): try elsewhere.
+            self.failover(f"submit to {self.uri} failed: {exc.strerror or exc}")
             return
         if exc.errno == errno.ENOSYS and time.time() < self.submit_deadline:
             # The target is still starting (no job-ingest yet): try again.
@@ -1569,22 +1653,22 @@ class DelegatedJob:
             return
         self.remote = remote
         remote.listeners.add(self)
-        try:
-            self.watch = remote.request(
-                1024, lambda h: flux.job.event_watch_async(h, self.remote_id)
-            )
-        except OSError as exc:
-            self.connection_lost(remote, exc.strerror or str(exc))
-            return
-        then(self.watch, self.on_remote_event, job=self)
+        self.watch = remote.request(
+            1024,
+            lambda h: flux.job.event_watch_async(h, self.remote_id),
+            self.on_remote_event,
+            job=self,
+        )
 
     def stop_following(self):
         watch, self.watch = self.watch, None
         if self.remote is not None:
             self.remote.listeners.discard(self)
-        if watch is not None and not (self.remote and self.remote.lost):
+        if watch is None or watch.cancel():  # not sent yet: dropped
+            return
+        if not (self.remote and self.remote.lost):
             try:
-                watch.cancel(stop=True)
+                watch.future.cancel(stop=True)
             except OSError:
                 pass
 
@@ -1658,7 +1742,7 @@ class DelegatedJob:
                     f"cannot follow remote job {self.remote_id.f58} on"
                     f" {self.uri}: {exc.strerror or exc}"
                 )
-            elif self.watch is future:
+            elif self.watch is not None and self.watch.future is future:
                 # Anything else is the target going away or coming back
                 # (a target shutting down answers ENOSYS before its
                 # connection closes): follow again once it answers.
@@ -1804,14 +1888,11 @@ class RemoteCancel:
         )
 
     def send(self, remote):
-        try:
-            future = remote.request(
-                1024, lambda h: flux.job.cancel_async(h, self.remote_id, self.reason)
-            )
-        except OSError as exc:
-            self.retry(exc.strerror or str(exc))
-            return
-        then(future, self.on_answer)
+        remote.request(
+            1024,
+            lambda h: flux.job.cancel_async(h, self.remote_id, self.reason),
+            self.on_answer,
+        )
 
     def on_answer(self, future):
         try:
@@ -1881,7 +1962,7 @@ class Preflight:
             self.finish()
             return
         for c in self.candidates:
-            self.waiting[id(c)] = [set(), None]
+            self.waiting[id(c)] = [set(), None, []]  # queries, timer, requests
         for c in list(self.candidates):
             runtime.connections.get(
                 c.uri,
@@ -1903,30 +1984,23 @@ class Preflight:
             wanted.append(
                 ("match_time", 1024, lambda h: h.rpc("sched-fluxion-resource.stats-get"))
             )
-        queries = {}
-        for name, nbytes, send in wanted:
-            try:
-                queries[name] = remote.request(nbytes, send)
-            except OSError as exc:
-                if not queries:
-                    self.settle(c, "unreachable", exc.strerror or str(exc))
-                    return
-                break
-        outstanding, _ = self.waiting[id(c)]
-        outstanding.update(queries)
+        outstanding, _, outgoing = self.waiting[id(c)]
+        outstanding.update(name for name, _, _ in wanted)
         timer = runtime.handle.timer_watcher_create(
-            runtime.preflight_timeout,
-            guard(lambda *unused: self.settle(
-                c, "unreachable", f"no answer within {runtime.preflight_timeout:g}s"
-            ), self.job),
+            runtime.preflight_timeout, guard(lambda *unused: self.expire(c), self.job)
         )
         self.waiting[id(c)][1] = timer
         timer.start()
-        for name, future in queries.items():
-            then(future, lambda f, c=c, name=name: self.answered(c, name, f), job=self.job)
+        for name, nbytes, send in wanted:
+            outgoing.append(remote.request(
+                nbytes, send, lambda f, c=c, name=name: self.answered(c, name, f), self.job
+            ))
 
     def answered(self, c, name, future):
         if id(c) not in self.waiting:
+            return
+        if isinstance(future, FailedRequest) and name == "feasibility":
+            self.settle(c, "unreachable", future.error.strerror or str(future.error))
             return
         try:
             result = future.get()
@@ -1953,9 +2027,32 @@ class Preflight:
                 c.reason = c.reason or "runs no Fluxion (no sched-fluxion-resource)"
         if error is not None and name != "feasibility" and not c.reason:
             c.reason = f"{name}: {error.strerror or error}"
-        outstanding, _ = self.waiting[id(c)]
+        outstanding = self.waiting[id(c)][0]
         outstanding.discard(name)
         if not outstanding:
+            self.settle(c, c.verdict, c.reason)
+
+    def expire(self, c):
+        """preflight-timeout: a target that answered something is alive, so
+        a feasibility check still unanswered is "unknown" (Fluxion's, for
+        one, answers nothing while it loads its resource graph); a target
+        that answered nothing is unreachable."""
+        entry = self.waiting.get(id(c))
+        if entry is None:
+            return
+        outstanding, _, outgoing = entry
+        wait = f"{runtime.preflight_timeout:g}s"
+        unsent = sum(1 for o in outgoing if not o.sent)
+        log(
+            syslog.LOG_INFO,
+            f"{self.job.name}: pre-flight of {c.describe()}: no answer within {wait}"
+            f" to {sorted(outstanding)}" + (f" ({unsent} not sent yet)" if unsent else ""),
+        )
+        if "feasibility" in outstanding and len(outstanding) < len(outgoing):
+            self.settle(c, "unknown", f"feasibility.check did not answer within {wait}")
+        elif "feasibility" in outstanding:
+            self.settle(c, "unreachable", f"no answer within {wait}")
+        else:
             self.settle(c, c.verdict, c.reason)
 
     def settle(self, c, verdict, reason):
@@ -1964,6 +2061,8 @@ class Preflight:
             return
         if entry[1] is not None:
             entry[1].stop()
+        for outgoing in entry[2]:
+            outgoing.cancel()  # still queued: no longer needed
         c.verdict, c.reason = verdict, reason
         if not self.waiting:
             self.finish()
