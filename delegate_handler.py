@@ -1363,8 +1363,10 @@ class DelegatedJob:
         self.urgency = args.get("urgency")
         self.jobspec = args["jobspec"]
         self.target = target
-        # A reason to fail as soon as the job may take an exception (set in
-        # job.new, where the job is NEW and cannot take one yet).
+        # Why the job cannot be delegated (a bad target), applied once its
+        # eventlog shows it was never delegated before: in job.new the job
+        # is NEW and cannot take an exception yet, and at plugin load it
+        # may have been delegated under a registry that has changed.
         self.doomed = doomed
         self.phase = WAITING
         self.uri = None
