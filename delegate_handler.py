@@ -746,16 +746,19 @@ def guard(callback, job=None, owner=None):
     return guarded
 
 
-def then(future, callback, job=None, timeout=-1.0):
+def then(future, callback, job=None):
     """future.then(callback), guarded (see guard()); the first answer of a
-    request to a target also releases its bytes (RemoteInstance.request)."""
+    request to a target also releases its bytes (RemoteInstance.request).
+    No libflux timeouts: a remote future's timer would sit on its
+    connection's reactor, which runs only when a message arrives; timeouts
+    are job-manager timers."""
     guarded = guard(callback, job)
 
     def continuation(fut):
         answered(fut)
         guarded(fut)
 
-    future.then(continuation, timeout=timeout)
+    future.then(continuation)
     return future
 
 
