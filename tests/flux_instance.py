@@ -125,6 +125,11 @@ class FluxClient:
         """Run flux-core's own scheduler (no Fluxion) from now on."""
         self.remove_scheduler()
         self.run("module", "load", "sched-simple")
+        deadline = time.time() + 10
+        while any("fluxion" in name for name in self.sched_modules()):
+            if time.time() > deadline:
+                raise AssertionError(f"Fluxion still loaded: {self.sched_modules()}")
+            time.sleep(0.1)
 
 
 class FluxInstance(FluxClient):

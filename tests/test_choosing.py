@@ -137,10 +137,13 @@ def test_shortest_match_without_fluxion_fails_clearly(request, fresh_source):
         plain.use_sched_simple()
     fresh_source.load_plugin()
     configure(fresh_source, registry_of(("plain", plain.uri)))
+    assert plain.sched_modules() == ["sched-simple"]
     jobid = fresh_source.submit("-S", "system.delegate=shortest_match", "true")
     fresh_source.wait_event(jobid, "clean")
-    note = fresh_source.exception(jobid)["note"]
-    assert "shortest_match: no target runs Fluxion" in note
+    exc = fresh_source.exception(jobid)
+    assert exc is not None, fresh_source.eventlog(jobid)
+    note = exc["note"]
+    assert "shortest_match: no target runs Fluxion" in note, fresh_source.eventlog(jobid)
     assert "plain" in note and "sched-fluxion-resource" in note
 
 
