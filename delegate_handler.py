@@ -1380,6 +1380,7 @@ class DelegatedJob:
         self.remote_id = None
         self.outcome = RemoteOutcome()
         self.watch = None
+        self.watch_timer = None
         self.lost_since = None
         self.lost_reason = None
         self.checking = False
@@ -1657,15 +1658,49 @@ class DelegatedJob:
         if self.phase != DELEGATED:
             return
         self.remote = remote
+        if remote.lost:
+            self.connection_lost(remote, remote.lost)
+            return
         remote.listeners.add(self)
-        self.watch = remote.request(
+        watch = remote.request(
             1024,
             lambda h: flux.job.event_watch_async(h, self.remote_id),
             self.on_remote_event,
             job=self,
         )
+        if isinstance(watch.future, FailedRequest):
+            # Failed as it was sent, before self.watch was set: its answer
+            # was ignored.
+            self.connection_lost(remote, str(watch.future.error))
+            return
+        self.watch = watch
+        # A target answers a watch at once with the eventlog so far.  One
+        # that never does (a hung job-info, a request lost as the module
+        # was reloaded) would leave the job pending for ever: give up on
+        # that watch and follow again, within reconnect-timeout.
+        self.watch_timer = runtime.handle.timer_watcher_create(
+            runtime.submit_timeout,
+            guard(lambda *unused: self.watch_unanswered(watch), self),
+        )
+        self.watch_timer.start()
+
+    def watch_unanswered(self, watch):
+        if self.phase != DELEGATED or self.watch is not watch:
+            return
+        remote = self.remote
+        self.stop_following()
+        self.connection_lost(
+            remote,
+            f"its job-info did not answer within {runtime.submit_timeout:g}s",
+        )
+
+    def stop_watch_timer(self):
+        timer, self.watch_timer = self.watch_timer, None
+        if timer is not None:
+            timer.stop()
 
     def stop_following(self):
+        self.stop_watch_timer()
         watch, self.watch = self.watch, None
         if self.remote is not None:
             self.remote.listeners.discard(self)
@@ -1683,6 +1718,7 @@ class DelegatedJob:
         again once its target answers, for up to reconnect-timeout."""
         if remote is not self.remote or self.phase != DELEGATED:
             return
+        self.stop_watch_timer()
         self.watch = None
         remote.listeners.discard(self)
         self.lost_since = self.lost_since or time.time()
@@ -1731,8 +1767,9 @@ class DelegatedJob:
         )
 
     def on_remote_event(self, future):
-        if self.phase != DELEGATED:
-            return
+        if self.phase != DELEGATED or self.watch is None or self.watch.future is not future:
+            return  # a watch given up on (its late answers, its ENODATA)
+        self.stop_watch_timer()  # answered
         try:
             event = future.get_event()
         except OSError as exc:
@@ -1747,7 +1784,7 @@ class DelegatedJob:
                     f"cannot follow remote job {self.remote_id.f58} on"
                     f" {self.uri}: {exc.strerror or exc}"
                 )
-            elif self.watch is not None and self.watch.future is future:
+            else:
                 # Anything else is the target going away or coming back
                 # (a target shutting down answers ENOSYS before its
                 # connection closes): follow again once it answers.

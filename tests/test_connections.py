@@ -86,12 +86,72 @@ def test_cancel_while_the_target_is_down_reaches_it_later(request, fresh_source)
     assert exc["type"] == "cancel" and jobid in exc["note"]
 
 
+def wait_for_watchers(target, count, timeout=10):
+    """Wait until the target's job-info has 'count' eventlog watchers."""
+    import json
+    import time
+
+    deadline = time.time() + timeout
+    while True:
+        stats = json.loads(target.run("module", "stats", "job-info").stdout)
+        if stats["watchers"] >= count:
+            return
+        assert time.time() < deadline, f"job-info watchers: {stats}"
+        time.sleep(0.1)
+
+
+HUNG_JOB_INFO = """
+import flux, sys
+h = flux.Flux()
+h.service_register("job-info").get()
+keep = h.msg_watcher_create(lambda *args: None, topic_glob="job-info.*")
+keep.start()
+print("ready", flush=True)
+h.reactor_run()
+"""
+
+
+def test_a_watch_never_answered_is_given_up_within_reconnect_timeout(
+    request, fresh_source
+):
+    """A target whose job-info takes requests and never answers them: the
+    job does not stay pending for ever, and its remote job is canceled."""
+    import subprocess
+
+    target = stoppable_target(request, "hung-job-info")
+    target.run("module", "remove", "job-info")
+    hung = subprocess.Popen(
+        ["flux", "python", "-c", HUNG_JOB_INFO],
+        env=target.env(),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    request.addfinalizer(hung.kill)
+    assert hung.stdout.readline().strip() == "ready"
+
+    fresh_source.load_plugin(
+        None, "submit-timeout=1", "reconnect-timeout=3", "reconnect-interval=0.5"
+    )
+    jobid = fresh_source.submit(f"--dependency=delegate:{target.uri}", "true")
+    rid = str(fresh_source.wait_event(jobid, "delegated")["context"]["jobid"])
+    fresh_source.wait_event(jobid, "clean", timeout=30)
+    exc = fresh_source.exception(jobid)
+    assert exc["type"] == "DelegationFailure"
+    assert "lost contact with remote job" in exc["note"]
+    assert "its job-info did not answer within 1s" in exc["note"]
+    assert "reconnecting" in fresh_source.dmesg()  # it was tried again
+    result = target.run("jobs", "-a", "-n", "-o", "{result}", rid).stdout.strip()
+    assert result == "CANCELED"
+
+
 def test_persistent_watch_error_ends_within_reconnect_timeout(request, fresh_source):
     target = stoppable_target(request, "broken-target")
     fresh_source.load_plugin(None, "reconnect-timeout=3", "reconnect-interval=0.5")
     jobid = fresh_source.submit(f"--dependency=delegate:{target.uri}", "true")
     rid = str(fresh_source.wait_event(jobid, "delegated")["context"]["jobid"])
-    # Without job-info the target cannot be followed, though it answers.
+    # The source's watch is in place (not still on its way to job-info)...
+    wait_for_watchers(target, 1)
+    # ...and then the target cannot be followed, though it answers.
     target.run("module", "remove", "job-info")
     fresh_source.wait_event(jobid, "clean", timeout=30)
     exc = fresh_source.exception(jobid)
