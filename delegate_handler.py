@@ -30,7 +30,10 @@ The life of a delegated job (local job id L, remote job id R):
   submit R    the target URI is resolved, the remote instance connected
               (one connection per URI, reused), and the jobspec submitted
               there without the local dependencies and delegation
-              attributes.  L gets a "delegated" event {jobid: R, uri}.
+              attributes, with L recorded in it (system.delegate-origin).
+              L gets a "delegated" event {jobid: R, uri}.  If that answer
+              is lost (restart or reload mid-submit), the target is
+              searched for R by its origin before submitting again.
   follow      R's eventlog is watched.  L stays pending (DEPEND), so a
               restart of this instance neither cancels nor forgets it: on
               reload the "delegated" event is found again and R re-followed.
@@ -82,7 +85,17 @@ DEPENDENCY = "delegated"
 EXCEPTION_TYPE = "DelegationFailure"
 
 #: Jobspec attributes that belong to the local instance only.
-LOCAL_ONLY_ATTRIBUTES = ("dependencies", "delegate")
+LOCAL_ONLY_ATTRIBUTES = ("dependencies", "delegate", "delegate-origin")
+
+#: The system attribute that names, in a remote job, the local job it runs
+#: for: {"jobid", "t_submit", "host"}.  With it a submit whose answer was
+#: lost (the source stopped or the plugin was reloaded in between) is found
+#: again instead of being made twice.
+ORIGIN_ATTRIBUTE = "delegate-origin"
+
+#: Seconds by which a target's clock may lag the source's when looking for
+#: a job submitted before an interruption.
+CLOCK_SKEW = 600.0
 
 #: Default seconds to wait for a target to answer a submit.
 DEFAULT_SUBMIT_TIMEOUT = 30.0
@@ -612,17 +625,90 @@ def apply_policy(order, name, arg, job, candidates):
     return result
 
 
-def remote_jobspec(jobspec, environment=None):
+def remote_jobspec(jobspec, environment=None, origin=None):
     """The jobspec to submit remotely: the local one without what only
     means something here (dependencies, delegation attributes), with the
-    environment put back (the job-manager keeps jobspecs without it)."""
+    environment put back (the job-manager keeps jobspecs without it) and
+    the origin (the local job) recorded."""
     spec = copy.deepcopy(jobspec)
     system = spec.setdefault("attributes", {}).setdefault("system", {})
     for key in LOCAL_ONLY_ATTRIBUTES:
         system.pop(key, None)
     if environment is not None:
         system["environment"] = environment
+    if origin is not None:
+        system[ORIGIN_ATTRIBUTE] = origin
     return spec
+
+
+def origin_of(jobspec):
+    """The origin a remote jobspec records, or None."""
+    try:
+        origin = jobspec["attributes"]["system"][ORIGIN_ATTRIBUTE]
+    except (KeyError, TypeError):
+        return None
+    return origin if isinstance(origin, dict) else None
+
+
+def same_origin(a, b):
+    """Whether two origins name the same local job (its id, and its submit
+    time: ids alone repeat across instances)."""
+    try:
+        return int(a["jobid"]) == int(b["jobid"]) and (
+            abs(float(a["t_submit"]) - float(b["t_submit"])) < 1e-3
+        )
+    except (KeyError, TypeError, ValueError):
+        return False
+
+
+def job_name(jobspec):
+    """The job's name as job-list shows it: attributes.system.job.name, or
+    the base name of the command; None if neither."""
+    try:
+        name = jobspec["attributes"]["system"]["job"]["name"]
+        if isinstance(name, str) and name:
+            return name
+    except (KeyError, TypeError):
+        pass
+    try:
+        command = jobspec["tasks"][0]["command"]
+        return os.path.basename(command[0]) or command[0]
+    except (KeyError, IndexError, TypeError):
+        return None
+
+
+def interrupted_submit(eventlog):
+    """The target of the last submit attempt the eventlog records without
+    its outcome: {"uri", "label" (or None), "timestamp"}, or None.
+
+    A "delegate-choice" event precedes the first submit, a
+    "delegate-failover" each next one; "delegated" records the answer.  An
+    attempt with neither a "delegated" nor a "delegate-failover" after it
+    was interrupted: the target may or may not have created the job."""
+    attempt = None
+    candidates = {}
+    for entry in eventlog:
+        name = entry.get("name")
+        context = entry.get("context") or {}
+        if name == "delegate-choice":
+            candidates = {
+                c.get("label") or c.get("uri"): c
+                for c in context.get("candidates") or []
+                if isinstance(c, dict)
+            }
+            attempt = (context.get("choice"), entry.get("timestamp"))
+        elif name == "delegate-failover":
+            attempt = (context.get("next"), entry.get("timestamp"))
+        elif name == "delegated":
+            attempt = None
+    if attempt is None or attempt[0] not in candidates:
+        return None
+    record = candidates[attempt[0]]
+    return {
+        "uri": record.get("uri"),
+        "label": record.get("label"),
+        "timestamp": float(attempt[1] or 0.0),
+    }
 
 
 def outstanding_dependencies(eventlog):
@@ -1285,6 +1371,7 @@ runtime = None
 
 WAITING = "waiting"  # held; waiting for other dependencies
 SUBMITTING = "submitting"  # resolving, connecting, submitting remotely
+RECOVERING = "recovering"  # looking for the job a lost submit may have made
 DELEGATED = "delegated"  # remote job exists and is followed
 RELEASING = "releasing"  # remote finished; local job run through to its end
 ENDED = "ended"  # nothing left to do
@@ -1292,9 +1379,10 @@ ENDED = "ended"  # nothing left to do
 
 class Submission:
     """One submit of a job to a target, and what to do with its answer,
-    whenever it comes: after the job-manager's own timeout, or after the
-    handler that sent it was unloaded, a job the target created anyway is
-    canceled, so that no remote job runs that nobody follows."""
+    whenever it comes: after the job-manager's own timeout, a job the target
+    created anyway is canceled, so that no remote job runs that nobody
+    follows.  After the handler that sent it was unloaded, the job is left
+    for the reloaded handler to find (Recovery)."""
 
     def __init__(self, job, remote, uri):
         self.job = job
@@ -1336,8 +1424,15 @@ class Submission:
                 guard(job.on_submitted, job, self.owner)(self, remote_id)
                 return
             if self.owner.unloaded:
-                why = "the delegate plugin was reloaded before the target answered"
-            elif job.phase == ENDED and job.canceled_reason:
+                # The reloaded plugin finds this job (Recovery) and follows
+                # it: canceling it here would fail the local job.
+                self.owner.log(
+                    syslog.LOG_INFO,
+                    f"{job.name}: {JobID(remote_id).f58} created on {self.uri}"
+                    " after the plugin was unloaded; left for it to find",
+                )
+                return
+            if job.phase == ENDED and job.canceled_reason:
                 why = job.canceled_reason
             else:
                 why = "the target answered after the submit timed out"
@@ -1364,6 +1459,7 @@ class DelegatedJob:
         self.id = int(args["id"])
         self.userid = args.get("userid")
         self.urgency = args.get("urgency")
+        self.t_submit = args.get("t_submit")
         self.jobspec = args["jobspec"]
         self.target = target
         # Why the job cannot be delegated (a bad target), applied once its
@@ -1390,6 +1486,11 @@ class DelegatedJob:
     @property
     def name(self):
         return JobID(self.id).f58
+
+    @property
+    def origin(self):
+        """What the remote job records of this one (ORIGIN_ATTRIBUTE)."""
+        return {"jobid": self.id, "t_submit": self.t_submit, "host": runtime.hostname}
 
     # -- failure -----------------------------------------------------------
 
@@ -1441,6 +1542,11 @@ class DelegatedJob:
             # Delegated before (plugin reload, restart): follow it, even if
             # its target would not parse any more (registry changed).
             self.resume(previous)
+        elif interrupted_submit(eventlog) is not None:
+            # A submit was sent and its answer lost (restart, reload): the
+            # target may have the job.  Look before submitting again.
+            self.phase = RECOVERING
+            Recovery(self, interrupted_submit(eventlog)).start()
         elif self.doomed is not None:
             self.fail(self.doomed)
         elif not (outstanding_dependencies(eventlog) - {DEPENDENCY}):
@@ -1470,7 +1576,7 @@ class DelegatedJob:
         finally:
             lib.free(original)
         environment = spec.get("attributes", {}).get("system", {}).get("environment")
-        self.remote_spec = remote_jobspec(self.jobspec, environment)
+        self.remote_spec = remote_jobspec(self.jobspec, environment, self.origin)
         target = self.target
         if target.kind == "policy":
             self.preflight([Candidate(c) for c in runtime.registry.clusters])
@@ -1638,6 +1744,22 @@ class DelegatedJob:
             f"{self.name}: delegated to {self.candidate.describe()} as {self.remote_id.f58}",
         )
         self.follow(self.remote)
+
+    def adopt(self, recovery, remote_id):
+        """The job an interrupted submit made was found: follow it."""
+        self.remote_id = JobID(remote_id)
+        self.uri = recovery.uri
+        self.phase = DELEGATED
+        context = {"jobid": int(self.remote_id), "uri": self.uri, "recovered": True}
+        if recovery.label:
+            context["label"] = recovery.label
+        jobtap.post_event(self.id, "delegated", context)
+        log(
+            syslog.LOG_INFO,
+            f"{self.name}: found {self.remote_id.f58} on {self.uri}, made by a"
+            " submit whose answer was lost; following it",
+        )
+        self.follow(recovery.remote)
 
     def resume(self, delegation):
         """Follow again a remote job delegated before a reload/restart."""
@@ -1948,6 +2070,152 @@ class RemoteCancel:
                     f"{self.job.name}: cancel of {self.remote_id.f58} on {self.uri}:"
                     f" {exc.strerror or exc}",
                 )
+
+
+class Recovery:
+    """Find the job an interrupted submit may have made on its target.
+
+    The source stopped, or the plugin was reloaded, after a submit was sent
+    and before its answer came: the target may have created the job, and
+    submitting again could run it twice.  So, once the submit could no
+    longer be in the target's ingest (submit-timeout after it was sent), the
+    target's jobs submitted since then, with this job's name, are looked up
+    for this job's origin (ORIGIN_ATTRIBUTE).  Found: it is followed.  Not
+    found: the job is delegated afresh.  Target unreachable for
+    reconnect-timeout: the job fails, not submitted twice."""
+
+    def __init__(self, job, attempt):
+        self.job = job
+        self.owner = runtime
+        self.uri = attempt["uri"]
+        self.label = attempt["label"]
+        self.since = attempt["timestamp"]
+        self.remote = None
+        self.candidates = []
+        self.deadline = None
+
+    def start(self):
+        wait = self.since + runtime.submit_timeout - time.time()
+        log(
+            syslog.LOG_INFO,
+            f"{self.job.name}: a submit to {self.uri} was interrupted; looking"
+            " for its job there" + (f" in {wait:.1f}s" if wait > 0 else ""),
+        )
+        self.deadline = time.time() + max(wait, 0.0) + runtime.reconnect_timeout
+        if wait > 0:
+            self.timer = runtime.handle.timer_watcher_create(
+                wait, guard(self.connect, self.job)
+            )
+            self.timer.start()
+        else:
+            self.connect()
+
+    def connect(self, *unused):
+        if self.job.phase not in (RECOVERING, ENDED):
+            return
+        runtime.connections.get(self.uri, self.search, self.retry, job=self.job)
+
+    def retry(self, message):
+        if time.time() < self.deadline:
+            self.timer = runtime.handle.timer_watcher_create(
+                runtime.reconnect_interval, guard(self.connect, self.job)
+            )
+            self.timer.start()
+            return
+        if self.job.phase == RECOVERING:
+            self.job.fail(
+                f"a submit to {self.uri} was interrupted, and whether it made a"
+                f" job there cannot be told: {message} (not submitted again, so"
+                " that the job cannot run twice)"
+            )
+        else:
+            log(
+                syslog.LOG_ERR,
+                f"{self.job.name}: cannot look on {self.uri} for a job made by an"
+                f" interrupted submit: {message}; one may run there",
+            )
+
+    def search(self, remote):
+        self.remote = remote
+        constraint = {"t_submit": [f">={self.since - CLOCK_SKEW:.6f}"]}
+        name = job_name(self.job.jobspec)
+        if name:
+            constraint = {"and": [constraint, {"name": [name]}]}
+        self.candidates = []
+        remote.request(
+            1024,
+            lambda h: flux.job.job_list(
+                h,
+                max_entries=0,
+                attrs=["t_submit"],
+                userid=flux.constants.FLUX_USERID_UNKNOWN,
+                constraint=constraint,
+            ),
+            self.on_list,
+            job=self.job,
+        )
+
+    def on_list(self, future):
+        """job-list streams its answer: one response per batch, then
+        ENODATA (a response with version 0 is the whole answer)."""
+        try:
+            response = future.get()
+        except OSError as exc:
+            if exc.errno == errno.ENODATA:
+                self.check_next()
+            else:
+                self.retry(f"listing its jobs: {exc.strerror or exc}")
+            return
+        self.candidates += [job["id"] for job in response.get("jobs", [])]
+        if response.get("version", 0) == 0:
+            self.check_next()
+        else:
+            future.reset()  # the next batch comes to this callback again
+
+    def check_next(self):
+        if not self.candidates:
+            self.not_found()
+            return
+        jobid = self.candidates.pop(0)
+        self.remote.request(
+            1024,
+            lambda h: flux.job.kvslookup.job_info_lookup(h, jobid, keys=["jobspec"]),
+            lambda future: self.on_jobspec(future, jobid),
+            job=self.job,
+        )
+
+    def on_jobspec(self, future, jobid):
+        try:
+            jobspec = future.get_decode()["jobspec"]
+        except OSError as exc:
+            if exc.errno in (errno.ENOENT, errno.EPERM):  # purged, not ours
+                self.check_next()
+            else:
+                self.retry(f"looking up job {JobID(jobid).f58}: {exc.strerror or exc}")
+            return
+        if same_origin(origin_of(jobspec), self.job.origin):
+            self.found(jobid)
+        else:
+            self.check_next()
+
+    def found(self, remote_id):
+        job = self.job
+        if job.phase == RECOVERING:
+            job.adopt(self, remote_id)
+        elif job.phase == ENDED:  # canceled while looking
+            job.uri, job.remote, job.remote_id = self.uri, self.remote, JobID(remote_id)
+            job.cancel_remote(job.canceled_reason or f"job {job.name} ended")
+
+    def not_found(self):
+        job = self.job
+        if job.phase != RECOVERING:
+            return
+        log(
+            syslog.LOG_INFO,
+            f"{job.name}: the interrupted submit made no job on {self.uri};"
+            " delegating afresh",
+        )
+        job.start()
 
 
 def local_end_reason(args, name):

@@ -120,6 +120,54 @@ def test_remote_jobspec_drops_local_attributes_and_restores_environment():
     assert "environment" not in jobspec["attributes"]["system"]
 
 
+def test_remote_jobspec_records_its_origin_and_drops_an_inherited_one():
+    jobspec = {"version": 1, "attributes": {"system": {"delegate-origin": {"jobid": 9}}}}
+    assert "delegate-origin" not in handler.remote_jobspec(jobspec)["attributes"]["system"]
+    origin = {"jobid": 5, "t_submit": 1.5, "host": "h"}
+    spec = handler.remote_jobspec(jobspec, None, origin)
+    assert handler.origin_of(spec) == origin
+    assert handler.origin_of({"version": 1}) is None
+    assert handler.origin_of({"attributes": {"system": {"delegate-origin": "x"}}}) is None
+
+
+def test_same_origin_needs_the_id_and_the_submit_time():
+    a = {"jobid": 5, "t_submit": 100.25, "host": "h"}
+    assert handler.same_origin(a, {"jobid": 5, "t_submit": 100.25})
+    assert not handler.same_origin(a, {"jobid": 5, "t_submit": 101.25})  # another instance
+    assert not handler.same_origin(a, {"jobid": 6, "t_submit": 100.25})
+    assert not handler.same_origin(a, None)
+    assert not handler.same_origin(a, {"jobid": "x", "t_submit": 100.25})
+
+
+def test_job_name_as_job_list_shows_it():
+    assert handler.job_name({"tasks": [{"command": ["/bin/sleep", "1"]}]}) == "sleep"
+    named = {
+        "tasks": [{"command": ["/bin/sleep"]}],
+        "attributes": {"system": {"job": {"name": "mine"}}},
+    }
+    assert handler.job_name(named) == "mine"
+    assert handler.job_name({"version": 1}) is None
+
+
+def test_interrupted_submit_is_the_last_attempt_without_an_answer():
+    a = {"uri": "local:///a", "verdict": "feasible", "label": "a"}
+    b = {"uri": "local:///b", "verdict": "unknown"}
+    choice = {"timestamp": 10.0, "name": "delegate-choice",
+              "context": {"candidates": [a, b], "order": ["a", "local:///b"], "choice": "a"}}
+    assert handler.interrupted_submit([event("submit")]) is None
+    log = [event("submit"), choice]
+    assert handler.interrupted_submit(log) == {"uri": "local:///a", "label": "a", "timestamp": 10.0}
+    log.append({"timestamp": 12.0, "name": "delegate-failover",
+                "context": {"uri": "local:///a", "reason": "r", "next": "local:///b"}})
+    assert handler.interrupted_submit(log) == {"uri": "local:///b", "label": None, "timestamp": 12.0}
+    log.append(event("delegated", jobid=3, uri="local:///b"))
+    assert handler.interrupted_submit(log) is None
+    # No target chosen (all infeasible): nothing was sent.
+    none = {"timestamp": 1.0, "name": "delegate-choice",
+            "context": {"candidates": [a], "order": [], "choice": None}}
+    assert handler.interrupted_submit([none]) is None
+
+
 def test_remote_jobspec_without_attributes():
     spec = handler.remote_jobspec({"version": 1}, None)
     assert spec["attributes"]["system"] == {}

@@ -1,0 +1,138 @@
+"""A submit whose answer is lost (the source restarts, or the plugin is
+reloaded, while the target is still taking the job) neither runs the job
+twice nor loses it: the target is searched for the job by its origin."""
+
+import json
+import os
+import tempfile
+import time
+
+import pytest
+from conftest import start_instance
+from flux_instance import HANDLER, PLUGIN, FluxInstance
+
+pytestmark = pytest.mark.integration
+
+#: A job-ingest validator plugin that takes its time, and rejects as many
+#: jobs as its control file says: a target slow to answer submits.
+SLOW_VALIDATOR = """
+import json, time
+from flux.job.validator import ValidatorPlugin
+
+CONTROL = {control!r}
+
+class Validator(ValidatorPlugin):
+    def validate(self, args):
+        with open(CONTROL) as fp:
+            control = json.load(fp)
+        time.sleep(control["sleep"])
+        if control["reject"] > 0:
+            control["reject"] -= 1
+            with open(CONTROL, "w") as fp:
+                json.dump(control, fp)
+            raise ValueError("rejected by the slow test validator")
+"""
+
+SUBMIT_TIMEOUT = 5  # seconds; the validator takes 3
+
+
+class SlowTarget:
+    def __init__(self, request):
+        self.dir = tempfile.mkdtemp(prefix="delegate-slow-ingest-")
+        self.control = os.path.join(self.dir, "control.json")
+        self.set(sleep=3, reject=0)
+        plugin = os.path.join(self.dir, "slow.py")
+        with open(plugin, "w") as fp:
+            fp.write(SLOW_VALIDATOR.format(control=self.control))
+        config = f'[ingest.validator]\nplugins = ["jobspec", "{plugin}"]\n'
+        self.instance = start_instance(request, name="slow-ingest", config=config)
+
+    def set(self, **control):
+        with open(self.control, "w") as fp:
+            json.dump(control, fp)
+
+    def jobs(self):
+        """(id, result) of every job the target has."""
+        out = self.instance.run("jobs", "-a", "-n", "-o", "{id.dec} {result}").stdout
+        return [tuple((line.split() + [""])[:2]) for line in out.splitlines() if line.strip()]
+
+
+def submit_and_interrupt(source, target, *command):
+    """Submit; once the submit is on its way, unload the plugin."""
+    jobid = source.submit(f"--dependency=delegate:{target.instance.uri}", *command)
+    source.wait_event(jobid, "delegate-choice")
+    source.remove_plugin()
+    return jobid
+
+
+def test_reload_mid_submit_follows_the_job_the_target_made(request, fresh_source):
+    target = SlowTarget(request)
+    fresh_source.load_plugin(None, f"submit-timeout={SUBMIT_TIMEOUT}")
+    jobid = submit_and_interrupt(fresh_source, target, "sh", "-c", "exit 4")
+    fresh_source.load_plugin(None, f"submit-timeout={SUBMIT_TIMEOUT}")
+
+    delegated = fresh_source.wait_event(jobid, "delegated", timeout=30)["context"]
+    assert delegated["recovered"] is True
+    assert fresh_source.status(jobid, timeout=30) == 4
+    assert target.jobs() == [(str(delegated["jobid"]), "FAILED")]  # exit 4, once
+    dmesg = fresh_source.dmesg()
+    assert "left for it to find" in dmesg and "was interrupted" in dmesg
+    # The remote job names its origin.
+    spec = json.loads(
+        target.instance.run("job", "info", str(delegated["jobid"]), "jobspec").stdout
+    )
+    origin = spec["attributes"]["system"]["delegate-origin"]
+    assert origin["jobid"] == int(fresh_source.run("job", "id", jobid).stdout)
+
+
+def test_reload_mid_submit_the_target_refused_delegates_afresh(request, fresh_source):
+    target = SlowTarget(request)
+    target.set(sleep=3, reject=1)
+    fresh_source.load_plugin(None, f"submit-timeout={SUBMIT_TIMEOUT}")
+    jobid = submit_and_interrupt(fresh_source, target, "true")
+    fresh_source.load_plugin(None, f"submit-timeout={SUBMIT_TIMEOUT}")
+
+    assert fresh_source.status(jobid, timeout=40) == 0
+    events = [e["name"] for e in fresh_source.eventlog(jobid)]
+    assert events.count("delegate-choice") == 2  # chosen again, then delegated
+    delegated = fresh_source.wait_event(jobid, "delegated")["context"]
+    assert "recovered" not in delegated
+    assert target.jobs() == [(str(delegated["jobid"]), "COMPLETED")]
+    assert "made no job on" in fresh_source.dmesg()
+
+
+def test_cancel_while_looking_cancels_what_is_found(request, fresh_source):
+    target = SlowTarget(request)
+    fresh_source.load_plugin(None, f"submit-timeout={SUBMIT_TIMEOUT}")
+    jobid = submit_and_interrupt(fresh_source, target, "sleep", "300")
+    fresh_source.load_plugin(None, f"submit-timeout={SUBMIT_TIMEOUT}")
+    fresh_source.run("cancel", jobid)
+    fresh_source.wait_event(jobid, "clean")
+
+    deadline = time.time() + 30
+    while not (target.jobs() and target.jobs()[0][1] == "CANCELED"):
+        assert time.time() < deadline, target.jobs()
+        time.sleep(0.2)
+    assert len(target.jobs()) == 1
+
+
+def test_source_restart_mid_submit_runs_the_job_once(request):
+    target = SlowTarget(request)
+    statedir = tempfile.mkdtemp(prefix="delegate-statedir-")
+    config = (
+        "[job-manager]\n"
+        f'plugins = [{{ load = "{PLUGIN}", conf = {{ handler = "{HANDLER}",'
+        f" submit-timeout = {SUBMIT_TIMEOUT} }} }}]\n"
+    )
+    source = FluxInstance(name="restarting-source", config=config, statedir=statedir)
+    request.addfinalizer(source.cleanup)
+    source.start()
+    jobid = source.submit(f"--dependency=delegate:{target.instance.uri}", "sh", "-c", "exit 3")
+    source.wait_event(jobid, "delegate-choice")
+    source.stop()  # the target is still validating the job
+    source.start()
+
+    assert source.status(jobid, timeout=40) == 3
+    delegated = source.wait_event(jobid, "delegated")["context"]
+    assert delegated["recovered"] is True
+    assert target.jobs() == [(str(delegated["jobid"]), "FAILED")]  # exit 3, once
