@@ -853,8 +853,9 @@ def answered(future):
     pending = getattr(future, "delegate_unanswered", None)
     if pending is not None:
         future.delegate_unanswered = None
-        remote, nbytes = pending
-        remote.release(nbytes)
+        outgoing = pending
+        outgoing.remote.in_flight.discard(outgoing)
+        outgoing.remote.release(outgoing.nbytes)
 
 
 def payload_size(obj):
@@ -895,6 +896,7 @@ class RemoteInstance:
         self.watcher.start()
         self.more = None
         self.unanswered = 0  # bytes of requests sent and not yet answered
+        self.in_flight = set()  # Outgoing requests sent and not yet answered
         self.queue = []  # Outgoing requests waiting for the target to read
         self.opened = time.time()
 
@@ -963,8 +965,9 @@ class RemoteInstance:
             self.runtime.log_exception(f"connection to {self.uri}")
 
     def close(self, reason):
-        """The connection is gone: stop watching it and tell its jobs.  The
-        handle stays referenced (futures still point at it)."""
+        """The connection is gone: stop watching it, fail what was asked of
+        it (no answer can come any more), and tell its jobs.  The handle
+        stays referenced (futures still point at it)."""
         if self.lost:
             return
         self.lost = reason
@@ -973,8 +976,14 @@ class RemoteInstance:
             self.more.stop()
         self.runtime.connections.forget(self, reason)
         queued, self.queue = self.queue, []
+        in_flight, self.in_flight = list(self.in_flight), set()
         for outgoing in queued:  # never sent: say so
             outgoing.fail(OSError(errno.ENOTCONN, f"the connection was lost: {reason}"))
+        for outgoing in in_flight:  # sent: no answer can come any more
+            outgoing.fail(
+                OSError(errno.ECONNRESET, f"the connection was lost: {reason}"),
+                sent=True,
+            )
         for job in list(self.listeners):
             guard(job.connection_lost, job, self.runtime)(self, reason)
 
@@ -996,9 +1005,10 @@ class Outgoing:
     def sent(self):
         return self.future is not None
 
-    def fail(self, error):
-        """Answer the request with error, unsent."""
-        self.future = FailedRequest(error)
+    def fail(self, error, sent=False):
+        """Answer the request with error ('sent': it may have reached the
+        target)."""
+        self.future = FailedRequest(error, sent)
         if self.guarded:
             guard(self.callback, self.job, self.remote.runtime)(self.future)
         else:
@@ -1012,7 +1022,8 @@ class Outgoing:
             return
         self.future = future
         self.remote.unanswered += self.nbytes
-        future.delegate_unanswered = (self.remote, self.nbytes)
+        self.remote.in_flight.add(self)
+        future.delegate_unanswered = self
         if self.guarded:
             then(future, self.callback, job=self.job)
         else:
@@ -1028,10 +1039,12 @@ class Outgoing:
 
 
 class FailedRequest:
-    """Stands in for the future of a request that could not be sent."""
+    """Stands in for the future of a request that failed on our side: not
+    sent, or sent on a connection that then broke ('sent')."""
 
-    def __init__(self, error):
+    def __init__(self, error, sent=False):
         self.error = error
+        self.sent = sent
 
     def get(self):
         raise self.error
@@ -1392,6 +1405,7 @@ class Submission:
         self.answered = False
 
     def send(self):
+        self.sent = time.time()
         spec = json.dumps(self.job.remote_spec)
         self.timer = self.owner.handle.timer_watcher_create(
             max(0.0, self.job.submit_deadline - time.time()),
@@ -1415,7 +1429,7 @@ class Submission:
                 remote_id = future.get_id()
             except OSError as exc:
                 if not self.owner.unloaded:
-                    sent = not isinstance(future, FailedRequest)
+                    sent = getattr(future, "sent", True)
                     guard(self.job.on_submit_error, self.job, self.owner)(self, exc, sent)
                 return
             job = self.job
@@ -1697,11 +1711,12 @@ class DelegatedJob:
             timer.start()
             return
         if exc.errno in CONNECTION_ERRORS:
-            # The request may have reached the target before the break.
-            self.fail(
-                f"submit to {self.uri} failed: {exc.strerror or exc} (not"
-                " tried elsewhere: the target may have the job)"
-            )
+            # The request may have reached the target before the break:
+            # look for the job there once it answers again.
+            log(syslog.LOG_INFO, f"{self.name}: submit to {self.uri}: {exc.strerror or exc}")
+            self.phase = RECOVERING
+            interrupted = {"uri": self.uri, "label": self.candidate.label, "timestamp": attempt.sent}
+            Recovery(self, interrupted).start()
             return
         self.failover(f"submit to {self.uri} failed: {exc.strerror or exc}")
 

@@ -10,6 +10,7 @@ import json
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -203,6 +204,15 @@ class FluxInstance(FluxClient):
         except subprocess.TimeoutExpired:
             os.killpg(self.proc.pid, 9)
             self.proc.wait()
+        self.proc = None
+        self.log.close()
+
+    def kill(self):
+        """Kill the instance at once (SIGKILL), as a crash would."""
+        if self.proc is None:
+            return
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
         self.proc = None
         self.log.close()
 

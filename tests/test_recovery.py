@@ -37,7 +37,7 @@ SUBMIT_TIMEOUT = 5  # seconds; the validator takes 3
 
 
 class SlowTarget:
-    def __init__(self, request):
+    def __init__(self, request, restartable=False):
         self.dir = tempfile.mkdtemp(prefix="delegate-slow-ingest-")
         self.control = os.path.join(self.dir, "control.json")
         self.set(sleep=3, reject=0)
@@ -45,7 +45,15 @@ class SlowTarget:
         with open(plugin, "w") as fp:
             fp.write(SLOW_VALIDATOR.format(control=self.control))
         config = f'[ingest.validator]\nplugins = ["jobspec", "{plugin}"]\n'
-        self.instance = start_instance(request, name="slow-ingest", config=config)
+        if restartable:  # same URI and jobs after a restart
+            rundir, statedir = os.path.join(self.dir, "run"), os.path.join(self.dir, "state")
+            os.makedirs(rundir)
+            os.makedirs(statedir)
+            self.instance = start_instance(
+                request, name="slow-ingest", config=config, rundir=rundir, statedir=statedir
+            )
+        else:
+            self.instance = start_instance(request, name="slow-ingest", config=config)
 
     def set(self, **control):
         with open(self.control, "w") as fp:
@@ -136,3 +144,26 @@ def test_source_restart_mid_submit_runs_the_job_once(request):
     delegated = source.wait_event(jobid, "delegated")["context"]
     assert delegated["recovered"] is True
     assert target.jobs() == [(str(delegated["jobid"]), "FAILED")]  # exit 3, once
+
+
+def test_target_killed_mid_submit_is_searched_when_back(request, fresh_source):
+    """The connection breaks while the target takes the job: the source
+    looks there again once it is back, and delegates afresh as the job was
+    never made, rather than failing it or running it twice."""
+    target = SlowTarget(request, restartable=True)
+    fresh_source.load_plugin(
+        None, f"submit-timeout={SUBMIT_TIMEOUT}", "reconnect-interval=0.5"
+    )
+    jobid = fresh_source.submit(f"--dependency=delegate:{target.instance.uri}", "true")
+    fresh_source.wait_event(jobid, "delegate-choice")
+    # Killed while it validates the job: the job is never made there (a
+    # clean shutdown would finish it first), and no answer comes.
+    target.instance.kill()
+    target.instance.start()
+
+    status = fresh_source.status(jobid, timeout=60)
+    assert status == 0, fresh_source.run("job", "eventlog", jobid).stdout
+    delegated = fresh_source.wait_event(jobid, "delegated")["context"]
+    assert target.jobs() == [(str(delegated["jobid"]), "COMPLETED")]
+    dmesg = fresh_source.dmesg()
+    assert "was interrupted" in dmesg, dmesg[-3000:]
