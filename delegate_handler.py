@@ -110,6 +110,19 @@ DEFAULT_RECONNECT_TIMEOUT = 300.0
 #: Default seconds a connected candidate has to answer the pre-flight.
 DEFAULT_PREFLIGHT_TIMEOUT = 10.0
 
+#: Plugin options (flux jobtap load delegate.so KEY=VALUE, or conf = {...}
+#: in [job-manager] plugins) that are seconds, with their defaults.
+SECONDS_OPTIONS = {
+    "submit-timeout": DEFAULT_SUBMIT_TIMEOUT,
+    "connect-timeout": DEFAULT_CONNECT_TIMEOUT,
+    "preflight-timeout": DEFAULT_PREFLIGHT_TIMEOUT,
+    "reconnect-timeout": DEFAULT_RECONNECT_TIMEOUT,
+    "reconnect-interval": 2.0,
+}
+
+#: Plugin options that are paths.
+PATH_OPTIONS = ("handler", "registry")
+
 #: How long the local job "runs" once the remote one has finished: only
 #: long enough for job-exec to post start and finish (test exec mode).
 RELEASE_RUN_DURATION = "0.001s"
@@ -119,6 +132,30 @@ BUILTIN_POLICIES = ("random", "least_pending", "shortest_match", "assign")
 
 #: Policy for --dependency=delegate with no value, unless configured.
 DEFAULT_POLICY = "least_pending"
+
+
+def plugin_options(conf):
+    """The plugin's options, checked, with defaults: {key: value}.  Raises
+    ValueError naming the option for an unknown key (a typo would silently
+    keep a default) or a value that is not a positive number of seconds."""
+    options = dict(SECONDS_OPTIONS)
+    for key, value in (conf or {}).items():
+        if key in PATH_OPTIONS:
+            options[key] = value
+            continue
+        if key not in SECONDS_OPTIONS:
+            known = ", ".join(PATH_OPTIONS + tuple(SECONDS_OPTIONS))
+            raise ValueError(f"unknown plugin option '{key}' (known: {known})")
+        try:
+            seconds = float(value)
+        except (TypeError, ValueError):
+            seconds = None
+        if isinstance(value, bool) or seconds is None or not 0 < seconds < float("inf"):
+            raise ValueError(
+                f"plugin option {key}={value}: not a positive number of seconds"
+            )
+        options[key] = seconds
+    return options
 
 
 USAGE = (
@@ -1222,23 +1259,17 @@ class Runtime:
     connections, the registry and policies, and the jobs it follows."""
 
     def __init__(self, conf):
-        self.conf = dict(conf or {})
+        self.conf = plugin_options(conf)
         self.unloaded = False
         self.handle = flux.Flux(handle=ffi.cast("flux_t *", jobtap.handle()))
         # The job-manager owns its handle: the wrapper must never close it.
         self.handle.incref()
         self.hostname = socket.gethostname()
-        self.submit_timeout = float(
-            self.conf.get("submit-timeout", DEFAULT_SUBMIT_TIMEOUT)
-        )
-        self.preflight_timeout = float(
-            self.conf.get("preflight-timeout", DEFAULT_PREFLIGHT_TIMEOUT)
-        )
-        connect_timeout = float(self.conf.get("connect-timeout", DEFAULT_CONNECT_TIMEOUT))
-        self.reconnect_interval = float(self.conf.get("reconnect-interval", 2.0))
-        self.reconnect_timeout = float(
-            self.conf.get("reconnect-timeout", DEFAULT_RECONNECT_TIMEOUT)
-        )
+        self.submit_timeout = self.conf["submit-timeout"]
+        self.preflight_timeout = self.conf["preflight-timeout"]
+        connect_timeout = self.conf["connect-timeout"]
+        self.reconnect_interval = self.conf["reconnect-interval"]
+        self.reconnect_timeout = self.conf["reconnect-timeout"]
         self.jobs = {}
         self.connections = Connections(self, connect_timeout)
         # Registry: broker config [[delegate]] + the user's registry file.

@@ -4,6 +4,8 @@ Variants of the real handler are made by replacing one line of it; the
 replaced text must be there, so these tests fail loudly if it changes.
 """
 
+import json
+
 import pytest
 from flux_instance import HANDLER, PLUGIN
 
@@ -96,6 +98,24 @@ def test_broken_handler_is_reported_and_does_not_hurt_the_broker(fresh_source, t
     source.load_plugin()
     jobid = source.submit(f"--dependency=delegate:{target.uri}", "true")
     assert source.status(jobid) == 0
+
+
+def test_bad_plugin_option_is_named_and_jobs_are_rejected(fresh_source, target):
+    """A typo in an option would silently keep a default: it is refused,
+    clearly, and the broker goes on (plain jobs run)."""
+    source = fresh_source
+    source.load_plugin(None, "submit-timout=5")
+    proc = source.run("submit", f"--dependency=delegate:{target.uri}", "true", check=False)
+    assert proc.returncode != 0
+    assert "unknown plugin option 'submit-timout'" in proc.stderr
+    query = json.loads(source.run("jobtap", "query", "delegate.so").stdout)
+    assert "unknown plugin option 'submit-timout'" in query["handler_error"]
+    assert source.status(source.submit("true")) == 0
+
+    source.remove_plugin()
+    source.load_plugin(None, "submit-timeout=-1")
+    proc = source.run("submit", f"--dependency=delegate:{target.uri}", "true", check=False)
+    assert "plugin option submit-timeout=-1: not a positive number of seconds" in proc.stderr
 
 
 def test_missing_handler_file(fresh_source, target):
