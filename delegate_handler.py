@@ -714,6 +714,16 @@ def job_name(jobspec):
         return None
 
 
+def delegations(eventlog):
+    """(uri, remote jobid) of every "delegated" event."""
+    found = []
+    for entry in eventlog:
+        context = entry.get("context") or {}
+        if entry.get("name") == "delegated" and "jobid" in context:
+            found.append((context.get("uri"), int(context["jobid"])))
+    return found
+
+
 def interrupted_submit(eventlog):
     """The target of the last submit attempt the eventlog records without
     its outcome: {"uri", "label" (or None), "timestamp"}, or None.
@@ -869,6 +879,33 @@ def guard(callback, job=None, owner=None):
     return guarded
 
 
+class Timer:
+    """A one-shot timer on the job-manager's reactor that frees itself when
+    it fires or is canceled: flux's bindings keep every watcher their
+    handle made until it is destroyed, and a broker runs for months."""
+
+    def __init__(self, seconds, callback, owner=None):
+        self.callback = callback  # guarded by the caller (see guard())
+        self.watcher = (owner or runtime).handle.timer_watcher_create(seconds, self.fire)
+        self.watcher.start()
+
+    def fire(self, *unused):
+        self.cancel()
+        self.callback()
+
+    def cancel(self):
+        watcher, self.watcher = self.watcher, None
+        if watcher is not None:
+            free_watcher(watcher)
+
+
+def free_watcher(watcher):
+    """Stop a watcher and destroy it (also from its own callback: libev no
+    longer looks at a watcher once its callback runs)."""
+    watcher.stop()
+    watcher.destroy()
+
+
 def then(future, callback, job=None):
     """future.then(callback), guarded (see guard()); the first answer of a
     request to a target also releases its bytes (RemoteInstance.request).
@@ -976,7 +1013,7 @@ class RemoteInstance:
         """
         try:
             if self.more is not None:
-                self.more.stop()
+                self.more.cancel()
                 self.more = None
             extra = 2
             for _ in range(512):
@@ -996,8 +1033,7 @@ class RemoteInstance:
                 else:
                     extra -= 1
             # More is queued: come back on the next pass of the reactor.
-            self.more = self.runtime.handle.timer_watcher_create(0.0, self.on_ready)
-            self.more.start()
+            self.more = Timer(0.0, self.on_ready, self.runtime)
         except Exception:  # pylint: disable=broad-except
             self.runtime.log_exception(f"connection to {self.uri}")
 
@@ -1008,9 +1044,9 @@ class RemoteInstance:
         if self.lost:
             return
         self.lost = reason
-        self.watcher.stop()
+        free_watcher(self.watcher)
         if self.more is not None:
-            self.more.stop()
+            self.more.cancel()
         self.runtime.connections.forget(self, reason)
         queued, self.queue = self.queue, []
         in_flight, self.in_flight = list(self.in_flight), set()
@@ -1224,7 +1260,7 @@ class Connections:
         self.runtime.log(syslog.LOG_INFO, f"connection to {remote.uri} closed: {reason}")
 
     def close(self):
-        self.watcher.stop()
+        free_watcher(self.watcher)
 
 
 class Waiter:
@@ -1235,13 +1271,14 @@ class Waiter:
         self.uri = uri
         self.on_open = on_open
         self.on_error = on_error
-        self.timer = connections.runtime.handle.timer_watcher_create(
-            connections.timeout, guard(self.expire, owner=connections.runtime)
+        self.timer = Timer(
+            connections.timeout,
+            guard(self.expire, owner=connections.runtime),
+            connections.runtime,
         )
-        self.timer.start()
 
     def finish(self, remote, message):
-        self.timer.stop()
+        self.timer.cancel()
         if remote is not None:
             self.on_open(remote)
         else:
@@ -1438,11 +1475,11 @@ class Submission:
     def send(self):
         self.sent = time.time()
         spec = json.dumps(self.job.remote_spec)
-        self.timer = self.owner.handle.timer_watcher_create(
+        self.timer = Timer(
             max(0.0, self.job.submit_deadline - time.time()),
-            guard(lambda *unused: self.job.on_submit_timeout(self), self.job, self.owner),
+            guard(lambda: self.job.on_submit_timeout(self), self.job, self.owner),
+            self.owner,
         )
-        self.timer.start()
         # Not guarded: the answer must be handled even after an unload.
         self.outgoing = self.remote.request(
             payload_size(self.job.remote_spec),
@@ -1455,7 +1492,7 @@ class Submission:
         try:
             answered(future)
             self.answered = True
-            self.timer.stop()
+            self.timer.cancel()
             try:
                 remote_id = future.get_id()
             except OSError as exc:
@@ -1468,9 +1505,10 @@ class Submission:
             if current and not self.owner.unloaded:
                 guard(job.on_submitted, job, self.owner)(self, remote_id)
                 return
-            if self.owner.unloaded:
-                # The reloaded plugin finds this job (Recovery) and follows
-                # it: canceling it here would fail the local job.
+            if current:
+                # Unloaded mid-submit: the reloaded plugin finds this job
+                # (Recovery) and follows it; canceling it would fail the
+                # local job.  (A job ended meanwhile is withdrawn below.)
                 self.owner.log(
                     syslog.LOG_INFO,
                     f"{job.name}: {JobID(remote_id).f58} created on {self.uri}"
@@ -1527,6 +1565,7 @@ class DelegatedJob:
         self.checking = False
         self.recheck = False
         self.canceled_reason = None
+        self.known_remote = {}  # uri -> ids of remote jobs it had there
 
     @property
     def name(self):
@@ -1589,9 +1628,19 @@ class DelegatedJob:
             self.resume(previous)
         elif interrupted_submit(eventlog) is not None:
             # A submit was sent and its answer lost (restart, reload): the
-            # target may have the job.  Look before submitting again.
+            # target may have the job.  Look before submitting again.  The
+            # attempt may have sent again for up to submit-timeout (a target
+            # still starting), each send pending up to submit-timeout.
+            attempt = interrupted_submit(eventlog)
             self.phase = RECOVERING
-            Recovery(self, interrupted_submit(eventlog)).start()
+            for uri, jobid in delegations(eventlog):
+                self.known_remote.setdefault(uri, set()).add(jobid)
+            Recovery(
+                self,
+                attempt,
+                attempt["timestamp"] + 2 * runtime.submit_timeout,
+                known=self.known_remote.get(attempt["uri"], ()),
+            ).start()
         elif self.doomed is not None:
             self.fail(self.doomed)
         elif not (outstanding_dependencies(eventlog) - {DEPENDENCY}):
@@ -1727,7 +1776,13 @@ class DelegatedJob:
         )
 
     def on_submit_error(self, attempt, exc, sent=True):
-        if attempt is not self.submission or self.phase != SUBMITTING:
+        if attempt is not self.submission:
+            return
+        if self.phase == ENDED and sent and exc.errno in CONNECTION_ERRORS:
+            # Ended meanwhile (canceled): whatever the submit made must go.
+            self.recover_submit(attempt)
+            return
+        if self.phase != SUBMITTING:
             return
         if not sent:
             # Never sent (the connection broke first): try elsewhere.
@@ -1735,21 +1790,28 @@ class DelegatedJob:
             return
         if exc.errno == errno.ENOSYS and time.time() < self.submit_deadline:
             # The target is still starting (no job-ingest yet): try again.
-            timer = runtime.handle.timer_watcher_create(
-                1.0, guard(lambda *unused: self.retry_submit(attempt), self)
-            )
-            self.retry_timer = timer
-            timer.start()
+            self.retry_timer = Timer(1.0, guard(lambda: self.retry_submit(attempt), self))
             return
         if exc.errno in CONNECTION_ERRORS:
             # The request may have reached the target before the break:
             # look for the job there once it answers again.
             log(syslog.LOG_INFO, f"{self.name}: submit to {self.uri}: {exc.strerror or exc}")
             self.phase = RECOVERING
-            interrupted = {"uri": self.uri, "label": self.candidate.label, "timestamp": attempt.sent}
-            Recovery(self, interrupted).start()
+            self.recover_submit(attempt)
             return
         self.failover(f"submit to {self.uri} failed: {exc.strerror or exc}")
+
+    def recover_submit(self, attempt):
+        """Look on the target for what a submit cut off by a broken
+        connection made; it was pending until submit-timeout after it was
+        sent, at the most."""
+        interrupted = {"uri": attempt.uri, "label": self.candidate.label, "timestamp": attempt.sent}
+        Recovery(
+            self,
+            interrupted,
+            attempt.sent + runtime.submit_timeout,
+            known=self.known_remote.get(attempt.uri, ()),
+        ).start()
 
     def retry_submit(self, attempt):
         if attempt is self.submission and self.phase == SUBMITTING:
@@ -1781,6 +1843,7 @@ class DelegatedJob:
         """The target accepted the job as remote_id."""
         self.remote_id = JobID(remote_id)
         self.phase = DELEGATED
+        self.known_remote.setdefault(self.uri, set()).add(int(self.remote_id))
         context = {"jobid": int(self.remote_id), "uri": self.uri}
         if self.candidate.label:
             context["label"] = self.candidate.label
@@ -1796,6 +1859,7 @@ class DelegatedJob:
         self.remote_id = JobID(remote_id)
         self.uri = recovery.uri
         self.phase = DELEGATED
+        self.known_remote.setdefault(self.uri, set()).add(int(self.remote_id))
         context = {"jobid": int(self.remote_id), "uri": self.uri, "recovered": True}
         if recovery.label:
             context["label"] = recovery.label
@@ -1846,15 +1910,15 @@ class DelegatedJob:
         # that never does (a hung job-info, a request lost as the module
         # was reloaded) would leave the job pending for ever: give up on
         # that watch and follow again, within reconnect-timeout.
-        self.watch_timer = runtime.handle.timer_watcher_create(
-            runtime.submit_timeout,
-            guard(lambda *unused: self.watch_unanswered(watch), self),
+        self.watch_timer = Timer(
+            runtime.submit_timeout, guard(lambda: self.watch_unanswered(watch), self)
         )
-        self.watch_timer.start()
 
     def watch_unanswered(self, watch):
         if self.phase != DELEGATED or self.watch is not watch:
             return
+        if watch.sent:
+            answered(watch.future)  # given up: its bytes no longer count
         remote = self.remote
         self.stop_following()
         self.connection_lost(
@@ -1865,7 +1929,7 @@ class DelegatedJob:
     def stop_watch_timer(self):
         timer, self.watch_timer = self.watch_timer, None
         if timer is not None:
-            timer.stop()
+            timer.cancel()
 
     def stop_following(self):
         self.stop_watch_timer()
@@ -1905,11 +1969,7 @@ class DelegatedJob:
         self.schedule_reconnect()
 
     def schedule_reconnect(self):
-        timer = runtime.handle.timer_watcher_create(
-            runtime.reconnect_interval, guard(self.reconnect, self)
-        )
-        self.reconnect_timer = timer
-        timer.start()
+        self.reconnect_timer = Timer(runtime.reconnect_interval, guard(self.reconnect, self))
 
     def reconnect(self, *unused):
         if self.phase == DELEGATED:
@@ -2086,10 +2146,9 @@ class RemoteCancel:
 
     def retry(self, message):
         if time.time() < self.deadline:
-            self.timer = self.owner.handle.timer_watcher_create(
-                self.owner.reconnect_interval, guard(self.connect, owner=self.owner)
+            self.timer = Timer(
+                self.owner.reconnect_interval, guard(self.connect, owner=self.owner), self.owner
             )
-            self.timer.start()
             return
         self.owner.log(
             syslog.LOG_ERR,
@@ -2121,52 +2180,63 @@ class RemoteCancel:
 class Recovery:
     """Find the job an interrupted submit may have made on its target.
 
-    The source stopped, or the plugin was reloaded, after a submit was sent
-    and before its answer came: the target may have created the job, and
-    submitting again could run it twice.  So, once the submit could no
-    longer be in the target's ingest (submit-timeout after it was sent), the
-    target's jobs submitted since then, with this job's name, are looked up
-    for this job's origin (ORIGIN_ATTRIBUTE).  Found: it is followed.  Not
-    found: the job is delegated afresh.  Target unreachable for
-    reconnect-timeout: the job fails, not submitted twice."""
+    The source stopped, the plugin was reloaded, or the connection broke,
+    after a submit was sent and before its answer came: the target may have
+    created the job, and submitting again could run it twice.  So, once the
+    submit can no longer be in the target's ingest, the target's jobs with
+    this job's name submitted since then are looked up for this job's
+    origin (ORIGIN_ATTRIBUTE).  Found: it is followed (or canceled, if the
+    local job has ended meanwhile).  Not found: the job is delegated
+    afresh.  Target unreachable or not answering for reconnect-timeout: the
+    job fails, not submitted twice.
 
-    def __init__(self, job, attempt):
+    attempt: {"uri", "label", "timestamp"} of the submit; 'settled' is when
+    it can no longer be pending.  'known' are remote jobs this job had
+    before on that target (an earlier attempt): never adopted.
+    """
+
+    def __init__(self, job, attempt, settled, known=()):
         self.job = job
-        self.owner = runtime
+        self.id = job.id  # guard() reports errors against it
         self.uri = attempt["uri"]
         self.label = attempt["label"]
         self.since = attempt["timestamp"]
+        self.settled = settled
+        self.known = {int(jobid) for jobid in known}
         self.remote = None
-        self.candidates = []
+        self.generation = 0  # answers of an abandoned search are ignored
+        self.timer = None
         self.deadline = None
 
     def start(self):
-        wait = self.since + runtime.submit_timeout - time.time()
+        wait = self.settled - time.time()
         log(
             syslog.LOG_INFO,
             f"{self.job.name}: a submit to {self.uri} was interrupted; looking"
             " for its job there" + (f" in {wait:.1f}s" if wait > 0 else ""),
         )
         self.deadline = time.time() + max(wait, 0.0) + runtime.reconnect_timeout
-        if wait > 0:
-            self.timer = runtime.handle.timer_watcher_create(
-                wait, guard(self.connect, self.job)
-            )
-            self.timer.start()
-        else:
-            self.connect()
+        self.wait(max(wait, 0.0), self.connect)
 
-    def connect(self, *unused):
-        if self.job.phase not in (RECOVERING, ENDED):
-            return
-        runtime.connections.get(self.uri, self.search, self.retry, job=self.job)
+    def wait(self, seconds, then_call):
+        if self.timer is not None:
+            self.timer.cancel()
+        self.timer = Timer(seconds, guard(then_call, self))
+
+    @property
+    def wanted(self):
+        return self.job.phase in (RECOVERING, ENDED)
+
+    def connect(self):
+        if self.wanted:
+            runtime.connections.get(self.uri, self.search, self.retry, job=self)
 
     def retry(self, message):
+        """Something failed or did not answer: search again from the start
+        after reconnect-interval, until the deadline."""
+        self.generation += 1
         if time.time() < self.deadline:
-            self.timer = runtime.handle.timer_watcher_create(
-                runtime.reconnect_interval, guard(self.connect, self.job)
-            )
-            self.timer.start()
+            self.wait(runtime.reconnect_interval, self.connect)
             return
         if self.job.phase == RECOVERING:
             self.job.fail(
@@ -2174,22 +2244,40 @@ class Recovery:
                 f" job there cannot be told: {message} (not submitted again, so"
                 " that the job cannot run twice)"
             )
-        else:
+        elif self.job.phase == ENDED:
             log(
                 syslog.LOG_ERR,
                 f"{self.job.name}: cannot look on {self.uri} for a job made by an"
                 f" interrupted submit: {message}; one may run there",
             )
 
+    def ask(self, send, callback):
+        """A request of this search, answered within submit-timeout."""
+        generation = self.generation
+
+        def answered_in_time(future):
+            if generation == self.generation and self.wanted:
+                callback(future)
+
+        self.wait(
+            runtime.submit_timeout,
+            lambda: generation == self.generation
+            and self.retry(f"no answer within {runtime.submit_timeout:g}s"),
+        )
+        self.remote.request(1024, send, answered_in_time, job=self)
+
     def search(self, remote):
+        if not self.wanted:
+            return
         self.remote = remote
+        self.generation += 1
+        self.found_jobs = []
+        self.first = True
         constraint = {"t_submit": [f">={self.since - CLOCK_SKEW:.6f}"]}
         name = job_name(self.job.jobspec)
         if name:
             constraint = {"and": [constraint, {"name": [name]}]}
-        self.candidates = []
-        remote.request(
-            1024,
+        self.ask(
             lambda h: flux.job.job_list(
                 h,
                 max_entries=0,
@@ -2198,36 +2286,43 @@ class Recovery:
                 constraint=constraint,
             ),
             self.on_list,
-            job=self.job,
         )
 
     def on_list(self, future):
-        """job-list streams its answer: one response per batch, then
-        ENODATA (a response with version 0 is the whole answer)."""
+        """job-list streams its answer: one job per response (the first
+        with "version": 1), then ENODATA.  Without a version, the first
+        response is the whole answer (version 0)."""
         try:
             response = future.get()
         except OSError as exc:
             if exc.errno == errno.ENODATA:
-                self.check_next()
+                self.check_candidates()
             else:
                 self.retry(f"listing its jobs: {exc.strerror or exc}")
             return
-        self.candidates += [job["id"] for job in response.get("jobs", [])]
-        if response.get("version", 0) == 0:
-            self.check_next()
-        else:
-            future.reset()  # the next batch comes to this callback again
+        self.found_jobs += response.get("jobs", [])
+        if self.first and "version" not in response:
+            self.check_candidates()
+            return
+        self.first = False
+        future.reset()  # the next response comes to this callback again
+
+    def check_candidates(self):
+        jobs = [j for j in self.found_jobs if int(j["id"]) not in self.known]
+        jobs.sort(key=lambda j: j.get("t_submit", 0.0), reverse=True)  # newest first
+        self.candidates = [int(j["id"]) for j in jobs]
+        self.check_next()
 
     def check_next(self):
         if not self.candidates:
+            if self.timer is not None:
+                self.timer.cancel()
             self.not_found()
             return
         jobid = self.candidates.pop(0)
-        self.remote.request(
-            1024,
+        self.ask(
             lambda h: flux.job.kvslookup.job_info_lookup(h, jobid, keys=["jobspec"]),
             lambda future: self.on_jobspec(future, jobid),
-            job=self.job,
         )
 
     def on_jobspec(self, future, jobid):
@@ -2240,6 +2335,7 @@ class Recovery:
                 self.retry(f"looking up job {JobID(jobid).f58}: {exc.strerror or exc}")
             return
         if same_origin(origin_of(jobspec), self.job.origin):
+            self.timer.cancel()
             self.found(jobid)
         else:
             self.check_next()
@@ -2248,7 +2344,7 @@ class Recovery:
         job = self.job
         if job.phase == RECOVERING:
             job.adopt(self, remote_id)
-        elif job.phase == ENDED:  # canceled while looking
+        elif job.phase == ENDED:  # ended while looking
             job.uri, job.remote, job.remote_id = self.uri, self.remote, JobID(remote_id)
             job.cancel_remote(job.canceled_reason or f"job {job.name} ended")
 
@@ -2258,9 +2354,12 @@ class Recovery:
             return
         log(
             syslog.LOG_INFO,
-            f"{job.name}: the interrupted submit made no job on {self.uri};"
-            " delegating afresh",
+            f"{job.name}: the interrupted submit made no job on {self.uri}",
         )
+        if job.doomed is not None:
+            job.fail(job.doomed)
+            return
+        log(syslog.LOG_INFO, f"{job.name}: delegating afresh")
         job.start()
 
 
@@ -2342,11 +2441,9 @@ class Preflight:
             )
         outstanding, _, outgoing = self.waiting[id(c)]
         outstanding.update(name for name, _, _ in wanted)
-        timer = runtime.handle.timer_watcher_create(
-            runtime.preflight_timeout, guard(lambda *unused: self.expire(c), self.job)
+        self.waiting[id(c)][1] = Timer(
+            runtime.preflight_timeout, guard(lambda: self.expire(c), self.job)
         )
-        self.waiting[id(c)][1] = timer
-        timer.start()
         for name, nbytes, send in wanted:
             outgoing.append(remote.request(
                 nbytes, send, lambda f, c=c, name=name: self.answered(c, name, f), self.job
@@ -2416,7 +2513,7 @@ class Preflight:
         if entry is None:
             return
         if entry[1] is not None:
-            entry[1].stop()
+            entry[1].cancel()
         for outgoing in entry[2]:
             outgoing.cancel()  # still queued: no longer needed
         c.verdict, c.reason = verdict, reason

@@ -530,3 +530,13 @@ def test_plugin_options_errors_name_the_option(conf, message):
     with pytest.raises(ValueError) as info:
         handler.plugin_options(conf)
     assert message in str(info.value)
+
+
+def test_delegations_lists_every_remote_job():
+    log = [
+        event("delegated", jobid=1, uri="local:///a"),
+        event("delegate-failover", uri="local:///a"),
+        event("delegated", jobid=2, uri="local:///b"),
+        event("delegated", uri="local:///c"),  # malformed: no jobid
+    ]
+    assert handler.delegations(log) == [("local:///a", 1), ("local:///b", 2)]

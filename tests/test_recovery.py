@@ -167,3 +167,45 @@ def test_target_killed_mid_submit_is_searched_when_back(request, fresh_source):
     assert target.jobs() == [(str(delegated["jobid"]), "COMPLETED")]
     dmesg = fresh_source.dmesg()
     assert "was interrupted" in dmesg, dmesg[-3000:]
+
+
+def test_recovery_looks_through_every_job_of_the_same_name(request, fresh_source):
+    """Other jobs on the target with the same name (here three, held): the
+    one with this job's origin is found among them, and no other taken."""
+    target = SlowTarget(request)
+    target.set(sleep=0, reject=0)
+    others = [
+        target.instance.submit("--urgency=hold", "sleep", "1") for _ in range(3)
+    ]
+    target.set(sleep=3, reject=0)
+    fresh_source.load_plugin(None, f"submit-timeout={SUBMIT_TIMEOUT}")
+    jobid = submit_and_interrupt(fresh_source, target, "sleep", "1")
+    fresh_source.load_plugin(None, f"submit-timeout={SUBMIT_TIMEOUT}")
+
+    assert fresh_source.status(jobid, timeout=40) == 0
+    delegated = fresh_source.wait_event(jobid, "delegated")["context"]
+    assert delegated["recovered"] is True
+    jobs = dict(target.jobs())
+    assert len(jobs) == 4 and jobs[str(delegated["jobid"])] == "COMPLETED"
+    for other in others:  # untouched: still held
+        state = target.instance.run("jobs", "-n", "-o", "{state}", other).stdout.strip()
+        assert state == "SCHED", state
+
+
+def test_cancel_mid_submit_then_reload_withdraws_the_late_job(request, fresh_source):
+    """Canceled while the target takes the job, then the plugin reloaded:
+    the job the target makes anyway is canceled there, not left to run."""
+    target = SlowTarget(request)
+    fresh_source.load_plugin(None, f"submit-timeout={SUBMIT_TIMEOUT}")
+    jobid = fresh_source.submit(f"--dependency=delegate:{target.instance.uri}", "sleep", "300")
+    fresh_source.wait_event(jobid, "delegate-choice")
+    fresh_source.run("cancel", jobid)
+    fresh_source.wait_event(jobid, "clean")
+    fresh_source.remove_plugin()
+    fresh_source.load_plugin(None, f"submit-timeout={SUBMIT_TIMEOUT}")
+
+    deadline = time.time() + 30
+    while not (target.jobs() and target.jobs()[0][1] == "CANCELED"):
+        assert time.time() < deadline, target.jobs()
+        time.sleep(0.2)
+    assert len(target.jobs()) == 1
