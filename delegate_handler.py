@@ -1421,6 +1421,9 @@ class Runtime:
         return {
             "connections": sorted(self.connections.open),
             "jobs": phases,
+            # Watchers (timers, fds) the handler holds on the job-manager's
+            # reactor: back to a few once its jobs are done.
+            "watchers": len(getattr(self.handle, "_active_watchers", ())),
             "submit-timeout": self.submit_timeout,
             "connect-timeout": self.connections.timeout,
             "preflight-timeout": self.preflight_timeout,

@@ -51,12 +51,25 @@ def test_handler_override_and_reload(fresh_source, target, tmp_path):
 
 def test_query_names_the_handler(fresh_source):
     fresh_source.load_plugin()
-    import json
-
     query = json.loads(fresh_source.run("jobtap", "query", "delegate.so").stdout)
     assert query["handler"] == HANDLER
     assert query["handler_error"] is None
     assert query["jobs"] == {}
+
+
+def test_watchers_do_not_pile_up(fresh_source, target):
+    """Each job sets timers (submit, watch, preflight): once its jobs are
+    done the handler holds no more watchers than before them."""
+    fresh_source.load_plugin()
+    query = lambda: json.loads(fresh_source.run("jobtap", "query", "delegate.so").stdout)
+    warm = fresh_source.submit(f"--dependency=delegate:{target.uri}", "true")
+    assert fresh_source.status(warm) == 0
+    before = query()["watchers"]
+    jobs = [fresh_source.submit(f"--dependency=delegate:{target.uri}", "true") for _ in range(20)]
+    for jobid in jobs:
+        assert fresh_source.status(jobid) == 0
+    after = query()
+    assert after["jobs"] == {} and after["watchers"] <= before, (before, after)
 
 
 def test_job_in_flight_survives_remove_and_load(fresh_source, target):
