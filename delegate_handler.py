@@ -52,6 +52,7 @@ whose note says what went wrong and with which URI.
 
 import copy
 import errno
+import importlib
 import json
 import os
 import queue
@@ -2543,6 +2544,21 @@ def resolve_target(job, target, on_uri, on_error):
         except ValueError as exc:
             on_error(f"cannot use {target.value}: {exc}")
         return
+    if target.kind == "scheme" and target.scheme == "pid":
+        # flux's own pid resolver: a few reads of /proc on this host.
+        try:
+            resolver = importlib.import_module("flux.uri.resolvers.pid").URIResolver()
+            found = resolver.resolve(flux.uri.URIResolverURI(target.value))
+            uri = check_local_or_ssh(str(flux.uri.JobURI(found).local))
+        except OSError as exc:
+            why = "no such process" if exc.errno == errno.ENOENT else exc.strerror or exc
+            on_error(f"cannot use {target.value}: {why} on {runtime.hostname}")
+            return
+        except (ValueError, IndexError) as exc:
+            on_error(f"cannot use {target.value}: {exc}")
+            return
+        on_uri(uri)
+        return
     if target.kind == "jobid":
         try:
             jobids = target.jobids or parse_jobid_path(
@@ -2555,7 +2571,7 @@ def resolve_target(job, target, on_uri, on_error):
         return
     on_error(
         f"cannot use {target.value}: unknown URI scheme '{target.scheme}'"
-        " (delegate takes local://, ssh:// and job ids; resolve other"
+        " (delegate takes local://, ssh://, pid: and job ids; resolve other"
         f" schemes with 'flux uri {target.value}' first)"
     )
 

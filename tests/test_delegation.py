@@ -197,6 +197,14 @@ def test_plain_jobs_are_untouched(source, target):
     assert len(target.jobs()) == before
 
 
+def test_broker_pid_as_target(source, target):
+    """pid:PID of the target's broker (flux's own pid resolver)."""
+    pid = target.run("getattr", "broker.pid").stdout.strip()
+    jobid = source.submit(f"--dependency=delegate:pid:{pid}", "sh", "-c", "exit 2")
+    assert delegated(source, jobid)["uri"] == target.uri
+    assert source.status(jobid) == 2
+
+
 def test_child_instance_job_id_as_target(source, tmp_path):
     # A sub-instance of the source (flux batch), named by its job id: the
     # handler resolves it from job-list's "uri" annotation of the job.

@@ -1,5 +1,7 @@
 """Bad inputs and failing targets: a clear message, never a hang or a loss."""
 
+import os
+
 import pytest
 
 pytestmark = pytest.mark.integration
@@ -52,6 +54,7 @@ def test_value_wrong_on_its_face_is_rejected_at_submit(source, value, message):
         ("ssh:///tmp/socket", "names no host"),
         ("jobid:not-a-job", "'not-a-job' is not a job id"),
         ("local:///nonexistent/flux/local-0", "cannot connect to"),
+        ("pid:999999999", "no such process on"),
     ],
 )
 def test_failure_before_remote_job_exists(source, value, note):
@@ -59,6 +62,21 @@ def test_failure_before_remote_job_exists(source, value, note):
     exc = fails_fast(source, jobid)
     assert note in exc["note"]
     assert value in exc["note"]
+
+
+def test_pid_of_a_process_that_is_no_flux_instance(source):
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if k != "FLUX_URI"}
+    proc = subprocess.Popen(["sleep", "60"], env=env)
+    try:
+        value = f"pid:{proc.pid}"
+        jobid = source.submit(f"--dependency=delegate:{value}", "true")
+        exc = fails_fast(source, jobid)
+        assert f"cannot use {value}: PID {proc.pid} doesn't seem to have a FLUX_URI" in exc["note"]
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 def test_job_id_of_a_job_that_runs_no_instance(source):
