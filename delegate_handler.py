@@ -2061,17 +2061,39 @@ class DelegatedJob:
             self.release(self.outcome.wait_status)
 
     def release(self, wait_status):
-        """Let the local job finish with wait_status, using no resources.
+        """Let the local job finish with wait_status, using no resources
+        (alloc-bypass, exec test mode).
 
-        Order matters: the state is set first, because removing the
-        dependency runs the next state callbacks (job.state.sched, below)
-        before it returns.
+        R goes to the KVS first, so that the alloc event can follow the
+        job's arrival in SCHED at once.  With a KVS commit in between (as
+        alloc-bypass.so does it), a plugin reload in that moment would
+        leave the job in SCHED for ever, its alloc event never posted.
         """
         self.phase = RELEASING
         self.wait_status = wait_status
-        jobtap.jobspec_update(self.id, release_updates(wait_status))
+        self.R = local_R(runtime.hostname)
+        self.R_given = False
+        self.releasing_now = False
+        txn = flux.kvs.KVSTxn(runtime.handle, JobID(self.id).kvs)
+        txn.put("R", self.R)
+        then(txn.commit_async(), self.on_R_committed, job=self)
+
+    def on_R_committed(self, future):
+        """Order matters: the phase is set first, because removing the
+        dependency runs the next state callbacks (job.state.sched, below)
+        before it returns, as a rule."""
+        future.get()
+        if self.phase != RELEASING:
+            return  # ended meanwhile
+        jobtap.jobspec_update(self.id, release_updates(self.wait_status))
         jobtap.set_flag(self.id, "alloc-bypass")
-        jobtap.dependency_remove(self.id, DEPENDENCY)
+        self.releasing_now = True
+        try:
+            jobtap.dependency_remove(self.id, DEPENDENCY)
+        finally:
+            self.releasing_now = False
+        if self.R_given:
+            self.post_alloc()
 
     # -- jobtap callbacks for this job -------------------------------------
 
@@ -2082,18 +2104,19 @@ class DelegatedJob:
         self.check_ready()
 
     def on_sched(self, args):
-        """Released job reaches SCHED: give it R ourselves (alloc-bypass),
-        committed to the KVS before the alloc event, like alloc-bypass.so."""
-        if self.phase != RELEASING:
+        """The released job reaches SCHED: give it R (alloc-bypass).  The
+        job-manager takes R when this callback returns, so the alloc event
+        follows it: at once after dependency_remove() returns, or, if SCHED
+        came later (a priority plugin took its time), on the next pass of
+        the reactor."""
+        if self.phase != RELEASING or self.R_given:
             return None
-        R = local_R(runtime.hostname)
-        txn = flux.kvs.KVSTxn(runtime.handle, JobID(self.id).kvs)
-        txn.put("R", R)
-        then(txn.commit_async(), self.on_R_committed, job=self)
-        return {"R": R}
+        self.R_given = True
+        if not self.releasing_now:
+            self.alloc_timer = Timer(0.0, guard(self.post_alloc, self))
+        return {"R": self.R}
 
-    def on_R_committed(self, future):
-        future.get()
+    def post_alloc(self):
         jobtap.post_event(self.id, "alloc", {"bypass": True})
 
     def on_cleanup(self, args):
