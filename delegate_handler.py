@@ -2150,15 +2150,25 @@ class DelegatedJob:
 
 class RemoteCancel:
     """Cancel a remote job, retrying while its target cannot be reached
-    (for up to reconnect-timeout); the local job may be gone by then."""
+    (for up to reconnect-timeout); the local job may be gone by then.
+
+    An accepted cancel is not the end of it: a target's job-manager answers
+    before its exception event is committed, and one shutting down may
+    lose that commit (the job comes back pending after the restart).  So
+    the remote job is watched until it is cleaned up, and if the target
+    goes away first, canceled again once it is back.
+    """
 
     def __init__(self, job, reason):
         self.job = job
         self.owner = runtime
         self.uri = job.uri
         self.remote_id = job.remote_id
+        self.id = job.id  # for guard(), as a connection listener
+        self.remote = None  # where the canceled job is watched
         self.reason = reason
         self.deadline = time.time() + runtime.reconnect_timeout
+        self.done = False
 
     def start(self):
         log(syslog.LOG_INFO, f"{self.job.name}: canceling {self.remote_id.f58} on {self.uri}")
@@ -2187,10 +2197,10 @@ class RemoteCancel:
         remote.request(
             1024,
             lambda h: flux.job.cancel_async(h, self.remote_id, self.reason),
-            self.on_answer,
+            lambda future: self.on_answer(future, remote),
         )
 
-    def on_answer(self, future):
+    def on_answer(self, future, remote):
         try:
             future.get()
         except OSError as exc:
@@ -2202,6 +2212,43 @@ class RemoteCancel:
                     f"{self.job.name}: cancel of {self.remote_id.f58} on {self.uri}:"
                     f" {exc.strerror or exc}",
                 )
+            return
+        remote.listeners.add(self)  # connection_lost() if it goes first
+        self.remote = remote
+        remote.request(
+            1024,
+            lambda h: flux.job.event_watch_async(h, self.remote_id),
+            self.on_remote_event,
+        )
+
+    def connection_lost(self, remote, reason):
+        remote.listeners.discard(self)
+        if not self.done and remote is self.remote:
+            self.remote = None
+            self.retry(reason)
+
+    def on_remote_event(self, future):
+        """Until the remote job's clean event (or the end of its eventlog)."""
+        if self.done:
+            return
+        try:
+            event = future.get_event()
+        except OSError as exc:
+            if self.remote is not None:
+                self.remote.listeners.discard(self)
+                self.remote = None
+            if exc.errno not in (errno.ENOENT, errno.EPERM):  # not purged
+                self.retry(exc.strerror or str(exc))  # the target went away
+            return
+        if event is None or event.name == "clean":
+            self.done = True
+            if self.remote is not None:
+                self.remote.listeners.discard(self)
+            if event is not None:
+                try:
+                    future.cancel(stop=True)
+                except OSError:
+                    pass
 
 
 class Recovery:
@@ -2286,12 +2333,17 @@ class Recovery:
             if generation == self.generation and self.wanted:
                 callback(future)
 
+        self.arm()
+        self.remote.request(1024, send, answered_in_time, job=self)
+
+    def arm(self):
+        """(Re)start the watchdog of the request in progress."""
+        generation = self.generation
         self.wait(
             runtime.submit_timeout,
             lambda: generation == self.generation
             and self.retry(f"no answer within {runtime.submit_timeout:g}s"),
         )
-        self.remote.request(1024, send, answered_in_time, job=self)
 
     def search(self, remote):
         if not self.wanted:
@@ -2332,6 +2384,7 @@ class Recovery:
             self.check_candidates()
             return
         self.first = False
+        self.arm()
         future.reset()  # the next response comes to this callback again
 
     def check_candidates(self):

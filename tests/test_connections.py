@@ -82,7 +82,10 @@ def test_cancel_while_the_target_is_down_reaches_it_later(request, fresh_source)
     fresh_source.run("cancel", jobid)
     fresh_source.wait_event(jobid, "clean")
     target.start()
-    exc = target.wait_event(rid, "exception", timeout=30)["context"]
+    try:
+        exc = target.wait_event(rid, "exception", timeout=30)["context"]
+    except Exception as error:
+        raise AssertionError(f"{error}\nsource log:\n{fresh_source.dmesg()[-4000:]}")
     assert exc["type"] == "cancel" and jobid in exc["note"]
 
 
