@@ -149,7 +149,11 @@ def test_a_watch_never_answered_is_given_up_within_reconnect_timeout(
 
 def test_persistent_watch_error_ends_within_reconnect_timeout(request, fresh_source):
     target = stoppable_target(request, "broken-target")
-    fresh_source.load_plugin(None, "reconnect-timeout=3", "reconnect-interval=0.5")
+    # submit-timeout bounds the wait for a watch that job-info, while it
+    # unloads, takes and never answers.
+    fresh_source.load_plugin(
+        None, "reconnect-timeout=3", "reconnect-interval=0.5", "submit-timeout=2"
+    )
     jobid = fresh_source.submit(f"--dependency=delegate:{target.uri}", "true")
     rid = str(fresh_source.wait_event(jobid, "delegated")["context"]["jobid"])
     # The source's watch is in place (not still on its way to job-info)...
