@@ -1910,6 +1910,11 @@ class DelegatedJob:
             self.connection_lost(remote, str(watch.future.error))
             return
         self.watch = watch
+        if not watch.sent:
+            log(
+                syslog.LOG_DEBUG,
+                f"{self.name}: watch queued: {remote.unanswered} bytes unanswered on {self.uri}",
+            )
         # A target answers a watch at once with the eventlog so far.  One
         # that never does (a hung job-info, a request lost as the module
         # was reloaded) would leave the job pending for ever: give up on
@@ -1984,6 +1989,7 @@ class DelegatedJob:
     def reattach(self, remote):
         if self.phase != DELEGATED:
             return
+        log(syslog.LOG_DEBUG, f"{self.name}: watching {self.remote_id.f58} on {self.uri} again")
         self.outcome = RemoteOutcome()  # the watch replays the whole eventlog
         self.follow(remote)  # lost_since is cleared by the first event
 
@@ -2000,6 +2006,7 @@ class DelegatedJob:
 
     def on_remote_event(self, future):
         if self.phase != DELEGATED or self.watch is None or self.watch.future is not future:
+            log(syslog.LOG_DEBUG, f"{self.name}: answer to a watch given up on, ignored")
             return  # a watch given up on (its late answers, its ENODATA)
         self.stop_watch_timer()  # answered
         try:
