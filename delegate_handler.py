@@ -970,6 +970,7 @@ class RemoteInstance:
         )
         self.watcher.start()
         self.more = None
+        self.counters = ffi.new("flux_msgcounters_t *")
         self.unanswered = 0  # bytes of requests sent and not yet answered
         self.in_flight = set()  # Outgoing requests sent and not yet answered
         self.queue = []  # Outgoing requests waiting for the target to read
@@ -1010,13 +1011,17 @@ class RemoteInstance:
         One pass of the handle's reactor reads one message; a future it
         fulfills runs its continuation on the next pass (libflux defers
         continuations to a check watcher).  So: passes while messages are
-        queued, then two more.
+        queued or were read, then two more.  A message read in what was
+        to be the last pass must still get its two: its arrival's wakeup
+        was consumed by that pass (the handle's poll fd is edge-triggered),
+        and nothing would come back for its continuation.
         """
         try:
             if self.more is not None:
                 self.more.cancel()
                 self.more = None
             extra = 2
+            received = self.received()
             for _ in range(512):
                 if self.lost:
                     return
@@ -1027,7 +1032,9 @@ class RemoteInstance:
                 if events < 0 or events & FLUX_POLLERR:
                     self.close("the connection was lost")
                     return
-                if events & FLUX_POLLIN:
+                now = self.received()
+                if events & FLUX_POLLIN or now != received:
+                    received = now
                     extra = 2
                 elif extra == 0:
                     return
@@ -1037,6 +1044,12 @@ class RemoteInstance:
             self.more = Timer(0.0, self.on_ready, self.runtime)
         except Exception:  # pylint: disable=broad-except
             self.runtime.log_exception(f"connection to {self.uri}")
+
+    def received(self):
+        """How many messages the handle has read so far."""
+        lib.flux_get_msgcounters(self.handle.handle, self.counters)
+        c = self.counters
+        return c.response_rx + c.request_rx + c.event_rx + c.control_rx
 
     def close(self, reason):
         """The connection is gone: stop watching it, fail what was asked of
