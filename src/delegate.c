@@ -26,6 +26,7 @@
 #include "delegate.h"
 
 #include <errno.h>
+#include <stdio.h>
 #include <string.h>
 #include <syslog.h>
 #include <jansson.h>
@@ -145,13 +146,20 @@ static int dependency_delegate_cb (flux_plugin_t *p,
 {
     struct delegate *d = arg;
 
-    if (!d->handler)
-        return flux_jobtap_reject_job (p,
-                                       args,
-                                       "delegate: handler %s failed to load:"
-                                       " %s (see broker log)",
-                                       d->handler_path,
-                                       d->load_error ? d->load_error : "?");
+    if (!d->handler) {
+        char *message = NULL;
+        int rc;
+
+        /* The reason first: flux keeps only 160 bytes of it. */
+        if (asprintf (&message,
+                      "%s (the handler %s failed to load; see the broker log)",
+                      d->load_error ? d->load_error : "unknown error",
+                      d->handler_path) < 0)
+            message = NULL;
+        rc = reject_job (p, args, message ? message : "the handler failed to load");
+        free (message);
+        return rc;
+    }
     return dispatch (d, p, topic, args, NULL, PYERROR_SUBMIT);
 }
 

@@ -78,6 +78,25 @@ int errorf (flux_error_t *errp, const char *fmt, ...)
  */
 void pyerror_fetch (char **summary, char **traceback);
 
+/* Room flux gives an exception note (jobtap's note buffer). */
+#define DELEGATE_NOTE_SIZE 1024
+
+/* Cut UTF-8 text s to fit in 'size' bytes (with its NUL), on a character
+ * boundary, marking the cut with "...".
+ */
+void utf8_cut (char *s, size_t size);
+
+/* Reject a submitted job with "delegate: message" (text, never a format),
+ * cut to fit flux's 160 bytes on a character boundary: put the reason
+ * first.  Returns -1.
+ */
+int reject_job (flux_plugin_t *p, flux_plugin_arg_t *args, const char *message);
+
+/* Raise a severity 0 DelegationFailure on job id with 'note' (text, never
+ * a format), cut to fit on a character boundary.
+ */
+int raise_job_exception (flux_plugin_t *p, flux_jobid_t id, const char *note);
+
 /* Where a Python failure happened, which decides how it is reported.
  */
 enum pyerror_site {

@@ -15,10 +15,32 @@
 #include "delegate.h"
 
 #include <errno.h>
+#include <pthread.h>
+#include <signal.h>
 #include <jansson.h>
 
 static flux_plugin_t *current_plugin = NULL;
 static PyObject *module_object = NULL;
+
+/* Set in a helper thread of the handler (clean_child_signals()): children
+ * it forks start with no signal blocked.  The broker blocks every signal in
+ * its module threads (it takes them through signalfd), threads started from
+ * the job-manager inherit that mask, and so would whatever they spawn: an
+ * ssh started by flux_open() for an ssh:// URI would then ignore the
+ * SIGTERM meant to end it, and outlive the job and the broker.  The mask
+ * cannot simply be cleared in the thread itself: a signal meant for the
+ * broker could then be delivered to that thread and kill the broker.
+ */
+static __thread int child_signals_clean = 0;
+
+static void atfork_child (void)
+{
+    if (child_signals_clean) {
+        sigset_t none;
+        sigemptyset (&none);
+        (void) sigprocmask (SIG_SETMASK, &none, NULL);
+    }
+}
 
 void jobtap_module_set_plugin (flux_plugin_t *p)
 {
@@ -99,11 +121,19 @@ static PyObject *jt_raise_exception (PyObject *self, PyObject *args)
     const char *type;
     int severity;
     const char *note;
+    char *copy;
+    int rc;
 
     if (!PyArg_ParseTuple (args, "Ksis", &id, &type, &severity, &note)
         || !(p = plugin ()))
         return NULL;
-    if (flux_jobtap_raise_exception (p, id, type, severity, "%s", note) < 0)
+    /* The handler's notes are cut to fit here, on a character boundary. */
+    if (!(copy = strdup (note)))
+        return PyErr_NoMemory ();
+    utf8_cut (copy, DELEGATE_NOTE_SIZE);
+    rc = flux_jobtap_raise_exception (p, id, type, severity, "%s", copy);
+    free (copy);
+    if (rc < 0)
         return os_error ("raise_exception");
     Py_RETURN_NONE;
 }
@@ -292,6 +322,12 @@ static PyObject *jt_report_exception (PyObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
+static PyObject *jt_clean_child_signals (PyObject *self, PyObject *noargs)
+{
+    child_signals_clean = 1;
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef jobtap_methods[] = {
     { "handle", jt_handle, METH_NOARGS,
       "handle() -> int: the job-manager's flux_t pointer" },
@@ -318,6 +354,9 @@ static PyMethodDef jobtap_methods[] = {
       " callbacks for this job are then passed to the handler with obj" },
     { "job_get", jt_job_get, METH_VARARGS,
       "job_get(id) -> obj or None" },
+    { "clean_child_signals", jt_clean_child_signals, METH_NOARGS,
+      "clean_child_signals(): processes this thread forks from now on start"
+      " with no signal blocked (for helper threads; safe without the plugin)" },
     { "report_exception", jt_report_exception, METH_VARARGS,
       "report_exception(id, where): from an except block, log the traceback"
       " and raise DelegationFailure on job id" },
@@ -339,6 +378,8 @@ PyObject *jobtap_module_get (void)
 
         if (!(module_object = PyModule_Create (&jobtap_moduledef)))
             return NULL;
+        /* Once per process, like the module: this shim stays mapped. */
+        (void) pthread_atfork (NULL, NULL, atfork_child);
         if (PyModule_AddStringConstant (module_object,
                                         "EXCEPTION_TYPE",
                                         DELEGATE_EXCEPTION_TYPE) < 0

@@ -30,6 +30,42 @@ int errorf (flux_error_t *errp, const char *fmt, ...)
     return -1;
 }
 
+/* Cut s (UTF-8) to at most 'size - 1' bytes, on a character boundary,
+ * ending in "..." if anything was cut.  flux cuts a rejection (160 bytes)
+ * or an exception note (1 KiB) itself, mid-character, and a message that
+ * is no longer UTF-8 is lost on its way to the user.
+ */
+void utf8_cut (char *s, size_t size)
+{
+    size_t len = strlen (s);
+    size_t end;
+
+    if (len < size)
+        return;
+    end = size - 4;  /* room for "..." and the NUL */
+    /* Back up over continuation bytes (10xxxxxx) to a character start. */
+    while (end > 0 && ((unsigned char) s[end] & 0xC0) == 0x80)
+        end--;
+    memcpy (s + end, "...", 4);
+}
+
+int reject_job (flux_plugin_t *p, flux_plugin_arg_t *args, const char *message)
+{
+    flux_error_t error;
+
+    snprintf (error.text, sizeof (error.text), "delegate: %s", message);
+    if (strlen (message) + strlen ("delegate: ") >= sizeof (error.text)) {
+        /* snprintf cut it anywhere: cut again on a character boundary */
+        char *copy = NULL;
+        if (asprintf (&copy, "delegate: %s", message) >= 0) {
+            utf8_cut (copy, sizeof (error.text) - 1);
+            snprintf (error.text, sizeof (error.text), "%s", copy);
+        }
+        free (copy);
+    }
+    return flux_jobtap_reject_job (p, args, "%s", error.text);
+}
+
 static char *xstrdup_or_fallback (const char *s, const char *fallback)
 {
     char *copy = strdup (s ? s : fallback);
@@ -140,6 +176,20 @@ static void log_traceback (flux_t *h, int level, const char *tb)
     free (copy);
 }
 
+int raise_job_exception (flux_plugin_t *p, flux_jobid_t id, const char *note)
+{
+    char *copy = strdup (note);
+    int rc;
+
+    if (!copy)
+        return -1;
+    utf8_cut (copy, DELEGATE_NOTE_SIZE);
+    rc = flux_jobtap_raise_exception (p, id, DELEGATE_EXCEPTION_TYPE, 0,
+                                      "%s", copy);
+    free (copy);
+    return rc;
+}
+
 /* Is the job still able to take a fatal exception?  Once it is in CLEANUP
  * it is ending anyway; another exception there would only add noise.
  */
@@ -197,35 +247,39 @@ int pyerror_report (flux_plugin_t *p,
                 char *message = format_message (value);
                 flux_log (h, LOG_INFO, "delegate: %s: rejected: %s",
                           where, message);
-                flux_jobtap_reject_job (p, args, "delegate: %s", message);
+                reject_job (p, args, message);
                 free (message);
             }
             else {
+                char *message = NULL;
                 flux_log (h, LOG_ERR, "delegate: %s: handler error: %s",
                           where, summary);
                 log_traceback (h, LOG_ERR, traceback);
-                flux_jobtap_reject_job (p, args,
-                                        "delegate: handler error: %s"
-                                        " (traceback in broker log)",
-                                        summary);
+                if (asprintf (&message,
+                              "handler error (traceback in broker log): %s",
+                              summary) < 0)
+                    message = NULL;
+                reject_job (p, args, message ? message : summary);
+                free (message);
             }
             break;
-        case PYERROR_JOB:
+        case PYERROR_JOB: {
+            char *note = NULL;
             flux_log (h, LOG_ERR, "delegate: %s: %s: handler error: %s",
                       idbuf, where, summary);
             log_traceback (h, LOG_ERR, traceback);
+            if (asprintf (&note,
+                          "delegate: handler error in %s (traceback in"
+                          " broker log): %s",
+                          where,
+                          summary) < 0)
+                note = NULL;
             if (job_can_take_exception (p, args, id)
-                && flux_jobtap_raise_exception (p,
-                                                id,
-                                                DELEGATE_EXCEPTION_TYPE,
-                                                0,
-                                                "delegate: handler error in"
-                                                " %s: %s (traceback in"
-                                                " broker log)",
-                                                where,
-                                                summary) < 0)
+                && raise_job_exception (p, id, note ? note : summary) < 0)
                 flux_log_error (h, "delegate: %s: raising exception", idbuf);
+            free (note);
             break;
+        }
         case PYERROR_PLUGIN:
             flux_log (h, LOG_ERR, "delegate: %s: handler error: %s",
                       where, summary);
