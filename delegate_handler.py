@@ -50,24 +50,32 @@ Any failure before R exists ends L with a severity 0 DelegationFailure
 whose note says what went wrong and with which URI.
 """
 
+import collections
 import copy
 import errno
+import fcntl
 import importlib
 import json
 import os
 import queue
+import signal
 import socket
+import stat
+import struct
 import syslog
+import termios
 import threading
 import time
+import weakref
 
 try:
     import flux
     import flux.constants
+    import flux.core.handle
     import flux.job
     import flux.kvs
     import flux.uri
-    from flux.constants import FLUX_POLLERR, FLUX_POLLIN
+    from flux.constants import FLUX_POLLERR, FLUX_POLLIN, FLUX_POLLOUT
     from flux.core.inner import ffi, lib, raw
     from flux.job import JobID
 except ImportError:  # pragma: no cover
@@ -127,6 +135,10 @@ PATH_OPTIONS = ("handler", "registry")
 #: How long the local job "runs" once the remote one has finished: only
 #: long enough for job-exec to post start and finish (test exec mode).
 RELEASE_RUN_DURATION = "0.001s"
+
+#: Why a job is never sent to the instance it was submitted to: it would
+#: wait there for itself.
+SELF_DELEGATION = "a job is not delegated to the instance it was submitted to"
 
 #: Policies built into this handler (site policies are added by config).
 BUILTIN_POLICIES = ("random", "least_pending", "shortest_match", "assign")
@@ -196,6 +208,18 @@ class Target:
         return f"Target({self.value!r}, kind={self.kind!r})"
 
 
+def shown(value, limit=48):
+    """A user's (or a target's) value as a message quotes it: non-strings as
+    JSON, control characters escaped, and shortened, so that the reason
+    around it stays readable within flux's message sizes."""
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    cut = text[:limit]
+    cut = "".join(c if c.isprintable() else repr(c)[1:-1] for c in cut)
+    if len(text) > limit:
+        cut += f"...({len(text)} characters)"
+    return f"'{cut}'"
+
+
 def parse_target(value, registry=None, policies=BUILTIN_POLICIES, default_policy=None):
     """Parse the value of a delegate dependency.
 
@@ -213,35 +237,43 @@ def parse_target(value, registry=None, policies=BUILTIN_POLICIES, default_policy
             raise ValueError(f"no delegation targets are configured: {USAGE}")
         return policy_target(value or "", default_policy or DEFAULT_POLICY)
     if not isinstance(value, str):
-        raise ValueError(f"delegate needs a target: {USAGE}")
-    if any(c.isspace() or ord(c) < 32 for c in value):
-        raise ValueError(f"'{value}' is not a URI (it contains white space)")
+        raise ValueError(f"the target must be a string, not {shown(value)}: {USAGE}")
+    if any(c.isspace() or not c.isprintable() for c in value):
+        raise ValueError(f"not a target (white space or control characters): {shown(value)}")
     if value.partition(":")[0] in policies:
         if not registry.clusters:
             raise ValueError(
-                f"policy '{value}' has no targets to choose from:"
-                " no delegation targets are configured"
+                "no delegation targets are configured for policy"
+                f" {shown(value.partition(':')[0])} to choose from"
             )
         return policy_target(value, value)
     cluster = registry.by_label(value)
     if cluster is not None:
         return Target(value, "label", cluster=cluster)
-    scheme = uri_scheme(value)
+    try:
+        scheme = uri_scheme(value)
+    except Exception:  # pylint: disable=broad-except
+        raise ValueError(f"not a URI: {shown(value)}")
     if scheme == "":
         # A bare job id, as 'flux proxy JOBID' takes it.
         try:
             jobids = parse_jobid_path(value)
         except ValueError:
             raise ValueError(
-                f"'{value}' is not a URI, a job id, a registry label"
-                f" ({', '.join(registry.labels()) or 'none configured'})"
-                f" or a policy ({', '.join(policies)})"
+                f"not a URI, job id, registry label or policy: {shown(value)}"
+                f" (labels: {shown(', '.join(registry.labels()) or 'none')};"
+                f" policies: {', '.join(policies)})"
             )
         return Target(value, "jobid", "jobid", jobids)
     if scheme in ("local", "ssh"):
+        check_local_or_ssh(value)
         return Target(value, "uri", scheme)
     if scheme == "jobid":
         return Target(value, "jobid", scheme)
+    if scheme == "pid":
+        pid = value.partition(":")[2]
+        if not (pid.isascii() and pid.isdigit() and 0 < int(pid) < 2**31):
+            raise ValueError(f"pid: needs a process id (pid:PID), not {shown(value)}")
     return Target(value, "scheme", scheme)
 
 
@@ -270,18 +302,22 @@ def parse_jobid_path(path):
     for part in parts:
         try:
             jobids.append(JobID(part))
-        except (OSError, ValueError, TypeError):
-            raise ValueError(f"'{part}' is not a job id")
+        except (OSError, ValueError, TypeError, OverflowError):
+            raise ValueError(f"not a job id: {shown(part)}")
     return jobids
 
 
 def check_local_or_ssh(value):
     """Validate a local:// or ssh:// URI; returns it (raises ValueError)."""
-    uri = flux.uri.JobURI(value)
-    if uri.scheme == "ssh" and not uri.netloc:
-        raise ValueError(f"'{value}' names no host")
-    if not uri.path or uri.path == "/":
-        raise ValueError(f"'{value}' names no socket path")
+    try:
+        uri = flux.uri.JobURI(value)
+        host, path = uri.netloc, uri.path
+    except Exception:  # pylint: disable=broad-except
+        raise ValueError(f"not a URI: {shown(value)}")
+    if uri.scheme == "ssh" and not host:
+        raise ValueError(f"the URI names no host: {shown(value)}")
+    if not path or path == "/":
+        raise ValueError(f"the URI names no socket path: {shown(value)}")
     return value
 
 
@@ -437,24 +473,57 @@ def parse_policy_config(conf):
     return clusters, custom, default
 
 
+#: Largest user registry file read: a few lines per target, so this is
+#: thousands of targets; a larger file is refused, never read.
+MAX_REGISTRY_BYTES = 256 * 1024
+
+
+def read_small_file(path, limit):
+    """The text of a regular file of at most limit bytes, None if there is
+    no such file; ValueError naming path for anything else.  It is read
+    on the job-manager's thread, so: opened without waiting (a FIFO would
+    wait for a writer), and only if it is a regular file (not a FIFO, a
+    device, /dev/zero) no larger than limit."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise ValueError(f"{path}: {exc.strerror}")
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ValueError(f"{path}: not a regular file")
+        if st.st_size > limit:
+            raise ValueError(f"{path}: {st.st_size} bytes, more than the {limit} it may have")
+        data = os.read(fd, limit + 1)
+        if len(data) > limit:
+            raise ValueError(f"{path}: more than the {limit} bytes it may have")
+    except OSError as exc:
+        raise ValueError(f"{path}: {exc.strerror}")
+    finally:
+        os.close(fd)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})")
+
+
 def read_user_registry(path):
     """Clusters from a user's YAML registry file ('delegate:' as in broker
     config).  A missing file is an empty registry; anything else that is
     wrong raises ValueError naming the file."""
-    try:
-        with open(path) as fp:
-            text = fp.read()
-    except FileNotFoundError:
+    text = read_small_file(path, MAX_REGISTRY_BYTES)
+    if text is None:
         return []
-    except OSError as exc:
-        raise ValueError(f"{path}: {exc.strerror}")
     try:
         import yaml
     except ImportError:
         raise ValueError(f"{path}: PyYAML is not installed, so the file cannot be read")
 
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: fast
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=loader)
     except yaml.YAMLError as exc:
         raise ValueError(f"{path}: not valid YAML: {exc}")
     if data is None:
@@ -663,6 +732,29 @@ def apply_policy(order, name, arg, job, candidates):
     return result
 
 
+#: What a feasibility check needs of attributes.system: what schedulers
+#: decide with.
+FEASIBILITY_SYSTEM_KEYS = ("duration", "queue", "constraints")
+
+
+def feasibility_jobspec(jobspec):
+    """The jobspec a pre-flight sends: resources and what schedulers decide
+    with, without the environment, files or user attributes (the whole
+    jobspec can be megabytes)."""
+    spec = {k: v for k, v in jobspec.items() if k not in ("attributes", "tasks")}
+    system = (jobspec.get("attributes") or {}).get("system") or {}
+    spec["attributes"] = {
+        "system": {k: system[k] for k in FEASIBILITY_SYSTEM_KEYS if k in system}
+    }
+    tasks = []
+    for task in jobspec.get("tasks") or []:
+        if isinstance(task, dict) and isinstance(task.get("command"), list):
+            task = dict(task, command=task["command"][:1])
+        tasks.append(task)
+    spec["tasks"] = tasks
+    return spec
+
+
 def remote_jobspec(jobspec, environment=None, origin=None):
     """The jobspec to submit remotely: the local one without what only
     means something here (dependencies, delegation attributes), with the
@@ -804,6 +896,50 @@ class RemoteOutcome:
             self.ended = True
 
 
+def describe_origin(origin):
+    """'job ƒX of HOST' for an origin record (remote data: checked)."""
+    try:
+        jobid = JobID(int(origin.get("jobid"))).f58
+    except (TypeError, ValueError, OverflowError, OSError):
+        jobid = "?"
+    return f"job {jobid} of {str(origin.get('host'))[:64]}"
+
+
+def check_identity(remote, remote_id, origin, on_verdict, job=None):
+    """Is remote_id, on the connection remote, the job whose origin
+    (ORIGIN_ATTRIBUTE) is origin?  on_verdict(verdict, why) with verdict
+    "same", "gone" (no such job there), "other" (a job with that id made
+    for someone else: a different instance at that URI) or "error" (no
+    answer; why says what went wrong).  Errors in on_verdict are reported
+    against job."""
+
+    def on_jobspec(future):
+        try:
+            jobspec = future.get_decode()["jobspec"]
+        except OSError as exc:
+            if exc.errno == errno.ENOENT:
+                on_verdict("gone", exc.strerror or str(exc))
+            elif exc.errno == errno.EPERM:
+                on_verdict("other", "it belongs to another user")
+            else:
+                on_verdict("error", exc.strerror or str(exc))
+            return
+        theirs = origin_of(jobspec)
+        if same_origin(theirs, origin):
+            on_verdict("same", None)
+        elif theirs is None:
+            on_verdict("other", "it records no origin")
+        else:
+            on_verdict("other", f"it was made for {describe_origin(theirs)}")
+
+    remote.request(
+        1024,
+        lambda h: flux.job.kvslookup.job_info_lookup(h, remote_id, keys=["jobspec"]),
+        on_jobspec,
+        job=job,
+    )
+
+
 def describe_remote_exception(remote_id, uri, exception):
     """Note of the local DelegationFailure for a remote job exception."""
     kind = exception.get("type", "unknown")
@@ -847,6 +983,61 @@ def local_R(hostname, now=None):
 def log(level, message):
     if runtime is not None:
         runtime.log(level, message)
+
+
+def log_text(handle, level, text):
+    """Log text to the broker log as it is.
+
+    flux's Handle.log() hands its text to flux_log() as the printf
+    *format*: a '%n' or '%s' in a user's value, a URI, a remote job's
+    exception note or a traceback would make the broker write or read
+    through garbage pointers.  Here the text is always an argument of a
+    constant "%s" format."""
+    data = str(text).encode("utf-8", "backslashreplace").replace(b"\0", b"\\0")
+    lib.flux_log(handle.handle, int(level), b"%s", ffi.new("char[]", data))
+
+
+def harden_bindings():
+    """Make flux's bindings safe to run inside the broker, for every handle
+    in this process (the handler's own, and any a site policy makes):
+
+    - Handle.log() logs its text as it is (log_text), never as a format:
+      the bindings document it as taking no C formatting.
+    - An exception escaping a Python callback that a reactor runs (a
+      future's continuation, a timer, a watcher) is logged with its
+      traceback and goes no further.  The bindings would stop the reactor
+      with it, and the reactor here is the job-manager's: the instance
+      would exit.  The handler's own callbacks are guarded (guard()) so
+      that their errors fail the job concerned; this catches the rest.
+    """
+    handle_class = flux.core.handle.Flux
+    if getattr(handle_class, "delegate_hardened", False):
+        return
+    stop_error = handle_class.reactor_stop_error
+
+    def safe_log(self, level, fstring):
+        log_text(self, level, fstring)
+
+    def reactor_stop_error(self, reactor=None):
+        exception = type(self).set_exception(None)
+        if exception is None:  # not from a failed callback: as before
+            stop_error(self, reactor)
+            return
+        log_callback_exception(exception)
+
+    handle_class.log = safe_log
+    handle_class.reactor_stop_error = reactor_stop_error
+    handle_class.delegate_hardened = True
+
+
+def log_callback_exception(exception):
+    """Log an exception that a reactor callback let escape."""
+    import traceback
+
+    text = "".join(
+        traceback.format_exception(type(exception), exception, exception.__traceback__)
+    )
+    log(syslog.LOG_ERR, f"uncaught in a reactor callback (ignored): {text}")
 
 
 def guard(callback, job=None, owner=None):
@@ -975,6 +1166,13 @@ class RemoteInstance:
         self.in_flight = set()  # Outgoing requests sent and not yet answered
         self.queue = []  # Outgoing requests waiting for the target to read
         self.opened = time.time()
+        # The socket the requests are written to (to the target's broker,
+        # or to ssh), to see how much room its buffer has left.
+        self.socket = SendBuffer.of_handle(fd)
+        self.writable = None  # POLLOUT watcher while requests wait for room
+        # Watches (streaming futures) made on this connection: once it is
+        # lost, none may try to send its cancel when it is collected.
+        self.watches = weakref.WeakSet()
 
     def request(self, nbytes, send, callback, job=None, guarded=True):
         """Send a request: send(handle) -> future, whose answers go to
@@ -991,14 +1189,51 @@ class RemoteInstance:
         self.flush()
         return outgoing
 
+    def fits(self, nbytes):
+        """Whether a request of nbytes can be written now without blocking:
+        the socket's buffer has room for all of it (libflux writes a whole
+        message before it returns, waiting for room if there is none)."""
+        if self.socket is not None:
+            return self.socket.has_room(nbytes)
+        return not self.unanswered or self.unanswered + nbytes <= SEND_BUDGET
+
+    def oversized(self, nbytes):
+        """Whether a request of nbytes is too large to be written without
+        blocking even once the target has read everything."""
+        if self.socket is not None:
+            return not self.socket.could_hold(nbytes)
+        return nbytes > SEND_BUDGET
+
     def flush(self):
-        """Send queued requests while they fit."""
+        """Send queued requests while they fit; wait for room otherwise."""
         while self.queue and not self.lost:
             head = self.queue[0]
-            if self.unanswered and self.unanswered + head.nbytes > SEND_BUDGET:
+            if not self.fits(head.nbytes):
+                self.wait_for_room()
                 return
             self.queue.pop(0)
             head.send_now()
+        self.stop_waiting_for_room()
+
+    def wait_for_room(self):
+        if self.socket is None or self.writable is not None:
+            return  # answers coming back call flush() (release())
+        self.writable = self.runtime.handle.fd_watcher_create(
+            self.socket.fd, self.on_writable, events=FLUX_POLLOUT
+        )
+        self.writable.start()
+
+    def stop_waiting_for_room(self):
+        watcher, self.writable = self.writable, None
+        if watcher is not None:
+            free_watcher(watcher)
+
+    def on_writable(self, *unused):
+        """The target read enough for the socket to take more."""
+        try:
+            self.flush()
+        except Exception:  # pylint: disable=broad-except
+            self.runtime.log_exception(f"sending to {self.uri}")
 
     def release(self, nbytes):
         self.unanswered = max(0, self.unanswered - nbytes)
@@ -1059,6 +1294,11 @@ class RemoteInstance:
             return
         self.lost = reason
         free_watcher(self.watcher)
+        self.stop_waiting_for_room()
+        for watch in list(self.watches):
+            # Its cancel request could only fail (a BrokenPipeError
+            # printed on the broker's stderr when the future is collected).
+            watch.needs_cancel = False
         if self.more is not None:
             self.more.cancel()
         self.runtime.connections.forget(self, reason)
@@ -1108,6 +1348,8 @@ class Outgoing:
             self.fail(exc)  # not sent (e.g. the connection broke)
             return
         self.future = future
+        if hasattr(future, "needs_cancel"):
+            self.remote.watches.add(future)
         self.remote.unanswered += self.nbytes
         self.remote.in_flight.add(self)
         future.delegate_unanswered = self
@@ -1116,7 +1358,7 @@ class Outgoing:
         else:
             future.then(self.callback)
 
-    def cancel(self):
+    def withdraw(self):
         """Withdraw the request if it is still queued; True if it was."""
         if self.future is None and self in self.remote.queue:
             self.remote.queue.remove(self)
@@ -1142,12 +1384,72 @@ class FailedRequest:
         pass
 
 
-#: Bytes of requests a target may leave unanswered before further requests
-#: wait their turn.  A send that does not fit in the socket's buffer blocks
-#: (libflux waits for POLLOUT), and on the job-manager's thread that would
-#: stall everything: this keeps well under Linux's default buffer (~208 KiB)
-#: when a target stops reading (hung, stopped, overloaded).
+#: Where the socket of a connection cannot be found: bytes of requests a
+#: target may leave unanswered before further requests wait their turn.
 SEND_BUDGET = 128 * 1024
+
+
+class SendBuffer:
+    """The send buffer of a connection's socket.
+
+    libflux writes a message whole: when the socket's buffer has no room
+    for it, flux_send() waits (poll for POLLOUT) until the target has read
+    enough, and on the job-manager's thread a target that stops reading
+    would stall everything.  So a request is written only when the buffer
+    has room for all of it (its room is the buffer's size less what the
+    target has not read yet, SIOCOUTQ); and one too large for even an empty
+    buffer is never written on the job-manager's thread at all.
+    """
+
+    #: Asked of the kernel for each connection: it grants up to
+    #: net.core.wmem_max (twice that, for its own accounting).
+    WANTED = 4 * 1024 * 1024
+
+    def __init__(self, fd):
+        self.fd = fd
+        sock = socket.socket(fileno=fd)
+        try:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.WANTED)
+            except OSError:
+                pass
+            self.size = sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+        finally:
+            sock.detach()  # the fd stays the connection's
+
+    @classmethod
+    def of_handle(cls, pollfd):
+        """The SendBuffer of the socket behind a handle's poll fd (an epoll
+        fd whose watched fds /proc lists), or None if there is none."""
+        try:
+            with open(f"/proc/self/fdinfo/{pollfd}") as fp:
+                fds = [int(line.split()[1]) for line in fp if line.startswith("tfd:")]
+            for fd in fds:
+                if stat.S_ISSOCK(os.fstat(fd).st_mode):
+                    return cls(fd)
+        except (OSError, ValueError, IndexError):
+            pass
+        return None
+
+    def unread(self):
+        """Bytes written and not yet read by the other end (with the
+        kernel's overhead)."""
+        buf = fcntl.ioctl(self.fd, termios.TIOCOUTQ, b"\0\0\0\0")  # SIOCOUTQ
+        return struct.unpack("i", buf)[0]
+
+    @staticmethod
+    def cost(nbytes):
+        """What nbytes take in the buffer: the kernel counts its own
+        bookkeeping (a few hundred bytes to a page per buffer of data)."""
+        return nbytes + nbytes // 4 + 8192
+
+    def has_room(self, nbytes):
+        return self.cost(nbytes) <= self.size - self.unread()
+
+    def could_hold(self, nbytes):
+        """Whether nbytes would fit once the other end has read enough to
+        wake a writer (POLLOUT comes when under a quarter is unread)."""
+        return self.cost(nbytes) <= self.size // 2
 
 #: Errors after which a connection is not reused.
 CONNECTION_ERRORS = {
@@ -1159,70 +1461,58 @@ CONNECTION_ERRORS = {
 }
 
 
-class Connections:
-    """One connection per target URI, opened once and shared by every job.
+#: Most helper threads (opening connections, oversized submits) running at
+#: once, over all targets; more wait their turn.
+MAX_HELPER_THREADS = 8
 
-    flux_open() blocks: the local connector retries connect() with sleeps,
-    and both the local and ssh connectors wait for the target broker's
-    handshake (for ssh://, the whole ssh login).  On the job-manager's
-    thread that would stall every job, for minutes if a host is down.  So
-    a connection is opened on a short-lived helper thread (one per target,
-    not per job), and the result comes back to the job-manager's reactor
-    through a pipe and an fd watcher.  Jobs waiting for it give up after
-    connect-timeout.
+
+class Helpers:
+    """Blocking work done off the job-manager's thread: flux_open() (which
+    retries connect() with sleeps and waits for the target's handshake, for
+    ssh:// the whole login) and oversized sends.
+
+    At most MAX_HELPER_THREADS threads at once, over all targets, started
+    in order; each result comes back to the job-manager's reactor through a
+    pipe and an fd watcher, where on_done(result) runs (result: what the
+    work returned, or the exception it raised).  A thread only runs its
+    work: it never touches jobtap or the job-manager's reactor.
+
+    A child process a helper starts (ssh, for ssh:// URIs) gets no blocked
+    signals: the broker blocks them all in its module threads, and a child
+    inheriting that mask would ignore the SIGTERM that ends it.
     """
 
-    def __init__(self, runtime, timeout):
+    def __init__(self, runtime, limit=MAX_HELPER_THREADS):
         self.runtime = runtime
-        self.timeout = timeout
-        self.open = {}  # uri -> RemoteInstance
-        self.waiters = {}  # uri -> [Waiter]
-        self.opening = {}  # uri -> when its helper thread started
-        # Connections dropped after an error stay referenced: futures still
-        # in flight on them must not see their handle closed under them.
-        self.retired = []
+        self.limit = limit
+        self.waiting = collections.deque()  # HelperTasks not started yet
+        self.running = set()  # started, result not handled yet
         self.results = queue.SimpleQueue()
+        self.lock = threading.Lock()  # running, closed, the pipe's write end
+        self.closed = False
         self.rfd, self.wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.watcher = runtime.handle.fd_watcher_create(
             self.rfd, self.on_readable, events=FLUX_POLLIN
         )
         self.watcher.start()
 
-    def get(self, uri, on_open, on_error, job=None):
-        """Call on_open(remote) with the connection to uri, once open, or
-        on_error(message)."""
-        remote = self.open.get(uri)
-        if remote is not None:
-            on_open(remote)
-            return
-        owner = self.runtime
-        waiter = Waiter(
-            self, uri, guard(on_open, job, owner), guard(on_error, job, owner)
-        )
-        self.waiters.setdefault(uri, []).append(waiter)
-        started = self.opening.get(uri)
-        # One helper at a time per target; a new one if the last has hung
-        # (in flux_open) for longer than connect-timeout.
-        if started is None or time.time() - started > self.timeout:
-            self.opening[uri] = time.time()
-            thread = threading.Thread(
-                target=self.open_in_thread, args=(uri,), name="delegate-connect"
-            )
+    def start(self, name, work, on_done):
+        """Run work() on a helper thread, now or when one is free."""
+        task = HelperTask(self, name, work, on_done)
+        self.waiting.append(task)
+        self.start_waiting()
+        return task
+
+    def start_waiting(self):
+        while self.waiting and len(self.running) < self.limit and not self.closed:
+            task = self.waiting.popleft()
+            if task.withdrawn:
+                continue
+            with self.lock:
+                self.running.add(task)
+            thread = threading.Thread(target=task.run, name=f"delegate-{task.name}")
             thread.daemon = True
             thread.start()
-
-    def open_in_thread(self, uri):
-        """Helper thread: only flux_open(), nothing that touches jobtap or
-        the job-manager's reactor."""
-        try:
-            result = flux.Flux(uri)
-        except Exception as exc:  # pylint: disable=broad-except
-            result = exc
-        self.results.put((uri, result))
-        try:
-            os.write(self.wfd, b"\0")
-        except OSError:
-            pass
 
     def on_readable(self, *unused):
         """fd watcher: drain the pipe first, whatever happens next, or the
@@ -1237,35 +1527,171 @@ class Connections:
     def on_results(self):
         while True:
             try:
-                uri, result = self.results.get_nowait()
+                task, result = self.results.get_nowait()
             except queue.Empty:
+                break
+            with self.lock:
+                self.running.discard(task)
+            guard(task.on_done, owner=self.runtime)(result)
+        self.start_waiting()
+
+    def threads(self):
+        return len(self.running)
+
+    def close(self):
+        """Unload: no more results.  Threads still running finish on their
+        own; the last one closes the pipe's write end (closing it under
+        them would let a write land in whatever file reuses its number)."""
+        self.waiting.clear()
+        free_watcher(self.watcher)
+        for task in list(self.running):
+            task.end_children()
+        with self.lock:
+            self.closed = True
+            os.close(self.rfd)
+            if not self.running:
+                os.close(self.wfd)
+
+
+class HelperTask:
+    """One piece of work for a helper thread (Helpers.start())."""
+
+    def __init__(self, helpers, name, work, on_done):
+        self.helpers = helpers
+        self.name = name
+        self.work = work
+        self.on_done = on_done
+        self.withdrawn = False
+        self.tid = None  # the thread's, once it runs
+
+    @property
+    def started(self):
+        return self.tid is not None
+
+    def withdraw(self):
+        """Drop the task if no thread has started it; True if dropped."""
+        if self.started or self.withdrawn:
+            return False
+        self.withdrawn = True
+        return True
+
+    def run(self):
+        """On the helper thread."""
+        self.tid = threading.get_native_id()
+        try:
+            jobtap.clean_child_signals()
+            result = self.work()
+        except BaseException as exc:  # pylint: disable=broad-except
+            result = exc
+        helpers = self.helpers
+        with helpers.lock:
+            if helpers.closed:
+                helpers.running.discard(self)
+                if not helpers.running:
+                    os.close(helpers.wfd)
                 return
-            self.opening.pop(uri, None)
-            waiters = self.waiters.pop(uri, [])
-            if isinstance(result, Exception):
-                message = getattr(result, "strerror", None) or str(result)
-                self.runtime.log(syslog.LOG_INFO, f"cannot connect to {uri}: {message}")
-                for waiter in waiters:
-                    waiter.finish(None, message)
-                continue
+            helpers.results.put((self, result))
             try:
-                remote = RemoteInstance(uri, result, self.runtime)
-                if self.open.get(uri) is not None and not self.open[uri].lost:
-                    # A hung attempt answered late: keep the newer one.
-                    self.retired.append(remote)
-                    remote.close("a newer connection is in use")
-                    remote = self.open[uri]
-            except Exception as exc:  # pylint: disable=broad-except
-                # Whatever went wrong, every waiting job gets an answer.
-                self.runtime.log_exception(f"setting up the connection to {uri}")
-                message = getattr(exc, "strerror", None) or f"{type(exc).__name__}: {exc}"
-                for waiter in waiters:
-                    waiter.finish(None, message)
-                continue
-            self.open[uri] = remote
-            self.runtime.log(syslog.LOG_INFO, f"connected to {uri}")
+                os.write(helpers.wfd, b"\0")
+            except OSError:
+                pass
+
+    def end_children(self):
+        """SIGTERM the processes this task's thread started (the ssh of a
+        connect given up): its flux_open() then fails, and the thread
+        ends.  Children are listed per thread by /proc."""
+        if self.tid is None:
+            return
+        try:
+            with open(f"/proc/self/task/{self.tid}/children") as fp:
+                pids = [int(pid) for pid in fp.read().split()]
+        except (OSError, ValueError):
+            return
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except OSError:
+                pass
+
+
+class Connections:
+    """One connection per target URI, opened once and shared by every job.
+
+    A connection is opened by a helper thread (Helpers): one attempt per
+    target at a time, however many jobs wait for it, each job with its own
+    connect-timeout.  An attempt all of whose jobs gave up is withdrawn if
+    it has not started, and its ssh ended if it has; a hung attempt (a
+    target that accepts and never answers) is never doubled: later jobs
+    wait for it too.
+    """
+
+    def __init__(self, runtime, timeout):
+        self.runtime = runtime
+        self.timeout = timeout
+        self.open = {}  # uri -> RemoteInstance
+        self.waiters = {}  # uri -> [Waiter]
+        self.opening = {}  # uri -> HelperTask of the attempt in progress
+        # Connections dropped after an error stay referenced: futures still
+        # in flight on them must not see their handle closed under them.
+        self.retired = []
+
+    def get(self, uri, on_open, on_error, job=None):
+        """Call on_open(remote) with the connection to uri, once open, or
+        on_error(message)."""
+        remote = self.open.get(uri)
+        if remote is not None:
+            on_open(remote)
+            return
+        owner = self.runtime
+        waiter = Waiter(
+            self, uri, guard(on_open, job, owner), guard(on_error, job, owner)
+        )
+        self.waiters.setdefault(uri, []).append(waiter)
+        if uri not in self.opening:
+            self.opening[uri] = self.runtime.helpers.start(
+                "connect",
+                lambda: flux.Flux(uri),
+                lambda result: self.on_result(uri, result),
+            )
+
+    def on_result(self, uri, result):
+        self.opening.pop(uri, None)
+        waiters = self.waiters.pop(uri, [])
+        if isinstance(result, BaseException):
+            message = getattr(result, "strerror", None) or str(result)
+            self.runtime.log(syslog.LOG_INFO, f"cannot connect to {uri}: {message}")
             for waiter in waiters:
-                waiter.finish(remote, None)
+                waiter.finish(None, message)
+            return
+        try:
+            remote = RemoteInstance(uri, result, self.runtime)
+        except Exception as exc:  # pylint: disable=broad-except
+            # Whatever went wrong, every waiting job gets an answer.
+            self.runtime.log_exception(f"setting up the connection to {uri}")
+            message = getattr(exc, "strerror", None) or f"{type(exc).__name__}: {exc}"
+            for waiter in waiters:
+                waiter.finish(None, message)
+            return
+        self.open[uri] = remote
+        self.runtime.log(syslog.LOG_INFO, f"connected to {uri}")
+        for waiter in waiters:
+            waiter.finish(remote, None)
+
+    def given_up(self, waiter):
+        """A job stopped waiting for uri's connection: if it was the last,
+        the attempt is withdrawn, or its ssh (if any) ended."""
+        waiters = self.waiters.get(waiter.uri, [])
+        if waiter in waiters:
+            waiters.remove(waiter)
+        if waiters:
+            return
+        self.waiters.pop(waiter.uri, None)
+        attempt = self.opening.get(waiter.uri)
+        if attempt is not None:
+            if attempt.withdraw():
+                del self.opening[waiter.uri]
+            else:
+                attempt.end_children()
 
     def forget(self, remote, reason):
         if self.open.get(remote.uri) is remote:
@@ -1274,7 +1700,8 @@ class Connections:
         self.runtime.log(syslog.LOG_INFO, f"connection to {remote.uri} closed: {reason}")
 
     def close(self):
-        free_watcher(self.watcher)
+        for attempt in self.opening.values():
+            attempt.withdraw()
 
 
 class Waiter:
@@ -1299,9 +1726,16 @@ class Waiter:
             self.on_error(message)
 
     def expire(self, *unused):
-        waiters = self.connections.waiters.get(self.uri, [])
-        if self in waiters:
-            waiters.remove(self)
+        if self not in self.connections.waiters.get(self.uri, []):
+            return
+        attempt = self.connections.opening.get(self.uri)
+        self.connections.given_up(self)
+        if attempt is not None and not attempt.started:
+            self.on_error(
+                f"not tried within {self.connections.timeout:g}s: all"
+                f" {MAX_HELPER_THREADS} connection helpers were busy"
+            )
+        else:
             self.on_error(f"no answer within {self.connections.timeout:g}s")
 
 
@@ -1316,12 +1750,15 @@ class Runtime:
         # The job-manager owns its handle: the wrapper must never close it.
         self.handle.incref()
         self.hostname = socket.gethostname()
+        # This instance's own socket (to refuse delegating to itself).
+        self.local_uri = None
         self.submit_timeout = self.conf["submit-timeout"]
         self.preflight_timeout = self.conf["preflight-timeout"]
         connect_timeout = self.conf["connect-timeout"]
         self.reconnect_interval = self.conf["reconnect-interval"]
         self.reconnect_timeout = self.conf["reconnect-timeout"]
         self.jobs = {}
+        self.helpers = Helpers(self)
         self.connections = Connections(self, connect_timeout)
         # Registry: broker config [[delegate]] + the user's registry file.
         self.configured = False
@@ -1331,6 +1768,7 @@ class Runtime:
         self.user_registry_path = self.conf.get("registry") or default_user_registry_path()
         self.user_clusters = []
         self.user_registry_stamp = None
+        self.user_registry_read = False
         self.user_registry_checked = 0.0
         self.user_registry_error = None
         self.registry = Registry()
@@ -1379,8 +1817,9 @@ class Runtime:
         )
 
     def refresh_user_registry(self, force=False):
-        """Re-read the user's registry file if it changed (one stat(2), at
-        most once a second, since it runs on the job-manager's thread); a
+        """Re-read the user's registry file if it changed: one stat(2), at
+        most once a second (force: now), since it runs on the job-manager's
+        thread; read only when the stat differs from the last read's.  A
         file with errors is reported and its previous content kept."""
         now = time.time()
         if not force and now - self.user_registry_checked < 1.0:
@@ -1389,10 +1828,11 @@ class Runtime:
         path = self.user_registry_path
         try:
             st = os.stat(path)
-            stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+            stamp = (st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino, st.st_dev)
         except OSError:
             stamp = None
-        if stamp != self.user_registry_stamp or force:
+        if stamp != self.user_registry_stamp or not self.user_registry_read:
+            self.user_registry_read = True
             self.user_registry_stamp = stamp
             try:
                 self.user_clusters = read_user_registry(path)
@@ -1407,6 +1847,37 @@ class Runtime:
             for note in notes:
                 self.log(syslog.LOG_INFO, note)
 
+    def start(self):
+        """Once this is the current runtime (guard() runs only its
+        callbacks): ask the broker for this instance's own URI."""
+        then(self.handle.rpc("attr.get", {"name": "local-uri"}), self.on_local_uri)
+
+    def on_local_uri(self, future):
+        self.local_uri = future.get()["value"]
+
+    def is_this_instance(self, uri):
+        """Whether uri names this instance: its own socket, directly or
+        through ssh to this host."""
+        if not self.local_uri:
+            return False
+        try:
+            theirs = flux.uri.JobURI(uri)
+            mine = flux.uri.JobURI(self.local_uri)
+            if theirs.scheme not in ("local", "ssh"):
+                return False
+            if theirs.scheme == "ssh":
+                host = theirs.netloc.rpartition("@")[2].rpartition(":")[0] or (
+                    theirs.netloc.rpartition("@")[2]
+                )
+                here = {self.hostname, self.hostname.split(".")[0], "localhost", "127.0.0.1", "::1"}
+                if host not in here:
+                    return False
+            if os.path.normpath(theirs.path) == os.path.normpath(mine.path):
+                return True
+            return os.path.samefile(theirs.path, mine.path)
+        except Exception:  # pylint: disable=broad-except
+            return False
+
     def policy_metrics(self, policy):
         """What the pre-flight must ask for a policy: a site policy gets
         everything that can be known."""
@@ -1419,7 +1890,7 @@ class Runtime:
 
     def log(self, level, message):
         try:
-            self.handle.log(level, f"delegate: {message}")
+            log_text(self.handle, level, f"delegate: {message}")
         except Exception:  # pylint: disable=broad-except
             pass
 
@@ -1434,6 +1905,13 @@ class Runtime:
             phases[job.phase] = phases.get(job.phase, 0) + 1
         return {
             "connections": sorted(self.connections.open),
+            # Bytes the socket of each connection can hold: a request too
+            # large for half of it goes over a connection of its own.
+            "send-buffers": {
+                uri: remote.socket.size if remote.socket else None
+                for uri, remote in self.connections.open.items()
+            },
+            "helper-threads": self.helpers.threads(),
             "jobs": phases,
             # Watchers (timers, fds) the handler holds on the job-manager's
             # reactor: back to a few once its jobs are done.
@@ -1456,6 +1934,7 @@ class Runtime:
     def unload(self):
         self.unloaded = True
         self.connections.close()
+        self.helpers.close()
         for job in list(self.jobs.values()):
             job.stop_following()
 
@@ -1497,9 +1976,24 @@ class Submission:
             guard(lambda: self.job.on_submit_timeout(self), self.job, self.owner),
             self.owner,
         )
+        nbytes = payload_size(self.job.remote_spec)
+        if self.remote.oversized(nbytes):
+            # Too large to write without blocking even to a target that
+            # reads: sent by a helper thread, over a connection of its own.
+            self.owner.log(
+                syslog.LOG_INFO,
+                f"{self.job.name}: jobspec of {nbytes} bytes: submitting it to"
+                f" {self.uri} over a connection of its own",
+            )
+            self.outgoing = self.owner.helpers.start(
+                "submit",
+                lambda: submit_on_own_connection(self.uri, spec),
+                lambda result: self.on_answer(HelperAnswer(result)),
+            )
+            return
         # Not guarded: the answer must be handled even after an unload.
         self.outgoing = self.remote.request(
-            payload_size(self.job.remote_spec),
+            nbytes,
             lambda handle: flux.job.submit_async(handle, spec),
             self.on_answer,
             guarded=False,
@@ -1554,6 +2048,41 @@ class Submission:
         )
 
 
+def submit_on_own_connection(uri, spec):
+    """On a helper thread: submit an oversized jobspec over a connection
+    of its own (flux_send() may wait there as long as it must)."""
+    try:
+        handle = flux.Flux(uri)
+    except OSError as exc:
+        raise NotSent(exc) from exc
+    return flux.job.submit_async(handle, spec).get_id()
+
+
+class NotSent(OSError):
+    """A request that never left (no connection): another target may take
+    the job."""
+
+    def __init__(self, exc):
+        super().__init__(exc.errno, exc.strerror or str(exc))
+
+
+class HelperAnswer:
+    """The answer to a request a helper thread sent, as a future has it."""
+
+    def __init__(self, result):
+        self.result = result
+        self.sent = not isinstance(result, NotSent)
+
+    def get(self):
+        if isinstance(self.result, BaseException):
+            if not isinstance(self.result, OSError):
+                raise OSError(errno.EPROTO, f"{type(self.result).__name__}: {self.result}")
+            raise self.result
+        return self.result
+
+    get_id = get
+
+
 class DelegatedJob:
     def __init__(self, args, target, doomed=None):
         self.id = int(args["id"])
@@ -1583,6 +2112,11 @@ class DelegatedJob:
         self.recheck = False
         self.canceled_reason = None
         self.known_remote = {}  # uri -> ids of remote jobs it had there
+        # The connection on which remote_id is known to be this job's (the
+        # one it was submitted or found on, or checked over): on any other,
+        # the id may belong to a stranger (a target replaced at its URI
+        # numbers its jobs from the same start), so it is checked first.
+        self.verified = None
 
     @property
     def name(self):
@@ -1595,21 +2129,25 @@ class DelegatedJob:
 
     # -- failure -----------------------------------------------------------
 
-    def fail(self, what):
-        """End the local job with a DelegationFailure (severity 0)."""
+    def fail(self, what, cancel_remote=True):
+        """End the local job with a DelegationFailure (severity 0).  The
+        remote job is canceled unless cancel_remote is False (it is not
+        this job's, or it is gone)."""
         if self.phase == ENDED:
             log(syslog.LOG_DEBUG, f"{self.name}: after end: {what}")
             return
         previous, self.phase = self.phase, ENDED
         self.stop_following()
         if (
-            previous == DELEGATED
+            cancel_remote
+            and previous == DELEGATED
             and not self.outcome.ended
             and self.remote is not None
             and not self.remote.lost
         ):
             # Whatever went wrong, the remote job must not run on alone.
             self.cancel_remote(f"delegation failed: {what}")
+        what = str(what).replace("\0", "\\0")  # remote text may hold NULs
         log(syslog.LOG_ERR, f"{self.name}: {what}")
         jobtap.raise_exception(self.id, EXCEPTION_TYPE, 0, f"delegate: {what}")
 
@@ -1699,6 +2237,9 @@ class DelegatedJob:
     def on_resolved(self, uri):
         """An explicit URI (or job id): the one candidate, named by its
         registry label if the registry knows it."""
+        if runtime.is_this_instance(uri):
+            self.fail(f"{SELF_DELEGATION}: {shown(uri)} is this instance")
+            return
         cluster = runtime.registry.by_uri(uri) or Cluster(uri, origin="explicit")
         self.preflight([Candidate(cluster)])
 
@@ -1778,7 +2319,7 @@ class DelegatedJob:
         created late is canceled (Submission.on_answer)."""
         if attempt is not self.submission or self.phase != SUBMITTING:
             return
-        if attempt.outgoing.cancel():
+        if attempt.outgoing.withdraw():
             # Still queued behind requests the target has not read: nothing
             # was sent, so another target may take the job.
             self.failover(
@@ -1869,6 +2410,7 @@ class DelegatedJob:
             syslog.LOG_INFO,
             f"{self.name}: delegated to {self.candidate.describe()} as {self.remote_id.f58}",
         )
+        self.verified = self.remote
         self.follow(self.remote)
 
     def adopt(self, recovery, remote_id):
@@ -1886,6 +2428,7 @@ class DelegatedJob:
             f"{self.name}: found {self.remote_id.f58} on {self.uri}, made by a"
             " submit whose answer was lost; following it",
         )
+        self.verified = recovery.remote
         self.follow(recovery.remote)
 
     def resume(self, delegation):
@@ -1958,7 +2501,7 @@ class DelegatedJob:
         watch, self.watch = self.watch, None
         if self.remote is not None:
             self.remote.listeners.discard(self)
-        if watch is None or watch.cancel():  # not sent yet: dropped
+        if watch is None or watch.withdraw():  # not sent yet: dropped
             return
         if not (self.remote and self.remote.lost):
             try:
@@ -2000,8 +2543,56 @@ class DelegatedJob:
             )
 
     def reattach(self, remote):
+        """Connected again (or after a reload): make sure remote_id is still
+        this job's there, then watch it again."""
         if self.phase != DELEGATED:
             return
+        if remote is self.verified:
+            self.watch_again(remote)
+            return
+        self.remote = remote
+        remote.listeners.add(self)  # connection_lost() if it goes meanwhile
+        self.stop_watch_timer()
+        self.watch_timer = Timer(
+            runtime.submit_timeout,
+            guard(lambda: self.identity_unanswered(remote), self),
+        )
+        check_identity(
+            remote, self.remote_id, self.origin,
+            lambda verdict, why: self.on_identity(remote, verdict, why), job=self,
+        )
+
+    def identity_unanswered(self, remote):
+        if self.phase == DELEGATED and self.remote is remote and self.verified is not remote:
+            self.connection_lost(
+                remote, f"it did not answer within {runtime.submit_timeout:g}s"
+            )
+
+    def on_identity(self, remote, verdict, why):
+        if self.phase != DELEGATED or self.remote is not remote or remote.lost:
+            return  # superseded, or connection_lost() takes it from here
+        self.stop_watch_timer()
+        where = f"remote job {self.remote_id.f58} on {self.uri}"
+        if verdict == "same":
+            self.verified = remote
+            self.watch_again(remote)
+        elif verdict == "gone":
+            self.fail(
+                f"{where} no longer exists (purged, or the target was replaced"
+                " or restarted without its state)",
+                cancel_remote=False,
+            )
+        elif verdict == "other":
+            self.fail(
+                f"{where} is not this job's: the target is a different"
+                f" instance now ({why}); the remote job this job ran as is"
+                " lost, and the stranger is left alone",
+                cancel_remote=False,
+            )
+        else:
+            self.connection_lost(remote, why)
+
+    def watch_again(self, remote):
         log(syslog.LOG_DEBUG, f"{self.name}: watching {self.remote_id.f58} on {self.uri} again")
         self.outcome = RemoteOutcome()  # the watch replays the whole eventlog
         self.follow(remote)  # lost_since is cleared by the first event
@@ -2214,6 +2805,31 @@ class RemoteCancel:
         )
 
     def send(self, remote):
+        """Cancel over remote, once the remote job is known to be this
+        job's there (never a stranger's that took its id)."""
+        if remote is self.job.verified:
+            self.send_cancel(remote)
+            return
+        check_identity(
+            remote, self.remote_id, self.job.origin,
+            lambda verdict, why: self.on_identity(remote, verdict, why),
+        )
+
+    def on_identity(self, remote, verdict, why):
+        if verdict == "same":
+            self.job.verified = remote
+            self.send_cancel(remote)
+        elif verdict == "error":
+            self.retry(why)
+        else:
+            self.done = True
+            self.owner.log(
+                syslog.LOG_INFO,
+                f"{self.job.name}: not canceling {self.remote_id.f58} on {self.uri}:"
+                + (" it no longer exists" if verdict == "gone" else f" it is not this job's ({why})"),
+            )
+
+    def send_cancel(self, remote):
         remote.request(
             1024,
             lambda h: flux.job.cancel_async(h, self.remote_id, self.reason),
@@ -2482,6 +3098,8 @@ def no_target_message(candidates, order):
         return "no targets in the registry (it changed since the job was submitted)"
     if len(candidates) == 1:
         c = candidates[0]
+        if c.verdict == "unreachable" and c.remote is not None:
+            return f"{c.uri} did not answer: {c.reason}"
         if c.verdict == "unreachable":
             return f"cannot connect to {c.uri}: {c.reason}"
         if c.verdict == "infeasible":
@@ -2513,12 +3131,16 @@ class Preflight:
         self.done = False
 
     def start(self):
-        if not self.candidates:
+        for c in self.candidates:
+            if runtime.is_this_instance(c.uri):
+                c.verdict, c.reason = "infeasible", f"this instance itself: {SELF_DELEGATION}"
+        asked = [c for c in self.candidates if c.verdict is None]
+        if not asked:
             self.finish()
             return
-        for c in self.candidates:
+        for c in asked:
             self.waiting[id(c)] = [set(), None, []]  # queries, timer, requests
-        for c in list(self.candidates):
+        for c in asked:
             runtime.connections.get(
                 c.uri,
                 lambda remote, c=c: self.connected(c, remote),
@@ -2530,15 +3152,24 @@ class Preflight:
         if id(c) not in self.waiting:
             return
         c.remote = remote
-        spec = self.job.remote_spec
-        wanted = [("feasibility", payload_size(spec),
-                   lambda h: h.rpc("feasibility.check", {"jobspec": spec}))]
+        spec = feasibility_jobspec(self.job.remote_spec)
+        nbytes = payload_size(spec)
+        wanted = []
+        if remote.oversized(nbytes):
+            c.verdict = "unknown"
+            c.reason = f"jobspec too large to check ({nbytes} bytes)"
+        else:
+            wanted.append(("feasibility", nbytes,
+                           lambda h: h.rpc("feasibility.check", {"jobspec": spec})))
         if "pending" in self.metrics:
             wanted.append(("pending", 1024, lambda h: h.rpc("job-list.job-stats", {})))
         if "match_time" in self.metrics:
             wanted.append(
                 ("match_time", 1024, lambda h: h.rpc("sched-fluxion-resource.stats-get"))
             )
+        if not wanted:
+            self.settle(c, c.verdict, c.reason)
+            return
         outstanding, _, outgoing = self.waiting[id(c)]
         outstanding.update(name for name, _, _ in wanted)
         self.waiting[id(c)][1] = Timer(
@@ -2604,7 +3235,11 @@ class Preflight:
         if "feasibility" in outstanding and len(outstanding) < len(outgoing):
             self.settle(c, "unknown", f"feasibility.check did not answer within {wait}")
         elif "feasibility" in outstanding:
-            self.settle(c, "unreachable", f"no answer within {wait}")
+            self.settle(
+                c, "unreachable",
+                f"connected, but it answered nothing within {wait}"
+                " (stopped, hung or overloaded)",
+            )
         else:
             self.settle(c, c.verdict, c.reason)
 
@@ -2615,7 +3250,7 @@ class Preflight:
         if entry[1] is not None:
             entry[1].cancel()
         for outgoing in entry[2]:
-            outgoing.cancel()  # still queued: no longer needed
+            outgoing.withdraw()  # still queued: no longer needed
         c.verdict, c.reason = verdict, reason
         if not self.waiting:
             self.finish()
@@ -2634,11 +3269,12 @@ class Preflight:
 def resolve_target(job, target, on_uri, on_error):
     """Call on_uri(uri) with the URI to connect to, or on_error(message).
     Errors in the callbacks are reported against job."""
+    value = shown(target.value)
     if target.kind == "uri":
         try:
             on_uri(check_local_or_ssh(target.value))
         except ValueError as exc:
-            on_error(f"cannot use {target.value}: {exc}")
+            on_error(f"cannot use {value}: {exc}")
         return
     if target.kind == "scheme" and target.scheme == "pid":
         # flux's own pid resolver: a few reads of /proc on this host.
@@ -2648,10 +3284,10 @@ def resolve_target(job, target, on_uri, on_error):
             uri = check_local_or_ssh(str(flux.uri.JobURI(found).local))
         except OSError as exc:
             why = "no such process" if exc.errno == errno.ENOENT else exc.strerror or exc
-            on_error(f"cannot use {target.value}: {why} on {runtime.hostname}")
+            on_error(f"cannot use {value}: {why} on {runtime.hostname}")
             return
-        except (ValueError, IndexError) as exc:
-            on_error(f"cannot use {target.value}: {exc}")
+        except Exception as exc:  # pylint: disable=broad-except
+            on_error(f"cannot use {value}: {exc or type(exc).__name__}")
             return
         on_uri(uri)
         return
@@ -2661,14 +3297,14 @@ def resolve_target(job, target, on_uri, on_error):
                 flux.uri.URIResolverURI(target.value).path
             )
         except ValueError as exc:
-            on_error(f"cannot use {target.value}: {exc}")
+            on_error(f"cannot use {value}: {exc}")
             return
-        JobidResolution(job, target.value, jobids, on_uri, on_error).step(runtime.handle)
+        JobidResolution(job, value, jobids, on_uri, on_error).step(runtime.handle)
         return
     on_error(
-        f"cannot use {target.value}: unknown URI scheme '{target.scheme}'"
+        f"unknown URI scheme {shown(target.scheme)} in {value}"
         " (delegate takes local://, ssh://, pid: and job ids; resolve other"
-        f" schemes with 'flux uri {target.value}' first)"
+        " schemes with 'flux uri' first)"
     )
 
 
@@ -2795,17 +3431,31 @@ def on_dependency(args):
     load, instance restart) is always taken on: it may have been delegated
     before, under a registry that has changed since.
     """
+    at_submit = args.get("state") == flux.constants.FLUX_JOB_STATE_NEW
     existing = runtime.jobs.get(int(args["id"]))
     if existing is not None:
-        # Taken on already by job.new (system.delegate, plugin load).
+        if at_submit:
+            # A second delegate dependency: which one would be meant?
+            raise ValueError(
+                "a job takes one delegate dependency; this one has more"
+            )
+        # Plugin load: a job already waiting is taken on once.
         claim(args, existing.target, existing.doomed)
         return None
     value = (args.get("dependency") or {}).get("value")
-    if not value and isinstance(system_delegate(args), str):
-        value = system_delegate(args)
+    also = system_delegate(args)
+    if at_submit and value and also is not None:
+        raise ValueError(
+            "use either --dependency=delegate:TARGET or -S system.delegate=TARGET,"
+            f" not both (delegate:{shown(value)}, system.delegate={shown(also)})"
+        )
+    if not value and also is not None:
+        value = also
     try:
         target = parse_job_target(value)
         check_owner(args)
+        if target.kind == "uri" and runtime.is_this_instance(target.value):
+            raise ValueError(f"{SELF_DELEGATION}: {shown(target.value)} is this instance")
     except ValueError as exc:
         if args.get("state") == flux.constants.FLUX_JOB_STATE_NEW:
             raise
@@ -2835,11 +3485,16 @@ def on_job_new(args):
     target, doomed = None, None
     try:
         if not isinstance(value, str):
-            raise ValueError(f"system.delegate must be a string, not {json.dumps(value)}")
+            raise ValueError(f"system.delegate must be a string, not {shown(value)}")
         target = parse_job_target(value)
         check_owner(args)
     except ValueError as exc:
         doomed = str(exc)
+    except Exception as exc:  # pylint: disable=broad-except
+        # job.new cannot fail a job (flux ignores its result): whatever
+        # went wrong, the job is taken on and fails once it can.
+        runtime.log_exception(f"{JobID(jobid).f58}: job.new")
+        doomed = f"handler error: {type(exc).__name__}: {exc}"
     claim(args, target, doomed)
     return None
 
@@ -2879,7 +3534,9 @@ def plugin_load(conf):
     import delegate_jobtap
 
     jobtap = delegate_jobtap
+    harden_bindings()
     runtime = Runtime(conf)
+    runtime.start()
 
 
 def plugin_unload():

@@ -218,7 +218,7 @@ def test_config_reload_and_bad_config(site):
     configure(site, f'[[delegate]]\nlabel = "small"\nuri = "{site.small.uri}"\n')
     try:
         proc = site.run("submit", "--dependency=delegate:big", "true", check=False)
-        assert proc.returncode != 0 and "'big' is not a URI" in proc.stderr
+        assert proc.returncode != 0 and "not a URI, job id, registry label or policy: 'big'" in proc.stderr
         # A bad registry is refused with a message; the previous one stays.
         bad = configure(site, '[[delegate]]\nlabel = "x"\n', check=False)
         assert bad.returncode != 0

@@ -1,6 +1,7 @@
 """Connections to targets that die, hang or restart: the source instance
 is never hurt, and a job is followed again when its target comes back."""
 
+import json
 import os
 import signal
 import tempfile
@@ -170,10 +171,15 @@ def test_persistent_watch_error_ends_within_reconnect_timeout(request, fresh_sou
     assert cancel["type"] == "cancel" and "delegation failed" in cancel["note"]
 
 
+#: A 1 MiB environment: ten variables of 100 KiB.
+MEGABYTE_ENV = {f"DELEGATE_TEST_BULK{i}": "x" * (100 * 1024) for i in range(10)}
+
+
 def test_target_that_stops_reading_never_blocks_the_source(request, fresh_source):
-    """Requests to a stopped target pile up in the socket; once it could
-    fill, further requests wait in a queue instead of blocking the
-    job-manager, and their jobs end when their own timeouts run out."""
+    """A stopped target reads nothing: requests wait until its socket has
+    room instead of blocking the job-manager, whatever the jobspec's size
+    (the pre-flight sends no environment), and their jobs end when their
+    own timeouts run out, saying the target was connected but silent."""
     import time
 
     target = start_instance(request, name="not-reading")
@@ -186,11 +192,12 @@ def test_target_that_stops_reading_never_blocks_the_source(request, fresh_source
 
     big = {"DELEGATE_TEST_BULK": "x" * (100 * 1024)}  # 100 KiB environment
     jobs = [
-        fresh_source.run("submit", f"--dependency=delegate:{target.uri}", "true", env=big)
+        fresh_source.run("submit", f"--dependency=delegate:{target.uri}", "true", env=env)
         .stdout.strip()
-        for _ in range(6)
+        for env in [big] * 6 + [MEGABYTE_ENV] * 2
     ]
     start = time.time()
+    fresh_source.run("ping", "-c", "3", "job-manager", timeout=10)
     assert fresh_source.status(fresh_source.submit("true"), timeout=10) == 0
     assert fresh_source.run("jobtap", "list", timeout=10).stdout.strip() == "delegate.so"
     assert time.time() - start < 5
@@ -198,4 +205,35 @@ def test_target_that_stops_reading_never_blocks_the_source(request, fresh_source
     for jobid in jobs:
         fresh_source.wait_event(jobid, "clean", timeout=30)
         notes.append(fresh_source.exception(jobid)["note"])
-    assert all(f"cannot connect to {target.uri}: no answer within 2s" in n for n in notes), notes
+    expected = f"{target.uri} did not answer: connected, but it answered nothing within 2s"
+    assert all(expected in n for n in notes), notes
+    assert not any("cannot connect" in n for n in notes), notes
+
+
+#: Submits a job with a user attribute of N bytes: a jobspec larger than
+#: any environment exec(2) would pass to 'flux submit'.
+SUBMIT_LARGE = """
+import sys, flux, flux.job
+js = flux.job.JobspecV1.from_command(["true"])
+js.setattr("system.dependencies", [{"scheme": "delegate", "value": sys.argv[1]}])
+js.setattr("user.blob", "x" * int(sys.argv[2]))
+print(flux.job.JobID(flux.job.submit(flux.Flux(), js)).f58)
+"""
+
+
+def test_a_jobspec_too_large_for_the_socket_is_delegated_whole(request, fresh_source):
+    """A jobspec too large for the connection's socket buffer cannot be
+    written without waiting for the target to read it: it goes over a
+    connection of its own, from a helper thread, and arrives whole."""
+    target = start_instance(request, name="large-jobspec")
+    fresh_source.load_plugin(None)
+    assert fresh_source.status(fresh_source.submit(f"--dependency=delegate:{target.uri}", "true")) == 0
+    query = json.loads(fresh_source.run("jobtap", "query", "delegate.so").stdout)
+    size = query["send-buffers"][target.uri] // 2 + 1024 * 1024
+
+    jobid = fresh_source.run("python", "-c", SUBMIT_LARGE, target.uri, str(size)).stdout.strip()
+    assert fresh_source.status(jobid) == 0, fresh_source.eventlog(jobid)
+    assert "over a connection of its own" in fresh_source.dmesg()
+    rid = str(fresh_source.wait_event(jobid, "delegated")["context"]["jobid"])
+    spec = json.loads(target.run("job", "info", rid, "jobspec").stdout)
+    assert len(spec["attributes"]["user"]["blob"]) == size

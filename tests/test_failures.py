@@ -36,7 +36,12 @@ def fails_fast(source, jobid, limit=20.0):
     "value, message",
     [
         ("", "no delegation targets are configured"),
-        ("cluster-that-is-not-a-uri", "is not a URI, a job id, a registry label"),
+        ("cluster-that-is-not-a-uri", "not a URI, job id, registry label or policy:"
+         " 'cluster-that-is-not-a-uri'"),
+        ("local://", "the URI names no socket path: 'local://'"),
+        ("ssh:///tmp/socket", "the URI names no host: 'ssh:///tmp/socket'"),
+        ("pid:", "pid: needs a process id (pid:PID), not 'pid:'"),
+        ("pid:abc", "pid: needs a process id (pid:PID), not 'pid:abc'"),
     ],
 )
 def test_value_wrong_on_its_face_is_rejected_at_submit(source, value, message):
@@ -50,9 +55,7 @@ def test_value_wrong_on_its_face_is_rejected_at_submit(source, value, message):
     "value, note",
     [
         ("foo://bar/baz", "unknown URI scheme 'foo'"),
-        ("local://", "names no socket path"),
-        ("ssh:///tmp/socket", "names no host"),
-        ("jobid:not-a-job", "'not-a-job' is not a job id"),
+        ("jobid:not-a-job", "not a job id: 'not-a-job'"),
         ("local:///nonexistent/flux/local-0", "cannot connect to"),
         ("pid:999999999", "no such process on"),
     ],
@@ -73,7 +76,7 @@ def test_pid_of_a_process_that_is_no_flux_instance(source):
         value = f"pid:{proc.pid}"
         jobid = source.submit(f"--dependency=delegate:{value}", "true")
         exc = fails_fast(source, jobid)
-        assert f"cannot use {value}: PID {proc.pid} doesn't seem to have a FLUX_URI" in exc["note"]
+        assert f"cannot use '{value}': PID {proc.pid} doesn't seem to have a FLUX_URI" in exc["note"]
     finally:
         proc.kill()
         proc.wait()
