@@ -54,6 +54,7 @@ import collections
 import copy
 import errno
 import fcntl
+import gc
 import importlib
 import json
 import os
@@ -208,14 +209,22 @@ class Target:
         return f"Target({self.value!r}, kind={self.kind!r})"
 
 
-def shown(value, limit=48):
+def shown(value, limit=40, limit_bytes=60):
     """A user's (or a target's) value as a message quotes it: non-strings as
-    JSON, control characters escaped, and shortened, so that the reason
-    around it stays readable within flux's message sizes."""
+    JSON, control characters escaped, and shortened (to limit characters
+    and about limit_bytes of UTF-8), so that the reason around it fits in
+    flux's 160 bytes of a rejection."""
     text = value if isinstance(value, str) else json.dumps(value, default=str)
-    cut = text[:limit]
-    cut = "".join(c if c.isprintable() else repr(c)[1:-1] for c in cut)
-    if len(text) > limit:
+    cut, size = [], 0
+    for c in text[:limit]:
+        c = c if c.isprintable() else repr(c)[1:-1]
+        size += len(c.encode("utf-8", "backslashreplace"))
+        if size > limit_bytes:
+            break
+        cut.append(c)
+    whole = len(cut) == len(text)
+    cut = "".join(cut)
+    if not whole:
         cut += f"...({len(text)} characters)"
     return f"'{cut}'"
 
@@ -232,7 +241,7 @@ def parse_target(value, registry=None, policies=BUILTIN_POLICIES, default_policy
     range) is left for later, and fails the job instead.
     """
     registry = registry or Registry()
-    if value is None or (isinstance(value, str) and not value.strip()):
+    if value is None or value == "":
         if not registry.clusters:
             raise ValueError(f"no delegation targets are configured: {USAGE}")
         return policy_target(value or "", default_policy or DEFAULT_POLICY)
@@ -308,7 +317,10 @@ def parse_jobid_path(path):
 
 
 def check_local_or_ssh(value):
-    """Validate a local:// or ssh:// URI; returns it (raises ValueError)."""
+    """Validate a local:// or ssh:// URI; returns it (raises ValueError).
+    flux's connectors take the scheme as it is written, in lower case."""
+    if not value.startswith(("local://", "ssh://")):
+        raise ValueError(f"not a local:// or ssh:// URI: {shown(value)}")
     try:
         uri = flux.uri.JobURI(value)
         host, path = uri.netloc, uri.path
@@ -316,6 +328,8 @@ def check_local_or_ssh(value):
         raise ValueError(f"not a URI: {shown(value)}")
     if uri.scheme == "ssh" and not host:
         raise ValueError(f"the URI names no host: {shown(value)}")
+    if uri.scheme == "local" and host:
+        raise ValueError(f"a local:// URI names no host (local:///path): {shown(value)}")
     if not path or path == "/":
         raise ValueError(f"the URI names no socket path: {shown(value)}")
     return value
@@ -495,7 +509,7 @@ def read_small_file(path, limit):
         if not stat.S_ISREG(st.st_mode):
             raise ValueError(f"{path}: not a regular file")
         if st.st_size > limit:
-            raise ValueError(f"{path}: {st.st_size} bytes, more than the {limit} it may have")
+            raise ValueError(f"{path}: {st.st_size} bytes, more than the {limit} bytes it may have")
         data = os.read(fd, limit + 1)
         if len(data) > limit:
             raise ValueError(f"{path}: more than the {limit} bytes it may have")
@@ -1497,7 +1511,7 @@ class Helpers:
         self.watcher.start()
 
     def start(self, name, work, on_done):
-        """Run work() on a helper thread, now or when one is free."""
+        """Run work(task) on a helper thread, now or when one is free."""
         task = HelperTask(self, name, work, on_done)
         self.waiting.append(task)
         self.start_waiting()
@@ -1545,7 +1559,7 @@ class Helpers:
         self.waiting.clear()
         free_watcher(self.watcher)
         for task in list(self.running):
-            task.end_children()
+            task.give_up()
         with self.lock:
             self.closed = True
             os.close(self.rfd)
@@ -1563,6 +1577,9 @@ class HelperTask:
         self.on_done = on_done
         self.withdrawn = False
         self.tid = None  # the thread's, once it runs
+        self.given_up = False
+        self.interrupt = None  # stops what the work waits on (give_up())
+        self.lock = threading.Lock()
 
     @property
     def started(self):
@@ -1580,7 +1597,7 @@ class HelperTask:
         self.tid = threading.get_native_id()
         try:
             jobtap.clean_child_signals()
-            result = self.work()
+            result = self.work(self)
         except BaseException as exc:  # pylint: disable=broad-except
             result = exc
         helpers = self.helpers
@@ -1595,6 +1612,28 @@ class HelperTask:
                 os.write(helpers.wfd, b"\0")
             except OSError:
                 pass
+
+    def on_give_up(self, interrupt):
+        """On the helper thread: what give_up() is to call to stop the
+        work's wait (called at once if it was given up already)."""
+        with self.lock:
+            self.interrupt = interrupt
+            if not self.given_up:
+                return
+        interrupt()
+
+    def give_up(self):
+        """No one waits for the result any more: stop the work's wait and
+        end the processes it started, so that the thread ends."""
+        with self.lock:
+            self.given_up = True
+            interrupt = self.interrupt
+        if interrupt is not None:
+            try:
+                interrupt()
+            except OSError:
+                pass
+        self.end_children()
 
     def end_children(self):
         """SIGTERM the processes this task's thread started (the ssh of a
@@ -1612,6 +1651,35 @@ class HelperTask:
                 os.kill(pid, signal.SIGTERM)
             except OSError:
                 pass
+
+
+def open_connection(uri, timeout, task):
+    """On a helper thread: flux_open(uri).  For a local:// URI the
+    broker's handshake (one byte, sent once it accepts the connection) is
+    awaited first on a connection of our own, which the job-manager can
+    shut down once no job waits any more (task.give_up()), and which gives
+    up by itself after timeout: flux_open() would wait for it for ever, and
+    a target that accepts and never answers would keep the thread."""
+    if uri.startswith("local://"):
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        timeout *= 2  # a backstop: give_up() usually comes first
+        probe.settimeout(timeout)
+        try:
+            task.on_give_up(lambda: probe.shutdown(socket.SHUT_RDWR))
+            probe.connect(flux.uri.JobURI(uri).path)
+            if not probe.recv(1) and task.given_up:
+                raise OSError(errno.ECANCELED, "given up")
+        except socket.timeout:
+            raise OSError(
+                errno.ETIMEDOUT, f"the broker accepted, but did not answer within {timeout:g}s"
+            )
+        except OSError:
+            if task.given_up:
+                raise
+            # flux_open() says what is wrong, in flux's words
+        finally:
+            probe.close()
+    return flux.Flux(uri)
 
 
 class Connections:
@@ -1648,9 +1716,10 @@ class Connections:
         )
         self.waiters.setdefault(uri, []).append(waiter)
         if uri not in self.opening:
+            timeout = self.timeout
             self.opening[uri] = self.runtime.helpers.start(
                 "connect",
-                lambda: flux.Flux(uri),
+                lambda task: open_connection(uri, timeout, task),
                 lambda result: self.on_result(uri, result),
             )
 
@@ -1691,7 +1760,7 @@ class Connections:
             if attempt.withdraw():
                 del self.opening[waiter.uri]
             else:
-                attempt.end_children()
+                attempt.give_up()
 
     def forget(self, remote, reason):
         if self.open.get(remote.uri) is remote:
@@ -1987,7 +2056,7 @@ class Submission:
             )
             self.outgoing = self.owner.helpers.start(
                 "submit",
-                lambda: submit_on_own_connection(self.uri, spec),
+                lambda task: submit_on_own_connection(self.uri, spec),
                 lambda result: self.on_answer(HelperAnswer(result)),
             )
             return
@@ -3542,3 +3611,7 @@ def plugin_load(conf):
 def plugin_unload():
     if runtime is not None:
         runtime.unload()
+    # What this handler let go (jobs, futures, watchers refer to each other
+    # in cycles) goes now, while the job-manager is not busy, rather than
+    # at some later allocation in the middle of a callback.
+    gc.collect()

@@ -42,13 +42,52 @@ def fails_fast(source, jobid, limit=20.0):
         ("ssh:///tmp/socket", "the URI names no host: 'ssh:///tmp/socket'"),
         ("pid:", "pid: needs a process id (pid:PID), not 'pid:'"),
         ("pid:abc", "pid: needs a process id (pid:PID), not 'pid:abc'"),
+        ("LOCAL:///tmp/x", "not a local:// or ssh:// URI: 'LOCAL:///tmp/x'"),
+        ("local:%n;", "not a local:// or ssh:// URI: 'local:%n;'"),
+        ("local://host/tmp/x", "a local:// URI names no host (local:///path)"),
+        ("\u00a0", "white space or control characters"),
+        ("é" * 600, "not a URI, job id, registry label or policy: '" + "é" * 30 + "...(600 characters)'"),
+        ("%n" * 50000, "not a URI, job id, registry label or policy: '" + "%n" * 20 + "...(100000 characters)'"),
     ],
 )
 def test_value_wrong_on_its_face_is_rejected_at_submit(source, value, message):
+    """The reason comes first and whole, whatever the value's length (flux
+    keeps 160 bytes of a rejection, cut here on a character boundary)."""
     proc = source.run("submit", f"--dependency=delegate:{value}", "true", check=False)
     assert proc.returncode != 0
     assert message in proc.stderr
     assert "delegate:" in proc.stderr
+
+
+def test_one_delegate_dependency_per_job(source, target):
+    proc = source.run(
+        "submit", f"--dependency=delegate:{target.uri}", "--dependency=delegate:nowhere",
+        "true", check=False,
+    )
+    assert proc.returncode != 0
+    assert "a job takes one delegate dependency; this one has more" in proc.stderr
+    proc = source.run(
+        "submit", "-S", "system.delegate=elsewhere", f"--dependency=delegate:{target.uri}",
+        "true", check=False,
+    )
+    assert proc.returncode != 0
+    assert (
+        "use either --dependency=delegate:TARGET or -S system.delegate=TARGET, not both"
+        in proc.stderr
+    )
+
+
+def test_a_job_is_never_delegated_to_its_own_instance(source):
+    uri = source.run("getattr", "local-uri").stdout.strip()
+    proc = source.run("submit", f"--dependency=delegate:{uri}", "true", check=False)
+    assert proc.returncode != 0
+    assert "a job is not delegated to the instance it was submitted to" in proc.stderr
+    # Named another way: the broker's pid.
+    pid = source.run("getattr", "broker.pid").stdout.strip()
+    jobid = source.submit(f"--dependency=delegate:pid:{pid}", "true")
+    exc = fails_fast(source, jobid)
+    assert "a job is not delegated to the instance it was submitted to" in exc["note"]
+    assert f"'{uri}' is this instance" in exc["note"]
 
 
 @pytest.mark.parametrize(
