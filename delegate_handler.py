@@ -95,7 +95,7 @@ DEPENDENCY = "delegated"
 EXCEPTION_TYPE = "DelegationFailure"
 
 #: Jobspec attributes that belong to the local instance only.
-LOCAL_ONLY_ATTRIBUTES = ("dependencies", "delegate", "delegate-origin")
+LOCAL_ONLY_ATTRIBUTES = ("dependencies", "delegate", "delegate-origin", "delegate-requeue")
 
 #: The system attribute that names, in a remote job, the local job it runs
 #: for: {"jobid", "t_submit", "host"}.  With it a submit whose answer was
@@ -783,6 +783,16 @@ def remote_jobspec(jobspec, environment=None, origin=None):
     if origin is not None:
         system[ORIGIN_ATTRIBUTE] = origin
     return spec
+
+
+def requeue_allowed(jobspec):
+    """Whether a job that started remotely may run again elsewhere after an
+    allocation failure: yes, unless -S delegate-requeue=false (or 0, no)."""
+    try:
+        value = jobspec["attributes"]["system"]["delegate-requeue"]
+    except (KeyError, TypeError):
+        return True
+    return value not in (False, 0, "false", "False", "no", "0")
 
 
 def origin_of(jobspec):
@@ -2444,9 +2454,11 @@ class DelegatedJob:
         if attempt is self.submission and self.phase == SUBMITTING:
             self.send_submit()
 
-    def failover(self, reason):
+    def failover(self, reason, started=None):
         """This attempt failed for sure (no remote job runs): note it in the
-        eventlog and try the next candidate, or fail with all attempts."""
+        eventlog and try the next candidate, or fail with all attempts.
+        started: whether the remote job of this attempt had started (None:
+        there was none)."""
         candidate = self.candidate
         self.failures.append((candidate, reason))
         if not self.attempts:
@@ -2461,6 +2473,8 @@ class DelegatedJob:
         context = {"uri": candidate.uri, "reason": reason, "next": self.attempts[0].name}
         if candidate.label:
             context["label"] = candidate.label
+        if started is not None:
+            context["started"] = started
         jobtap.post_event(self.id, "delegate-failover", context)
         log(syslog.LOG_INFO, f"{self.name}: {candidate.describe()}: {reason}; trying next")
         self.phase = SUBMITTING
@@ -2707,22 +2721,30 @@ class DelegatedJob:
             self.conclude()
             return
         self.outcome.update(event.name, event.context)
-        exception = self.outcome.exception
-        if (
-            exception is not None
-            and exception.get("type") == "alloc"
-            and not self.outcome.started
-            and self.attempts
-        ):
+        if self.requeue() and not self.outcome.started:
             # The target cannot allocate: the remote job will never start,
-            # so another target may take the job.
+            # so another target may take the job at once.
             self.stop_following()
             self.phase = SUBMITTING
             self.failover(
-                describe_remote_exception(self.remote_id.f58, self.uri, exception)
+                describe_remote_exception(self.remote_id.f58, self.uri, self.outcome.exception),
+                started=False,
             )
         elif self.outcome.ended:
             self.conclude()
+
+    def requeue(self):
+        """Whether the remote job's end calls for running the job elsewhere:
+        its allocation failed (an alloc exception: the target could not
+        allocate it, or lost what it had allocated), another candidate is
+        left, and, if it had started, the job did not opt out with
+        -S delegate-requeue=false.  As Slurm requeues a job on node
+        failure; other exceptions (a cancel, a timeout, the job's own
+        failure) end the job."""
+        exception = self.outcome.exception
+        if exception is None or exception.get("type") != "alloc" or not self.attempts:
+            return False
+        return not self.outcome.started or requeue_allowed(self.jobspec)
 
     def conclude(self):
         """The remote job has ended: end the local one the same way."""
@@ -2730,8 +2752,23 @@ class DelegatedJob:
             return
         self.stop_following()
         exception = self.outcome.exception
-        if exception is not None:
-            self.fail(describe_remote_exception(self.remote_id.f58, self.uri, exception))
+        if self.requeue():
+            # It ran, and has ended there: only now may it run elsewhere.
+            self.phase = SUBMITTING
+            self.failover(
+                describe_remote_exception(self.remote_id.f58, self.uri, exception),
+                started=True,
+            )
+        elif exception is not None:
+            note = describe_remote_exception(self.remote_id.f58, self.uri, exception)
+            if (
+                exception.get("type") == "alloc"
+                and self.outcome.started
+                and self.attempts
+                and not requeue_allowed(self.jobspec)
+            ):
+                note += "; not requeued: the job opted out (delegate-requeue=false)"
+            self.fail(note)
         elif self.outcome.wait_status is None:
             self.fail(
                 f"remote job {self.remote_id.f58} on {self.uri} ended"

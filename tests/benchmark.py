@@ -5,15 +5,20 @@
                       clock, so the difference is meaningful)
   throughput          N delegated jobs submitted at once, all completed
   plain-job overhead  N plain jobs with and without the plugin loaded
+  responsiveness      during a burst of B delegated jobs, how long a plain
+                      local job takes to start, and the job-manager's ping
 
-Usage: benchmark.py [--jobs N]   (DELEGATE_PLUGIN / DELEGATE_HANDLER as for
-the tests).
+Usage: benchmark.py [--jobs N] [--burst B]   (DELEGATE_PLUGIN /
+DELEGATE_HANDLER as for the tests).
 """
 
 import argparse
 import json
+import re
 import statistics
+import subprocess
 import sys
+import threading
 import time
 
 from flux_instance import FluxInstance
@@ -45,9 +50,63 @@ def run_jobs(instance, count, *args):
     return out.stdout.split(), time.time() - start
 
 
+def probe_responsiveness(source, seconds=None, until=None, interval=0.5):
+    """Every interval: the time a plain local job takes from submit to its
+    start event, and the job-manager's ping round trip.  Runs for seconds,
+    or until until() is true.  Returns (start latencies, ping times)."""
+    starts, pings = [], []
+    deadline = time.time() + seconds if seconds else None
+    while (deadline and time.time() < deadline) or (until and not until()):
+        tick = time.time()
+        proc = source.run("ping", "-c", "1", "job-manager", check=False, timeout=120)
+        match = re.search(r"time=([0-9.]+) ms", proc.stdout)
+        if match:
+            pings.append(float(match.group(1)) / 1000)
+        jobid = source.submit("true")
+        events_ = {e["name"]: e for e in source.eventlog(jobid)}
+        while "start" not in events_:
+            source.run("job", "wait-event", "-t", "60", jobid, "start", check=False, timeout=90)
+            events_ = {e["name"]: e for e in source.eventlog(jobid)}
+        starts.append(events_["start"]["timestamp"] - events_["submit"]["timestamp"])
+        time.sleep(max(0.0, interval - (time.time() - tick)))
+    return starts, pings
+
+
+def burst(source, target, count):
+    """count delegated jobs submitted at once, with a plain job started
+    every half second meanwhile; then what the plugin holds afterwards."""
+    idle_starts, idle_pings = probe_responsiveness(source, seconds=5)
+    start = time.time()
+    proc = subprocess.Popen(
+        [source_flux(), "submit", f"--cc=1-{count}", "--quiet", "--wait",
+         f"--dependency=delegate:{target.uri}", "true"],
+        env=source.env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    done = threading.Event()
+    threading.Thread(target=lambda: (proc.wait(), done.set()), daemon=True).start()
+    busy_starts, busy_pings = probe_responsiveness(source, until=done.is_set)
+    wall = time.time() - start
+    print(f"burst of {count} delegated jobs: {wall:.1f} s, submit to all clean"
+          f" (exit {proc.returncode})")
+    summary("plain start, idle", idle_starts)
+    summary("plain start, burst", busy_starts)
+    summary("jm ping, idle", idle_pings)
+    summary("jm ping, burst", busy_pings)
+    query = json.loads(source.run("jobtap", "query", "delegate.so").stdout)
+    print(f"  after: jobs held {query['jobs']}, watchers {query['watchers']},"
+          f" connections {len(query['connections'])}, helper threads {query['helper-threads']}")
+
+
+def source_flux():
+    from flux_instance import FLUX
+
+    return FLUX
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--jobs", type=int, default=50)
+    parser.add_argument("--burst", type=int, default=1000)
     args = parser.parse_args()
     n = args.jobs
 
@@ -98,6 +157,8 @@ def main():
         summary("submit to failure", infeasible)
         query = json.loads(source.run("jobtap", "query", "delegate.so").stdout)
         print(f"  connections opened     {len(query['connections'])}")
+        if args.burst:
+            burst(source, target, args.burst)
     finally:
         source.cleanup()
         target.cleanup()

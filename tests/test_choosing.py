@@ -6,6 +6,7 @@ with 1 core and big with 2 cores, so a 2-core job must skip small.
 """
 
 import json
+import time
 
 import pytest
 from conftest import start_instance
@@ -299,6 +300,73 @@ def test_failover_on_remote_alloc_exception(request, fresh_source, spare):
     # It never ran in two places: the stuck target's job never started.
     rid = str(first["jobid"])
     assert "start" not in [e["name"] for e in stuck.eventlog(rid)]
+
+
+def requeue_scenario(request, fresh_source, spare, tmp_path, *submit_args):
+    """A job that starts on its first target, which then raises an alloc
+    exception on it (its allocation failed): (jobid, first delegation).
+    The command exits 4 if it ran before (a marker file), else sleeps."""
+    failing = start_instance(request, name="failing")
+    fresh_source.load_plugin()
+    configure(fresh_source, registry_of(("failing", failing.uri), ("spare", spare.uri)))
+    marker = tmp_path / "ran-before"
+    script = f"test -e {marker} && exit 4; touch {marker}; sleep 300"
+    jobid = fresh_source.submit(
+        "-S", "system.delegate=assign:0", *submit_args, "sh", "-c", script
+    )
+    first = delegated(fresh_source, jobid)
+    assert first["label"] == "failing"
+    rid = str(first["jobid"])
+    failing.wait_event(rid, "start")
+    deadline = time.time() + 30
+    while not marker.exists():
+        assert time.time() < deadline
+        time.sleep(0.05)
+    failing.run("job", "raise", "--type=alloc", "--message=node lost", rid)
+    return jobid, failing, rid
+
+
+def test_a_started_job_is_requeued_on_an_alloc_exception(request, fresh_source, spare, tmp_path):
+    """Requeue semantics, as Slurm requeues on node failure: the remote
+    job's allocation failed while it ran, so it runs again elsewhere; the
+    failover event says it had started."""
+    jobid, failing, rid = requeue_scenario(request, fresh_source, spare, tmp_path)
+    assert fresh_source.status(jobid) == 4  # ran again, on spare
+    events = fresh_source.eventlog(jobid)
+    failover = [e["context"] for e in events if e["name"] == "delegate-failover"]
+    assert len(failover) == 1, events
+    assert failover[0]["label"] == "failing" and failover[0]["next"] == "spare"
+    assert failover[0]["started"] is True
+    assert "alloc exception" in failover[0]["reason"]
+    assert [e["context"]["label"] for e in events if e["name"] == "delegated"] == ["failing", "spare"]
+    failing.wait_event(rid, "clean")  # the first run ended there
+
+
+def test_a_job_may_opt_out_of_requeue(request, fresh_source, spare, tmp_path):
+    jobid, failing, rid = requeue_scenario(
+        request, fresh_source, spare, tmp_path, "-S", "delegate-requeue=false"
+    )
+    fresh_source.wait_event(jobid, "clean", timeout=30)
+    exc = fresh_source.exception(jobid)
+    assert exc["type"] == "DelegationFailure"
+    assert f"failed: alloc exception: node lost" in exc["note"]
+    assert "not requeued: the job opted out (delegate-requeue=false)" in exc["note"]
+    assert "delegate-failover" not in [e["name"] for e in fresh_source.eventlog(jobid)]
+    assert spare.jobs() == [] or all(j["name"] != "sh" for j in spare.jobs())
+
+
+def test_other_exceptions_after_start_end_the_job(request, fresh_source, spare):
+    failing = start_instance(request, name="failing-otherwise")
+    fresh_source.load_plugin()
+    configure(fresh_source, registry_of(("failing", failing.uri), ("spare", spare.uri)))
+    jobid = fresh_source.submit("-S", "system.delegate=assign:0", "sleep", "300")
+    rid = str(delegated(fresh_source, jobid)["jobid"])
+    failing.wait_event(rid, "start")
+    failing.run("job", "raise", "--type=node-failure", "--message=rank 0 lost", rid)
+    fresh_source.wait_event(jobid, "clean", timeout=30)
+    exc = fresh_source.exception(jobid)
+    assert exc["type"] == "DelegationFailure" and "node-failure exception: rank 0 lost" in exc["note"]
+    assert "delegate-failover" not in [e["name"] for e in fresh_source.eventlog(jobid)]
 
 
 def test_failover_when_a_target_rejects(request, fresh_source, spare):
