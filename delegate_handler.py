@@ -1033,6 +1033,10 @@ def harden_bindings():
       with it, and the reactor here is the job-manager's: the instance
       would exit.  The handler's own callbacks are guarded (guard()) so
       that their errors fail the job concerned; this catches the rest.
+    - This thread (the job-manager's) counts as running a reactor, which it
+      always is: the bindings' future.get() would otherwise reset SIGINT's
+      disposition around every call (to make Ctrl-C work in a script), and
+      in the broker signals are the broker's.
     """
     handle_class = flux.core.handle.Flux
     if getattr(handle_class, "delegate_hardened", False):
@@ -1051,6 +1055,7 @@ def harden_bindings():
 
     handle_class.log = safe_log
     handle_class.reactor_stop_error = reactor_stop_error
+    handle_class.reactor_enter()  # never left: see above
     handle_class.delegate_hardened = True
 
 
@@ -1281,7 +1286,12 @@ class RemoteInstance:
                 self.more = None
             extra = 2
             received = self.received()
-            for _ in range(512):
+            # A bounded turn: other events of the job-manager's reactor
+            # (its own jobs' messages) get theirs in between.
+            deadline = time.monotonic() + 0.01
+            for _ in range(64):
+                if time.monotonic() > deadline:
+                    break
                 if self.lost:
                     return
                 if lib.flux_reactor_run(self.reactor, lib.FLUX_REACTOR_NOWAIT) < 0:
@@ -1818,6 +1828,52 @@ class Waiter:
             self.on_error(f"no answer within {self.connections.timeout:g}s")
 
 
+#: Jobs being delegated at once (from the look at their eventlog to the
+#: creation of their remote job): more wait their turn.
+ADMISSION_WINDOW = 32
+
+
+class Admission:
+    """At most ADMISSION_WINDOW jobs being delegated at once.
+
+    Each delegation asks the job-manager, the KVS and the target a few
+    questions; a burst of a thousand jobs asking all at once fills every
+    queue on the way, and a plain local job submitted meanwhile waits
+    behind all of it.  A window a few dozen jobs wide keeps the target
+    busy and the job-manager answering.
+    """
+
+    def __init__(self, limit=ADMISSION_WINDOW):
+        self.limit = limit
+        self.active = set()  # ids of jobs being delegated
+        self.waiting = collections.OrderedDict()  # id -> job, in order
+
+    def admit(self, job):
+        """Whether job may go ahead now; if not, it is called back
+        (check_ready()) when its turn comes."""
+        if job.id in self.active:
+            return True
+        if len(self.active) < self.limit and not self.waiting:
+            self.active.add(job.id)
+            return True
+        self.waiting[job.id] = job
+        return False
+
+    def leave(self, job):
+        """job is no longer being delegated (its remote job exists, it
+        ended, or it waits for other dependencies): let the next in."""
+        self.waiting.pop(job.id, None)
+        if job.id not in self.active:
+            return
+        self.active.discard(job.id)
+        while self.waiting and len(self.active) < self.limit:
+            _, following = self.waiting.popitem(last=False)
+            self.active.add(following.id)
+            guard(following.check_ready, following)()
+            if following.phase == WAITING and not following.checking:
+                self.active.discard(following.id)  # nothing to do now (held)
+
+
 class Runtime:
     """State of one loaded handler: plugin conf, the job-manager's handle,
     connections, the registry and policies, and the jobs it follows."""
@@ -1837,6 +1893,7 @@ class Runtime:
         self.reconnect_interval = self.conf["reconnect-interval"]
         self.reconnect_timeout = self.conf["reconnect-timeout"]
         self.jobs = {}
+        self.admission = Admission()
         self.helpers = Helpers(self)
         self.connections = Connections(self, connect_timeout)
         # Registry: broker config [[delegate]] + the user's registry file.
@@ -1991,6 +2048,10 @@ class Runtime:
                 for uri, remote in self.connections.open.items()
             },
             "helper-threads": self.helpers.threads(),
+            "admission": {
+                "active": len(self.admission.active),
+                "waiting": len(self.admission.waiting),
+            },
             "jobs": phases,
             # Watchers (timers, fds) the handler holds on the job-manager's
             # reactor: back to a few once its jobs are done.
@@ -2175,7 +2236,7 @@ class DelegatedJob:
         # is NEW and cannot take an exception yet, and at plugin load it
         # may have been delegated under a registry that has changed.
         self.doomed = doomed
-        self.phase = WAITING
+        self._phase = WAITING
         self.uri = None
         self.remote = None
         self.candidate = None
@@ -2200,6 +2261,16 @@ class DelegatedJob:
     @property
     def name(self):
         return JobID(self.id).f58
+
+    @property
+    def phase(self):
+        return self._phase
+
+    @phase.setter
+    def phase(self, value):
+        self._phase = value
+        if value in (DELEGATED, RELEASING, ENDED):
+            runtime.admission.leave(self)  # its remote job exists, or never will
 
     @property
     def origin(self):
@@ -2244,6 +2315,8 @@ class DelegatedJob:
         if self.checking:
             self.recheck = True
             return
+        if not runtime.admission.admit(self):
+            return  # its turn comes (Admission)
         self.checking = True
         future = runtime.handle.rpc(
             "job-manager.getattr", {"id": self.id, "attrs": ["eventlog"]}
@@ -2279,9 +2352,11 @@ class DelegatedJob:
             self.fail(self.doomed)
         elif not (outstanding_dependencies(eventlog) - {DEPENDENCY}):
             self.start()
-        elif self.recheck:
-            self.recheck = False
-            self.check_ready()
+        else:
+            runtime.admission.leave(self)  # waits for its other dependencies
+            if self.recheck:
+                self.recheck = False
+                self.check_ready()
 
     # -- choosing a target --------------------------------------------------
 
@@ -2852,6 +2927,7 @@ class DelegatedJob:
     def on_inactive(self, args):
         self.stop_following()
         runtime.jobs.pop(self.id, None)
+        runtime.admission.leave(self)
 
     def on_urgency(self, args):
         """A held job (urgency 0) is not delegated until it is released."""
@@ -3618,6 +3694,11 @@ JOB_CALLBACKS = {
 }
 
 
+#: The job topics wanted for jobs this handler took on (delegate.so passes
+#: no others: a delegated job sees a score of events).
+JOB_TOPICS = tuple(JOB_CALLBACKS)
+
+
 def callback(topic, args, job):
     """Every jobtap callback delegate.so passes on arrives here."""
     if topic == "job.dependency.delegate":
@@ -3643,6 +3724,10 @@ def plugin_load(conf):
     harden_bindings()
     runtime = Runtime(conf)
     runtime.start()
+    # What is loaded now (modules, the bindings) stays: the collector need
+    # not look at it again on every full pass, which would otherwise take
+    # a good part of a second in the middle of a burst.
+    gc.freeze()
 
 
 def plugin_unload():

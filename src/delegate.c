@@ -37,7 +37,76 @@ struct delegate {
     char *handler_path;
     PyObject *handler;      /* the handler module, NULL if it failed   */
     char *load_error;       /* why the handler failed to load, or NULL */
+    char **job_topics;      /* the handler's JOB_TOPICS, NULL: all      */
 };
+
+/* Whether the handler wants 'topic' for the jobs it took on: its
+ * JOB_TOPICS, read at load.  A job sees a score of events (each with its
+ * jobspec converted for Python) and the handler needs a few: the others
+ * never take the GIL.
+ */
+static bool wants_job_topic (struct delegate *d, const char *topic)
+{
+    char **t;
+
+    if (!d->job_topics)
+        return true;
+    for (t = d->job_topics; *t; t++) {
+        if (strcmp (*t, topic) == 0)
+            return true;
+    }
+    return false;
+}
+
+static void job_topics_free (char **topics)
+{
+    char **t;
+
+    if (topics) {
+        for (t = topics; *t; t++)
+            free (*t);
+        free (topics);
+    }
+}
+
+/* The handler's JOB_TOPICS (a sequence of str), or NULL if it has none.
+ * GIL held.  Returns 0, or -1 with a Python exception set.
+ */
+static int job_topics_read (struct delegate *d)
+{
+    PyObject *seq = NULL;
+    PyObject *topics;
+    Py_ssize_t i, n;
+    int rc = -1;
+
+    if (!PyObject_HasAttrString (d->handler, "JOB_TOPICS"))
+        return 0;
+    if (!(topics = PyObject_GetAttrString (d->handler, "JOB_TOPICS"))
+        || !(seq = PySequence_Fast (topics, "JOB_TOPICS must be a sequence")))
+        goto done;
+    n = PySequence_Fast_GET_SIZE (seq);
+    if (!(d->job_topics = calloc (n + 1, sizeof (char *)))) {
+        PyErr_NoMemory ();
+        goto done;
+    }
+    for (i = 0; i < n; i++) {
+        const char *s = PyUnicode_AsUTF8 (PySequence_Fast_GET_ITEM (seq, i));
+        if (!s || !(d->job_topics[i] = strdup (s))) {
+            if (s)
+                PyErr_NoMemory ();
+            goto done;
+        }
+    }
+    rc = 0;
+done:
+    if (rc < 0) {
+        job_topics_free (d->job_topics);
+        d->job_topics = NULL;
+    }
+    Py_XDECREF (seq);
+    Py_XDECREF (topics);
+    return rc;
+}
 
 /* Call handler.callback (topic, args, job) and merge the dict it returns,
  * if any, into the callback's OUT arguments (e.g. "R" in job.state.sched).
@@ -198,6 +267,7 @@ static int job_cb (flux_plugin_t *p,
     PyObject *job;
 
     if (!d->handler
+        || !wants_job_topic (d, topic)
         || !(job = flux_jobtap_job_aux_get (p,
                                             FLUX_JOBTAP_CURRENT_JOB,
                                             DELEGATE_JOB_AUX)))
@@ -292,6 +362,10 @@ static void handler_start (struct delegate *d)
     }
     Py_DECREF (result);
     Py_DECREF (pyconf);
+    if (job_topics_read (d) < 0) {
+        handler_failed (d, "JOB_TOPICS is not a sequence of topics");
+        return;
+    }
     flux_log (d->h, LOG_INFO, "delegate: handler %s loaded", d->handler_path);
 }
 
@@ -321,6 +395,7 @@ static void delegate_destroy (void *arg)
     }
     free (d->handler_path);
     free (d->load_error);
+    job_topics_free (d->job_topics);
     free (d);
 }
 

@@ -14,6 +14,7 @@ DELEGATE_HANDLER as for the tests).
 
 import argparse
 import json
+import os
 import re
 import statistics
 import subprocess
@@ -72,9 +73,18 @@ def probe_responsiveness(source, seconds=None, until=None, interval=0.5):
     return starts, pings
 
 
+def broker_resources(instance):
+    """(threads, open fds, RSS in MiB) of an instance's broker process."""
+    pid = int(instance.run("getattr", "broker.pid").stdout)
+    with open(f"/proc/{pid}/status") as fp:
+        rss = next(int(line.split()[1]) for line in fp if line.startswith("VmRSS:"))
+    return len(os.listdir(f"/proc/{pid}/task")), len(os.listdir(f"/proc/{pid}/fd")), rss / 1024
+
+
 def burst(source, target, count):
     """count delegated jobs submitted at once, with a plain job started
     every half second meanwhile; then what the plugin holds afterwards."""
+    before = broker_resources(source)
     idle_starts, idle_pings = probe_responsiveness(source, seconds=5)
     start = time.time()
     proc = subprocess.Popen(
@@ -93,8 +103,12 @@ def burst(source, target, count):
     summary("jm ping, idle", idle_pings)
     summary("jm ping, burst", busy_pings)
     query = json.loads(source.run("jobtap", "query", "delegate.so").stdout)
+    after = broker_resources(source)
     print(f"  after: jobs held {query['jobs']}, watchers {query['watchers']},"
-          f" connections {len(query['connections'])}, helper threads {query['helper-threads']}")
+          f" connections {len(query['connections'])}, helper threads {query['helper-threads']},"
+          f" admission {query['admission']}")
+    print(f"  broker threads {before[0]} -> {after[0]}, fds {before[1]} -> {after[1]},"
+          f" RSS {before[2]:.0f} -> {after[2]:.0f} MiB")
 
 
 def source_flux():

@@ -286,3 +286,37 @@ def test_a_dropped_target_leaves_no_tracebacks_on_the_broker_stderr(request, fre
     assert answers(fresh_source)
     log = fresh_source.broker_log()
     assert "Exception ignored" not in log and "BrokenPipeError" not in log, log
+
+
+def test_the_job_manager_thread_leaves_signal_dispositions_alone(request, fresh_source, tmp_path):
+    """The broker owns signals: delegating jobs makes no sigaction(2) call
+    on the job-manager's thread (flux's future.get() resets SIGINT around
+    every call in a script's main thread, which the job-manager's thread
+    is to the embedded interpreter)."""
+    import shutil
+    import subprocess
+
+    strace = shutil.which("strace")
+    if not strace:
+        pytest.skip("strace is not installed")
+    target = start_instance(request, name="signals-target")
+    fresh_source.load_plugin()
+    pid = broker_pid(fresh_source)
+    jm = [t for t in os.listdir(f"/proc/{pid}/task")
+          if open(f"/proc/{pid}/task/{t}/comm").read().strip() == "job-manager"][0]
+    log = str(tmp_path / "job-manager.strace")
+    trace = subprocess.Popen(
+        [strace, "-p", jm, "-e", "trace=rt_sigaction", "-o", log],
+        stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        time.sleep(1)  # attached
+        for _ in range(3):
+            jobid = fresh_source.submit(f"--dependency=delegate:{target.uri}", "true")
+            assert fresh_source.status(jobid) == 0
+    finally:
+        trace.terminate()
+        trace.wait()
+    with open(log) as fp:
+        calls = [line for line in fp if "rt_sigaction" in line]
+    assert calls == []
