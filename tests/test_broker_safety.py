@@ -54,6 +54,15 @@ def answers(instance):
     return instance.status(instance.submit("true"), timeout=20) == 0
 
 
+def load_with_registry(instance, tmp_path, uris, *conf):
+    """Load the plugin with a user registry of uris (labels t0, t1, ...)."""
+    registry = tmp_path / "registry.yaml"
+    registry.write_text(
+        "delegate:\n" + "".join(f"  - uri: {uri}\n    label: t{i}\n" for i, uri in enumerate(uris))
+    )
+    instance.load_plugin(None, f"registry={registry}", *conf)
+
+
 def query(instance):
     return json.loads(instance.run("jobtap", "query", "delegate.so").stdout)
 
@@ -90,12 +99,8 @@ def test_a_registry_that_is_no_small_regular_file_is_refused(fresh_source, tmp_p
 
 
 def test_thousands_of_unreachable_targets_use_few_threads(fresh_source, tmp_path):
-    registry = tmp_path / "registry.yaml"
-    registry.write_text(
-        "delegate:\n"
-        + "".join(f"  - uri: local:///nonexistent/{i}/local-0\n    label: t{i}\n" for i in range(2000))
-    )
-    fresh_source.load_plugin(None, f"registry={registry}", "connect-timeout=3")
+    uris = [f"local:///nonexistent/{i}/local-0" for i in range(2000)]
+    load_with_registry(fresh_source, tmp_path, uris, "connect-timeout=3")
     pid = broker_pid(fresh_source)
     before = thread_count(pid)
     sampler = ThreadSampler(pid)
@@ -174,12 +179,8 @@ def test_more_silent_targets_than_helpers_wait_their_turn(fresh_source, tmp_path
     free before the job gave up were never started, and say so."""
     servers = [silent_server(str(tmp_path / f"silent{i}")) for i in range(20)]
     try:
-        registry = tmp_path / "registry.yaml"
-        registry.write_text(
-            "delegate:\n"
-            + "".join(f"  - uri: local://{tmp_path}/silent{i}\n    label: s{i}\n" for i in range(20))
-        )
-        fresh_source.load_plugin(None, f"registry={registry}", "connect-timeout=2")
+        uris = [f"local://{tmp_path}/silent{i}" for i in range(20)]
+        load_with_registry(fresh_source, tmp_path, uris, "connect-timeout=2")
         pid = broker_pid(fresh_source)
         before = thread_count(pid)
         sampler = ThreadSampler(pid)
