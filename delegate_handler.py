@@ -67,6 +67,7 @@ import syslog
 import termios
 import threading
 import time
+import urllib.parse
 import weakref
 
 try:
@@ -321,14 +322,17 @@ def check_local_or_ssh(value):
     flux's connectors take the scheme as it is written, in lower case."""
     if not value.startswith(("local://", "ssh://")):
         raise ValueError(f"not a local:// or ssh:// URI: {shown(value)}")
+    scheme = value.partition(":")[0]
     try:
-        uri = flux.uri.JobURI(value)
+        # flux's parser; the standard one where the bindings are missing
+        # (unit tests without flux-core): the same for these two schemes.
+        uri = flux.uri.JobURI(value) if flux is not None else urllib.parse.urlparse(value)
         host, path = uri.netloc, uri.path
     except Exception:  # pylint: disable=broad-except
         raise ValueError(f"not a URI: {shown(value)}")
-    if uri.scheme == "ssh" and not host:
+    if scheme == "ssh" and not host:
         raise ValueError(f"the URI names no host: {shown(value)}")
-    if uri.scheme == "local" and host:
+    if scheme == "local" and host:
         raise ValueError(f"a local:// URI names no host (local:///path): {shown(value)}")
     if not path or path == "/":
         raise ValueError(f"the URI names no socket path: {shown(value)}")
@@ -904,6 +908,7 @@ class RemoteOutcome:
     def __init__(self):
         self.exception = None  # context of the first fatal exception
         self.wait_status = None  # from "finish"
+        self.allocated = False  # "alloc": its shells may be starting
         self.started = False
         self.ended = False  # "clean" seen: nothing more will happen
 
@@ -912,6 +917,8 @@ class RemoteOutcome:
         if name == "exception":
             if context.get("severity", 0) == 0 and self.exception is None:
                 self.exception = context
+        elif name == "alloc":
+            self.allocated = True
         elif name == "start":
             self.started = True
         elif name == "finish":
@@ -939,7 +946,7 @@ def check_identity(remote, remote_id, origin, on_verdict, job=None):
 
     def on_jobspec(future):
         try:
-            jobspec = future.get_decode()["jobspec"]
+            jobspec = answer_of(lambda: future.get_decode()["jobspec"])
         except OSError as exc:
             if exc.errno == errno.ENOENT:
                 on_verdict("gone", exc.strerror or str(exc))
@@ -1244,6 +1251,21 @@ class RemoteInstance:
             head.send_now()
         self.stop_waiting_for_room()
 
+    def cancel_watch(self, future):
+        """Stop a watch made on this connection: its cancel request is
+        sent only if the socket has room for it now (flux sends it itself,
+        outside request(), and would wait for room); otherwise, or on a
+        lost connection, the watch is dropped without one (the target
+        ends it when the connection goes, or the job's eventlog does)."""
+        if not self.lost and self.fits(1024):
+            try:
+                future.cancel(stop=True)
+                return
+            except OSError:
+                pass
+        future.needs_cancel = False
+        future.stop()
+
     def wait_for_room(self):
         if self.socket is None or self.writable is not None:
             return  # answers coming back call flush() (release())
@@ -1544,6 +1566,7 @@ class Helpers:
                 continue
             with self.lock:
                 self.running.add(task)
+            task.launched = True  # no withdrawing it from now on
             thread = threading.Thread(target=task.run, name=f"delegate-{task.name}")
             thread.daemon = True
             thread.start()
@@ -1596,6 +1619,7 @@ class HelperTask:
         self.work = work
         self.on_done = on_done
         self.withdrawn = False
+        self.launched = False  # a thread was started for it
         self.tid = None  # the thread's, once it runs
         self.given_up = False
         self.interrupt = None  # stops what the work waits on (give_up())
@@ -1603,7 +1627,7 @@ class HelperTask:
 
     @property
     def started(self):
-        return self.tid is not None
+        return self.launched
 
     def withdraw(self):
         """Drop the task if no thread has started it; True if dropped."""
@@ -1638,21 +1662,20 @@ class HelperTask:
         work's wait (called at once if it was given up already)."""
         with self.lock:
             self.interrupt = interrupt
-            if not self.given_up:
+            if not self.given_up or interrupt is None:
                 return
         interrupt()
 
     def give_up(self):
         """No one waits for the result any more: stop the work's wait and
         end the processes it started, so that the thread ends."""
-        with self.lock:
-            self.given_up = True
-            interrupt = self.interrupt
-        if interrupt is not None:
-            try:
-                interrupt()
-            except OSError:
-                pass
+        with self.lock:  # held while interrupting: the work may not close
+            self.given_up = True  # what the interrupt acts on meanwhile
+            if self.interrupt is not None:
+                try:
+                    self.interrupt()
+                except OSError:
+                    pass
         self.end_children()
 
     def end_children(self):
@@ -1698,6 +1721,7 @@ def open_connection(uri, timeout, task):
                 raise
             # flux_open() says what is wrong, in flux's words
         finally:
+            task.on_give_up(None)  # not the probe's fd once it is closed
             probe.close()
     return flux.Flux(uri)
 
@@ -2145,7 +2169,7 @@ class Submission:
             self.answered = True
             self.timer.cancel()
             try:
-                remote_id = future.get_id()
+                remote_id = answer_of(future.get_id)
             except OSError as exc:
                 if not self.owner.unloaded:
                     sent = getattr(future, "sent", True)
@@ -2186,6 +2210,18 @@ class Submission:
             answered,
             guarded=False,
         )
+
+
+def answer_of(get):
+    """get(): the value of a future, with any failure to read the answer
+    (an error string that is not UTF-8, a malformed payload) as an OSError
+    (EPROTO), so that it is handled as an error answer, not lost."""
+    try:
+        return get()
+    except OSError:
+        raise
+    except Exception as exc:  # pylint: disable=broad-except
+        raise OSError(errno.EPROTO, f"unreadable answer: {type(exc).__name__}: {shown(str(exc))}")
 
 
 def submit_on_own_connection(uri, spec):
@@ -2257,6 +2293,7 @@ class DelegatedJob:
         # the id may belong to a stranger (a target replaced at its URI
         # numbers its jobs from the same start), so it is checked first.
         self.verified = None
+        self.identity_check = None  # the one whose answer counts
 
     @property
     def name(self):
@@ -2269,8 +2306,10 @@ class DelegatedJob:
     @phase.setter
     def phase(self, value):
         self._phase = value
-        if value in (DELEGATED, RELEASING, ENDED):
-            runtime.admission.leave(self)  # its remote job exists, or never will
+        if value in (DELEGATED, RELEASING, ENDED, RECOVERING):
+            # Its remote job exists, or never will; or it waits (Recovery)
+            # for a target that may take minutes to answer.
+            runtime.admission.leave(self)
 
     @property
     def origin(self):
@@ -2297,7 +2336,9 @@ class DelegatedJob:
         ):
             # Whatever went wrong, the remote job must not run on alone.
             self.cancel_remote(f"delegation failed: {what}")
-        what = str(what).replace("\0", "\\0")  # remote text may hold NULs
+        # Remote text may hold NULs or lone surrogates (a JSON escape).
+        what = str(what).replace("\0", "\\0")
+        what = what.encode("utf-8", "backslashreplace").decode("utf-8")
         log(syslog.LOG_ERR, f"{self.name}: {what}")
         jobtap.raise_exception(self.id, EXCEPTION_TYPE, 0, f"delegate: {what}")
 
@@ -2661,11 +2702,8 @@ class DelegatedJob:
             self.remote.listeners.discard(self)
         if watch is None or watch.withdraw():  # not sent yet: dropped
             return
-        if not (self.remote and self.remote.lost):
-            try:
-                watch.future.cancel(stop=True)
-            except OSError:
-                pass
+        if self.remote is not None:
+            self.remote.cancel_watch(watch.future)
 
     def connection_lost(self, remote, reason):
         """The remote job cannot be followed for now (target restarting,
@@ -2715,20 +2753,28 @@ class DelegatedJob:
             runtime.submit_timeout,
             guard(lambda: self.identity_unanswered(remote), self),
         )
+        check = self.identity_check = object()
         check_identity(
             remote, self.remote_id, self.origin,
-            lambda verdict, why: self.on_identity(remote, verdict, why), job=self,
+            lambda verdict, why: self.on_identity(remote, verdict, why, check), job=self,
         )
 
     def identity_unanswered(self, remote):
         if self.phase == DELEGATED and self.remote is remote and self.verified is not remote:
+            self.identity_check = None  # a late answer no longer counts
             self.connection_lost(
                 remote, f"it did not answer within {runtime.submit_timeout:g}s"
             )
 
-    def on_identity(self, remote, verdict, why):
-        if self.phase != DELEGATED or self.remote is not remote or remote.lost:
+    def on_identity(self, remote, verdict, why, check):
+        if (
+            self.phase != DELEGATED
+            or self.remote is not remote
+            or remote.lost
+            or check is not self.identity_check
+        ):
             return  # superseded, or connection_lost() takes it from here
+        self.identity_check = None
         self.stop_watch_timer()
         where = f"remote job {self.remote_id.f58} on {self.uri}"
         if verdict == "same":
@@ -2796,7 +2842,7 @@ class DelegatedJob:
             self.conclude()
             return
         self.outcome.update(event.name, event.context)
-        if self.requeue() and not self.outcome.started:
+        if self.requeue() and not self.outcome.allocated:
             # The target cannot allocate: the remote job will never start,
             # so another target may take the job at once.
             self.stop_following()
@@ -2812,14 +2858,14 @@ class DelegatedJob:
         """Whether the remote job's end calls for running the job elsewhere:
         its allocation failed (an alloc exception: the target could not
         allocate it, or lost what it had allocated), another candidate is
-        left, and, if it had started, the job did not opt out with
-        -S delegate-requeue=false.  As Slurm requeues a job on node
-        failure; other exceptions (a cancel, a timeout, the job's own
-        failure) end the job."""
+        left, and, if it had been allocated (it may have started), the job
+        did not opt out with -S delegate-requeue=false.  As Slurm requeues
+        a job on node failure; other exceptions (a cancel, a timeout, the
+        job's own failure) end the job."""
         exception = self.outcome.exception
         if exception is None or exception.get("type") != "alloc" or not self.attempts:
             return False
-        return not self.outcome.started or requeue_allowed(self.jobspec)
+        return not self.outcome.allocated or requeue_allowed(self.jobspec)
 
     def conclude(self):
         """The remote job has ended: end the local one the same way."""
@@ -2828,17 +2874,18 @@ class DelegatedJob:
         self.stop_following()
         exception = self.outcome.exception
         if self.requeue():
-            # It ran, and has ended there: only now may it run elsewhere.
+            # It may have run, and has ended there: only now may it run
+            # elsewhere.
             self.phase = SUBMITTING
             self.failover(
                 describe_remote_exception(self.remote_id.f58, self.uri, exception),
-                started=True,
+                started=self.outcome.started,
             )
         elif exception is not None:
             note = describe_remote_exception(self.remote_id.f58, self.uri, exception)
             if (
                 exception.get("type") == "alloc"
-                and self.outcome.started
+                and self.outcome.allocated
                 and self.attempts
                 and not requeue_allowed(self.jobspec)
             ):
@@ -3062,11 +3109,8 @@ class RemoteCancel:
             self.done = True
             if self.remote is not None:
                 self.remote.listeners.discard(self)
-            if event is not None:
-                try:
-                    future.cancel(stop=True)
-                except OSError:
-                    pass
+            if event is not None and self.remote is not None:
+                self.remote.cancel_watch(future)
 
 
 class Recovery:
@@ -3722,12 +3766,13 @@ def plugin_load(conf):
 
     jobtap = delegate_jobtap
     harden_bindings()
-    runtime = Runtime(conf)
-    runtime.start()
     # What is loaded now (modules, the bindings) stays: the collector need
     # not look at it again on every full pass, which would otherwise take
-    # a good part of a second in the middle of a burst.
+    # a good part of a second in the middle of a burst.  The runtime is
+    # made after, so that it can be collected once unloaded.
     gc.freeze()
+    runtime = Runtime(conf)
+    runtime.start()
 
 
 def plugin_unload():
@@ -3736,4 +3781,5 @@ def plugin_unload():
     # What this handler let go (jobs, futures, watchers refer to each other
     # in cycles) goes now, while the job-manager is not busy, rather than
     # at some later allocation in the middle of a callback.
+    gc.unfreeze()
     gc.collect()
