@@ -971,10 +971,17 @@ def check_identity(remote, remote_id, origin, on_verdict, job=None):
     )
 
 
+def brief(text, limit=300):
+    """Text from a target (an error string, an exception note) as it goes
+    into an event or a note: as it is, at most limit characters."""
+    text = str(text)
+    return text if len(text) <= limit else text[:limit] + f"...({len(text)} characters)"
+
+
 def describe_remote_exception(remote_id, uri, exception):
     """Note of the local DelegationFailure for a remote job exception."""
-    kind = exception.get("type", "unknown")
-    note = exception.get("note") or ""
+    kind = brief(exception.get("type", "unknown"), 64)
+    note = brief(exception.get("note") or "")
     where = f"remote job {remote_id} on {uri}"
     if kind == "cancel":
         return f"{where} was canceled" + (f": {note}" if note else "")
@@ -1761,20 +1768,31 @@ class Connections:
         self.waiters.setdefault(uri, []).append(waiter)
         if uri not in self.opening:
             timeout = self.timeout
-            self.opening[uri] = self.runtime.helpers.start(
+            attempt = []
+            attempt.append(self.runtime.helpers.start(
                 "connect",
                 lambda task: open_connection(uri, timeout, task),
-                lambda result: self.on_result(uri, result),
-            )
+                lambda result: self.on_result(uri, result, attempt[0]),
+            ))
+            self.opening[uri] = attempt[0]
 
-    def on_result(self, uri, result):
-        self.opening.pop(uri, None)
-        waiters = self.waiters.pop(uri, [])
+    def on_result(self, uri, result, attempt):
+        current = self.opening.get(uri) is attempt
+        if current:
+            del self.opening[uri]
         if isinstance(result, BaseException):
             message = getattr(result, "strerror", None) or str(result)
             self.runtime.log(syslog.LOG_INFO, f"cannot connect to {uri}: {message}")
+            if current:  # an attempt given up on answers no one
+                for waiter in self.waiters.pop(uri, []):
+                    waiter.finish(None, message)
+            return
+        waiters = self.waiters.pop(uri, [])
+        if uri in self.open:
+            # Two attempts both got through (one was given up on): keep
+            # the connection in use; this handle closes when collected.
             for waiter in waiters:
-                waiter.finish(None, message)
+                waiter.finish(self.open[uri], None)
             return
         try:
             remote = RemoteInstance(uri, result, self.runtime)
@@ -1799,12 +1817,11 @@ class Connections:
         if waiters:
             return
         self.waiters.pop(waiter.uri, None)
-        attempt = self.opening.get(waiter.uri)
-        if attempt is not None:
-            if attempt.withdraw():
-                del self.opening[waiter.uri]
-            else:
-                attempt.give_up()
+        attempt = self.opening.pop(waiter.uri, None)
+        if attempt is not None and not attempt.withdraw():
+            # The next job for this target starts a new attempt instead of
+            # joining one that is being ended.
+            attempt.give_up()
 
     def forget(self, remote, reason):
         if self.open.get(remote.uri) is remote:
@@ -3425,7 +3442,7 @@ class Preflight:
                 c.reason = "no feasibility service"
             else:
                 c.verdict = "infeasible"
-                c.reason = error.strerror or str(error)
+                c.reason = brief(error.strerror or str(error))
         elif name == "pending" and error is None:
             states = result.get("job_states", {})
             c.pending = sum(int(states.get(k, 0)) for k in ("depend", "priority", "sched"))
