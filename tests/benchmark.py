@@ -109,6 +109,18 @@ def burst(source, target, count):
           f" admission {query['admission']}")
     print(f"  broker threads {before[0]} -> {after[0]}, fds {before[1]} -> {after[1]},"
           f" RSS {before[2]:.0f} -> {after[2]:.0f} MiB")
+    # flux's own floor: the same probes while count plain jobs, held
+    # (urgency 0) so that they take no resources, are submitted at once.
+    proc = subprocess.Popen(
+        [source_flux(), "submit", f"--cc=1-{count}", "--quiet", "--urgency=0", "true"],
+        env=source.env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    floor_starts, floor_pings = probe_responsiveness(source, seconds=8)
+    proc.wait()
+    source.run("cancel", "--all", "--states=pending", check=False, timeout=120)
+    print(f"flux alone, {count} held plain jobs submitted at once (the floor):")
+    summary("plain start", floor_starts)
+    summary("jm ping", floor_pings)
 
 
 def source_flux():
