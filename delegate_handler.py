@@ -1441,7 +1441,7 @@ class FailedRequest:
     def get(self):
         raise self.error
 
-    get_id = get_event = get
+    get_id = get_event = get_jobinfo = get
 
     def cancel(self, stop=False):
         pass
@@ -3564,16 +3564,45 @@ class JobidResolution:
         self.on_uri = on_uri
         self.on_error = on_error
         self.hostname = None
+        self.timer = None
 
     def step(self, handle):
         jobid = self.jobids[0]
         future = flux.job.job_list_id(handle, jobid, attrs=["state", "annotations"])
         then(future, self.on_job, job=self.job)
 
+    def step_into(self, remote):
+        """The next job of the path, inside the instance reached: asked as
+        any request to a target is (it may stop reading, or go away), and
+        given up after submit-timeout."""
+        jobid = self.jobids[0]
+        self.timer = Timer(
+            runtime.submit_timeout, guard(lambda: self.unanswered(jobid), self.job)
+        )
+        remote.request(
+            1024,
+            lambda h: flux.job.job_list_id(h, jobid, attrs=["state", "annotations"]),
+            self.on_job,
+            job=self.job,
+        )
+
+    def unanswered(self, jobid):
+        self.timer = None
+        self.jobids = []  # a late answer is ignored
+        self.on_error(
+            f"cannot use {self.value}: {self.resolved} did not answer about job"
+            f" {jobid.f58} within {runtime.submit_timeout:g}s"
+        )
+
     def on_job(self, future):
+        if not self.jobids:
+            return  # given up on (unanswered())
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
         jobid = self.jobids.pop(0)
         try:
-            info = future.get_jobinfo()
+            info = answer_of(future.get_jobinfo)
         except OSError as exc:
             if exc.errno == errno.ENOENT:
                 self.on_error(f"cannot use {self.value}: job {jobid.f58} not found")
@@ -3609,9 +3638,6 @@ class JobidResolution:
         # A job inside that instance: look it up there.
         self.resolved = resolved
         runtime.connections.get(resolved, self.step_into, self.connect_failed, job=self.job)
-
-    def step_into(self, remote):
-        self.step(remote.handle)  # a small request: job-list.list-id
 
     def connect_failed(self, message):
         self.on_error(f"cannot use {self.value}: cannot connect to {self.resolved}: {message}")

@@ -205,6 +205,37 @@ def test_broker_pid_as_target(source, target):
     assert source.status(jobid) == 2
 
 
+def test_job_id_path_into_a_grandchild_instance(source, tmp_path):
+    """ƒA/ƒB: job B of the instance that job A of the source runs (the
+    lookup of B goes to A's instance, as a request to a target)."""
+    child = source.run(
+        "batch", "-n1", f"--output={tmp_path}/child.out", "--wrap", "sleep", "300"
+    ).stdout.strip()
+    try:
+        source.wait_memo(child, "uri", timeout=60)
+        child_uri = source.run("uri", "--local", child).stdout.strip()
+        inner = FluxClient(child_uri)
+        grandchild = inner.run(
+            "batch", "-n1", f"--output={tmp_path}/grandchild.out", "--wrap", "sleep", "300"
+        ).stdout.strip()
+        inner.wait_memo(grandchild, "uri", timeout=60)
+        jobid = source.submit(
+            f"--dependency=delegate:{child}/{grandchild}", "--job-name=in-grandchild",
+            "sh", "-c", "exit 3",
+        )
+        assert source.status(jobid) == 3
+        grandchild_uri = inner.run("uri", "--local", grandchild).stdout.strip()
+        assert delegated(source, jobid)["uri"] == grandchild_uri
+        names = FluxClient(grandchild_uri).run("jobs", "-a", "-n", "-o", "{name}")
+        assert names.stdout.split() == ["in-grandchild"]
+        # A job id that is not there, one level down: said so, with the path.
+        missing = source.submit(f"--dependency=delegate:{child}/ƒ2222222", "true")
+        source.wait_event(missing, "clean", timeout=60)
+        assert "job ƒ2222222 not found" in source.exception(missing)["note"]
+    finally:
+        source.run("cancel", child, check=False)
+
+
 def test_child_instance_job_id_as_target(source, tmp_path):
     # A sub-instance of the source (flux batch), named by its job id: the
     # handler resolves it from job-list's "uri" annotation of the job.
