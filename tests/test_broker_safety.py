@@ -25,14 +25,26 @@ def thread_count(pid):
 
 
 class ThreadSampler:
-    """The largest thread count of a process, sampled every 20 ms."""
+    """The thread count of a process before a block (before) and the
+    largest during it (peak), sampled every 20 ms:
+
+        with ThreadSampler(pid) as threads:
+            ...
+        assert threads.peak - threads.before <= N
+    """
 
     def __init__(self, pid):
         self.pid = pid
-        self.peak = thread_count(pid)
+        self.before = self.peak = thread_count(pid)
         self.running = True
         self.thread = threading.Thread(target=self.sample, daemon=True)
         self.thread.start()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
 
     def sample(self):
         while self.running:
@@ -102,13 +114,10 @@ def test_thousands_of_unreachable_targets_use_few_threads(fresh_source, tmp_path
     uris = [f"local:///nonexistent/{i}/local-0" for i in range(2000)]
     load_with_registry(fresh_source, tmp_path, uris, "connect-timeout=3")
     pid = broker_pid(fresh_source)
-    before = thread_count(pid)
-    sampler = ThreadSampler(pid)
-    try:
+    with ThreadSampler(pid) as threads:
         jobid = fresh_source.submit("--dependency=delegate", "true")
         fresh_source.wait_event(jobid, "clean", timeout=60)
-    finally:
-        peak = sampler.stop()
+    before, peak = threads.before, threads.peak
     note = fresh_source.exception(jobid)["note"]
     assert note.startswith("delegate: no target can run this job: t0 (local:///nonexistent/0/")
     assert peak - before <= 8, (before, peak)
@@ -143,16 +152,13 @@ def test_a_target_that_never_answers_the_handshake_costs_one_thread(fresh_source
     try:
         fresh_source.load_plugin(None, "connect-timeout=2")
         pid = broker_pid(fresh_source)
-        before = thread_count(pid)
-        sampler = ThreadSampler(pid)
-        try:
+        with ThreadSampler(pid) as threads:
             jobs = [fresh_source.submit(f"--dependency=delegate:local://{path}", "true") for _ in range(20)]
             notes = []
             for jobid in jobs:
                 fresh_source.wait_event(jobid, "clean", timeout=30)
                 notes.append(fresh_source.exception(jobid)["note"])
-        finally:
-            peak = sampler.stop()
+        before, peak = threads.before, threads.peak
         # Each job waits 2s; an attempt that later jobs kept waiting for
         # gives up by itself after 4s.
         expected = (": no answer within 2s", ": the broker accepted, but did not answer within 4s")
@@ -182,14 +188,11 @@ def test_more_silent_targets_than_helpers_wait_their_turn(fresh_source, tmp_path
         uris = [f"local://{tmp_path}/silent{i}" for i in range(20)]
         load_with_registry(fresh_source, tmp_path, uris, "connect-timeout=2")
         pid = broker_pid(fresh_source)
-        before = thread_count(pid)
-        sampler = ThreadSampler(pid)
-        try:
+        with ThreadSampler(pid) as threads:
             jobid = fresh_source.submit("--dependency=delegate:random", "true")
             candidates = fresh_source.wait_event(jobid, "delegate-choice", timeout=30)["context"]["candidates"]
             fresh_source.wait_event(jobid, "clean", timeout=30)
-        finally:
-            peak = sampler.stop()
+        before, peak = threads.before, threads.peak
         assert peak - before <= 8, (before, peak)
         reasons = sorted(c["reason"] for c in candidates)
         assert all(c["verdict"] == "unreachable" for c in candidates), candidates
