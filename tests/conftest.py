@@ -13,7 +13,10 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from flux_instance import HANDLER, PLUGIN, FluxInstance  # noqa: E402
+from flux_instance import HANDLER, PLUGIN, PYTHONPATH, FluxInstance  # noqa: E402
+
+# The package under test, before any installed copy.
+sys.path.insert(0, PYTHONPATH)
 
 
 def integration_unavailable():

@@ -23,7 +23,7 @@ echo "   target URI: $target"
 
 cat > "$work/source.sh" <<SCRIPT
 set -e
-flux jobtap load "$plugin" ${handler:+handler="$handler"}
+flux jobtap load "$plugin" ${handler:+handler="$handler"} ${DELEGATE_PYTHONPATH:+pythonpath="$DELEGATE_PYTHONPATH"}
 echo "== in the source instance:"
 echo "   flux submit --dependency=delegate:$target sh -c 'hostname; exit 3'"
 id=\$(flux submit --dependency=delegate:$target sh -c 'hostname; exit 3')

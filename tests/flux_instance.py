@@ -20,6 +20,17 @@ FLUX = os.environ.get("FLUX", shutil.which("flux") or "flux")
 #: The delegate.so and handler under test (set by 'make check').
 PLUGIN = os.environ.get("DELEGATE_PLUGIN", "")
 HANDLER = os.environ.get("DELEGATE_HANDLER", "")
+#: The flux_delegate package under test: the source tree's, never a copy
+#: installed earlier.
+PYTHONPATH = os.environ.get("DELEGATE_PYTHONPATH") or os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), "..", "src", "python"
+)
+
+
+def plugin_conf_toml(**extra):
+    """The conf table of [job-manager] plugins for the plugin under test."""
+    conf = dict(handler=HANDLER, pythonpath=PYTHONPATH, **extra)
+    return "{ " + ", ".join(f"{k} = {json.dumps(v)}" for k, v in conf.items()) + " }"
 
 
 class CommandError(AssertionError):
@@ -231,6 +242,8 @@ class FluxInstance(FluxClient):
 
     def load_plugin(self, handler=None, *conf):
         handler = handler or HANDLER
+        if not any(c.startswith("pythonpath=") for c in conf):
+            conf += (f"pythonpath={PYTHONPATH}",)
         return self.run("jobtap", "load", PLUGIN, f"handler={handler}", *conf)
 
     def remove_plugin(self):

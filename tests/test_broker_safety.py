@@ -241,12 +241,12 @@ def test_an_exception_in_a_site_callback_does_not_stop_the_job_manager(request, 
     target = start_instance(request, name="site-callback-target")
     policy = tmp_path / "noisy_policy.py"
     policy.write_text(
-        "import delegate_handler\n"
+        "from flux_delegate.jobmanager import current\n"
         "keep = []\n"
         "def boom(*args):\n"
         "    raise ZeroDivisionError('site timer %n%n%n%n')\n"
         "def first(job, candidates):\n"
-        "    watcher = delegate_handler.runtime.handle.timer_watcher_create(0.01, boom)\n"
+        "    watcher = current.runtime.handle.timer_watcher_create(0.01, boom)\n"
         "    watcher.start()\n"
         "    keep.append(watcher)\n"
         "    return candidates\n"

@@ -1,34 +1,53 @@
 """The handler file: override, reload without a broker restart, failures.
 
-Variants of the real handler are made by replacing one line of it; the
-replaced text must be there, so these tests fail loudly if it changes.
+Variants of the handler are site handler files built on the package, as a
+site writes them (see delegate_handler.py): they replace one piece and
+leave the rest to flux_delegate.
 """
 
 import json
+import shutil
 
 import pytest
-from flux_instance import HANDLER, PLUGIN
+from flux_instance import HANDLER, PLUGIN, PYTHONPATH
 
 pytestmark = pytest.mark.integration
 
-DELEGATED_CONTEXT = '{"jobid": int(self.remote_id), "uri": self.uri}'
+SITE_HANDLER = """\
+from flux_delegate import jobspec
+from flux_delegate.jobmanager import entry
+from flux_delegate.jobmanager.entry import JOB_TOPICS, callback, plugin_unload
 
 
-def handler_variant(path, old, new):
-    with open(HANDLER) as fp:
-        text = fp.read()
-    assert old in text, f"handler no longer contains {old!r}"
-    path.write_text(text.replace(old, new))
+def remote_jobspec(spec, environment=None, origin=None):
+{body}
+
+
+def plugin_load(conf):
+    entry.plugin_load(conf, remote_jobspec=remote_jobspec)
+"""
+
+
+def site_handler(path, body):
+    """A site handler file whose remote_jobspec runs body (indented)."""
+    path.write_text(SITE_HANDLER.format(body=body))
     return str(path)
 
 
 def marked(path, marker):
-    """A handler that adds "marker" to the delegated event's context."""
-    return handler_variant(
+    """A handler that marks every remote job (attributes.system.marker)."""
+    return site_handler(
         path,
-        DELEGATED_CONTEXT,
-        DELEGATED_CONTEXT[:-1] + f', "marker": "{marker}"' + "}",
+        "    remote = jobspec.remote_jobspec(spec, environment, origin)\n"
+        f"    remote['attributes']['system']['marker'] = {marker!r}\n"
+        "    return remote",
     )
+
+
+def remote_marker(source, target, jobid):
+    rid = str(source.wait_event(jobid, "delegated")["context"]["jobid"])
+    spec = json.loads(target.run("job", "info", rid, "jobspec").stdout)
+    return spec["attributes"]["system"].get("marker")
 
 
 def test_handler_override_and_reload(fresh_source, target, tmp_path):
@@ -36,7 +55,7 @@ def test_handler_override_and_reload(fresh_source, target, tmp_path):
     path = marked(tmp_path / "site_handler.py", "first")
     source.load_plugin(path)
     jobid = source.submit(f"--dependency=delegate:{target.uri}", "true")
-    assert source.wait_event(jobid, "delegated")["context"]["marker"] == "first"
+    assert remote_marker(source, target, jobid) == "first"
     assert source.status(jobid) == 0
 
     # Edit the file, remove + load: the new code runs, no broker restart.
@@ -44,9 +63,42 @@ def test_handler_override_and_reload(fresh_source, target, tmp_path):
     source.remove_plugin()
     source.load_plugin(path)
     jobid = source.submit(f"--dependency=delegate:{target.uri}", "true")
-    assert source.wait_event(jobid, "delegated")["context"]["marker"] == "second"
+    assert remote_marker(source, target, jobid) == "second"
     assert source.status(jobid) == 0
     assert "delegate: handler " + path + " loaded" in source.dmesg()
+
+
+def test_reload_runs_the_edited_package(fresh_source, target, tmp_path):
+    """remove + load reads the package's files again: an edit to a module
+    of flux_delegate runs, not the copy an earlier load left in
+    sys.modules."""
+    package = tmp_path / "python"
+    shutil.copytree(PYTHONPATH, package, ignore=shutil.ignore_patterns("__pycache__"))
+    module = package / "flux_delegate" / "jobspec.py"
+    original = module.read_text()
+    returned = "    return spec\n"
+    assert original.count(returned) == 1, "jobspec.remote_jobspec changed: update this test"
+
+    def edit(marker):
+        module.write_text(
+            original.replace(
+                returned, f"    spec['attributes']['system']['marker'] = {marker!r}\n" + returned
+            )
+        )
+
+    edit("first")
+    fresh_source.load_plugin(None, f"pythonpath={package}")
+    jobid = fresh_source.submit(f"--dependency=delegate:{target.uri}", "true")
+    assert remote_marker(fresh_source, target, jobid) == "first"
+    query = json.loads(fresh_source.run("jobtap", "query", "delegate.so").stdout)
+    assert query["pythonpath"] == str(package)
+
+    edit("second")
+    fresh_source.remove_plugin()
+    fresh_source.load_plugin(None, f"pythonpath={package}")
+    jobid = fresh_source.submit(f"--dependency=delegate:{target.uri}", "true")
+    assert remote_marker(fresh_source, target, jobid) == "second"
+    assert fresh_source.status(jobid) == 0
 
 
 def test_query_names_the_handler(fresh_source):
@@ -152,28 +204,27 @@ def test_missing_handler_file(fresh_source, target):
 
 def test_handler_error_in_callback_rejects_with_traceback(fresh_source, target, tmp_path):
     source = fresh_source
-    path = handler_variant(
-        tmp_path / "raising.py",
-        '    value = (args.get("dependency") or {}).get("value")\n',
-        '    raise RuntimeError("boom in callback")\n'
-        '    value = (args.get("dependency") or {}).get("value")\n',
+    path = tmp_path / "raising.py"
+    path.write_text(
+        "from flux_delegate.jobmanager import entry\n"
+        "from flux_delegate.jobmanager.entry import JOB_TOPICS, plugin_load, plugin_unload\n"
+        "def callback(topic, args, job):\n"
+        "    if topic == 'job.dependency.delegate':\n"
+        "        raise RuntimeError('boom in callback')\n"
+        "    return entry.callback(topic, args, job)\n"
     )
+    path = str(path)
     source.load_plugin(path)
     proc = source.run("submit", f"--dependency=delegate:{target.uri}", "true", check=False)
     assert proc.returncode != 0
     assert "handler error (traceback in broker log): RuntimeError: boom in callback" in proc.stderr
     dmesg = source.dmesg()
-    assert "Traceback" in dmesg and 'raise RuntimeError("boom in callback")' in dmesg
+    assert "Traceback" in dmesg and "raise RuntimeError('boom in callback')" in dmesg
 
 
 def test_handler_error_in_continuation_fails_only_that_job(fresh_source, target, tmp_path):
     source = fresh_source
-    path = handler_variant(
-        tmp_path / "raising.py",
-        '        J = future.get()["J"]\n',
-        '        J = future.get()["J"]\n'
-        '        raise RuntimeError("boom in continuation")\n',
-    )
+    path = site_handler(tmp_path / "raising.py", "    raise RuntimeError('boom in continuation')")
     source.load_plugin(path)
     jobid = source.submit(f"--dependency=delegate:{target.uri}", "true")
     source.wait_event(jobid, "clean")

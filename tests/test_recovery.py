@@ -9,7 +9,7 @@ import time
 
 import pytest
 from conftest import start_instance
-from flux_instance import HANDLER, PLUGIN, FluxInstance
+from flux_instance import PLUGIN, FluxInstance, plugin_conf_toml
 
 pytestmark = pytest.mark.integration
 
@@ -129,8 +129,8 @@ def test_source_restart_mid_submit_runs_the_job_once(request):
     statedir = tempfile.mkdtemp(prefix="delegate-statedir-")
     config = (
         "[job-manager]\n"
-        f'plugins = [{{ load = "{PLUGIN}", conf = {{ handler = "{HANDLER}",'
-        f" submit-timeout = {SUBMIT_TIMEOUT} }} }}]\n"
+        f'plugins = [{{ load = "{PLUGIN}",'
+        f" conf = {plugin_conf_toml(**{'submit-timeout': SUBMIT_TIMEOUT})} }}]\n"
     )
     source = FluxInstance(name="restarting-source", config=config, statedir=statedir)
     request.addfinalizer(source.cleanup)

@@ -4,7 +4,7 @@ import os
 import tempfile
 
 import pytest
-from flux_instance import HANDLER, PLUGIN, FluxInstance
+from flux_instance import PLUGIN, FluxInstance, plugin_conf_toml
 
 pytestmark = pytest.mark.integration
 
@@ -18,7 +18,7 @@ def example_config():
     installed = '{ load = "delegate.so" }'
     assert installed in text
     return text.replace(
-        installed, f'{{ load = "{PLUGIN}", conf = {{ handler = "{HANDLER}" }} }}'
+        installed, f'{{ load = "{PLUGIN}", conf = {plugin_conf_toml()} }}'
     )
 
 

@@ -57,6 +57,20 @@ int interpreter_start (flux_error_t *errp);
  */
 PyObject *handler_import (const char *path);
 
+/* Put 'dir' first on sys.path / take it off again (the directory that
+ * holds the flux_delegate package).  GIL held.
+ */
+int package_path_add (const char *dir);
+void package_path_remove (const char *dir);
+
+/* Forget package 'name' and its submodules in sys.modules, so that the
+ * next import reads the (maybe edited) files again.  GIL held.
+ */
+int package_modules_drop (const char *name);
+
+/* The Python package the handler is built on. */
+#define DELEGATE_PACKAGE "flux_delegate"
+
 /* Convert between JSON text and Python objects with the json module.
  * GIL must be held.  Return new references / malloc'd strings, or NULL with
  * a Python exception set.

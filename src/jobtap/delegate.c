@@ -17,7 +17,9 @@
  *    submit, a DelegationFailure job exception, or a log line.
  *
  * Plugin configuration (flux jobtap load delegate.so KEY=VALUE ...):
- *   handler=PATH   handler file to use instead of the installed one.
+ *   handler=PATH     handler file to use instead of the installed one.
+ *   pythonpath=DIR   where the flux_delegate package is, instead of the
+ *                    installed one ('make check': the source tree's).
  * All of it is passed to the handler's plugin_load(), for its own keys.
  */
 #if HAVE_CONFIG_H
@@ -35,6 +37,7 @@ struct delegate {
     flux_plugin_t *p;
     flux_t *h;
     char *handler_path;
+    char *python_path;      /* put first on sys.path for the package   */
     PyObject *handler;      /* the handler module, NULL if it failed   */
     char *load_error;       /* why the handler failed to load, or NULL */
     char **job_topics;      /* the handler's JOB_TOPICS, NULL: all      */
@@ -302,8 +305,9 @@ static int plugin_query_cb (flux_plugin_t *p,
 
     if (flux_plugin_arg_pack (args,
                               FLUX_PLUGIN_ARG_OUT,
-                              "{s:s s:s?}",
+                              "{s:s s:s s:s?}",
                               "handler", d->handler_path,
+                              "pythonpath", d->python_path,
                               "handler_error", d->load_error) < 0)
         return flux_jobtap_error (p, args, "delegate: %s",
                                   flux_plugin_arg_strerror (args));
@@ -347,6 +351,14 @@ static void handler_start (struct delegate *d)
     PyObject *pyconf = NULL;
     PyObject *result;
 
+    /* The package from pythonpath, read afresh: a reload runs the edited
+     * files, not what an earlier load left in sys.modules.
+     */
+    if (package_path_add (d->python_path) < 0
+        || package_modules_drop (DELEGATE_PACKAGE) < 0) {
+        handler_failed (d, "cannot be given its package");
+        return;
+    }
     if (!(d->handler = handler_import (d->handler_path))) {
         handler_failed (d, "failed to import");
         return;
@@ -393,7 +405,13 @@ static void delegate_destroy (void *arg)
         Py_CLEAR (d->handler);
         PYTHON_LEAVE
     }
+    if (d->python_path) {
+        PYTHON_ENTER
+        package_path_remove (d->python_path);
+        PYTHON_LEAVE
+    }
     free (d->handler_path);
+    free (d->python_path);
     free (d->load_error);
     job_topics_free (d->job_topics);
     free (d);
@@ -414,6 +432,7 @@ int flux_plugin_init (flux_plugin_t *p)
 {
     flux_t *h = flux_jobtap_get_flux (p);
     const char *path = DELEGATE_HANDLER_PATH;
+    const char *python_path = DELEGATE_PYTHON_DIR;
     struct delegate *d;
     flux_error_t error;
     const struct flux_plugin_handler *t;
@@ -429,12 +448,19 @@ int flux_plugin_init (flux_plugin_t *p)
         return -1;
     }
     if (flux_plugin_get_conf (p)
-        && flux_plugin_conf_unpack (p, "{s?s}", "handler", &path) < 0) {
-        flux_log (h, LOG_ERR, "delegate: handler=PATH must be a string");
+        && flux_plugin_conf_unpack (p,
+                                    "{s?s s?s}",
+                                    "handler", &path,
+                                    "pythonpath", &python_path) < 0) {
+        flux_log (h, LOG_ERR,
+                  "delegate: handler=PATH and pythonpath=DIR must be strings");
         return -1;
     }
     if (!(d = calloc (1, sizeof (*d)))
-        || !(d->handler_path = strdup (path))) {
+        || !(d->handler_path = strdup (path))
+        || !(d->python_path = strdup (python_path))) {
+        if (d)
+            free (d->handler_path);
         free (d);
         return -1;
     }

@@ -139,6 +139,23 @@ static int add_flux_python_path (flux_error_t *errp)
     return rc;
 }
 
+/* Remove every occurrence of 'entry' from the list sys_path.  Returns 0,
+ * or -1 with a Python exception set.
+ */
+static int package_path_remove_entry (PyObject *sys_path, PyObject *entry)
+{
+    Py_ssize_t i;
+
+    for (i = PyList_GET_SIZE (sys_path) - 1; i >= 0; i--) {
+        int same = PyObject_RichCompareBool (PyList_GET_ITEM (sys_path, i),
+                                             entry,
+                                             Py_EQ);
+        if (same < 0 || (same && PySequence_DelItem (sys_path, i) < 0))
+            return -1;
+    }
+    return 0;
+}
+
 int interpreter_start (flux_error_t *errp)
 {
     PyObject *module;
@@ -182,6 +199,71 @@ int interpreter_start (flux_error_t *errp)
      */
     if (rc == 0)
         interpreter_started = true;
+    return rc;
+}
+
+/* Put 'dir' first on sys.path (where the handler finds the flux_delegate
+ * package), once.  GIL held.  Returns 0, or -1 with a Python exception set.
+ */
+int package_path_add (const char *dir)
+{
+    PyObject *sys_path;
+    PyObject *entry;
+    int rc = -1;
+
+    if (!(sys_path = PySys_GetObject ("path"))) { // borrowed
+        PyErr_SetString (PyExc_RuntimeError, "sys.path is missing");
+        return -1;
+    }
+    if (!(entry = PyUnicode_DecodeFSDefault (dir)))
+        return -1;
+    if (package_path_remove_entry (sys_path, entry) == 0
+        && PyList_Insert (sys_path, 0, entry) == 0)
+        rc = 0;
+    Py_DECREF (entry);
+    return rc;
+}
+
+void package_path_remove (const char *dir)
+{
+    PyObject *sys_path;
+    PyObject *entry;
+
+    if ((sys_path = PySys_GetObject ("path")) // borrowed
+        && (entry = PyUnicode_DecodeFSDefault (dir))) {
+        (void) package_path_remove_entry (sys_path, entry);
+        Py_DECREF (entry);
+    }
+    PyErr_Clear ();
+}
+
+/* Forget every module of package 'name' (name and name.*), so that the
+ * next import reads the files again: a reload runs the edited package,
+ * not the copy in sys.modules.  GIL held.  Returns 0, or -1 with a Python
+ * exception set.
+ */
+int package_modules_drop (const char *name)
+{
+    PyObject *sys_modules = PyImport_GetModuleDict (); // borrowed
+    PyObject *keys;
+    Py_ssize_t i, n;
+    size_t len = strlen (name);
+    int rc = 0;
+
+    if (!sys_modules || !(keys = PyDict_Keys (sys_modules)))
+        return -1;
+    n = PyList_GET_SIZE (keys);
+    for (i = 0; i < n && rc == 0; i++) {
+        PyObject *key = PyList_GET_ITEM (keys, i);
+        const char *s;
+        if (!PyUnicode_Check (key) || !(s = PyUnicode_AsUTF8 (key))) {
+            PyErr_Clear ();
+            continue;
+        }
+        if (strncmp (s, name, len) == 0 && (s[len] == '\0' || s[len] == '.'))
+            rc = PyDict_DelItem (sys_modules, key);
+    }
+    Py_DECREF (keys);
     return rc;
 }
 

@@ -1,0 +1,146 @@
+"""Remote cancel: 'flux cancel LOCALID' reaches the remote job, with retries
+until a deadline.
+"""
+
+import errno
+import syslog
+import time
+
+import flux
+import flux.job
+
+from . import current
+from .connections import CONNECTION_ERRORS
+from .reactor import Timer, guard, log
+from .remote import check_identity
+
+
+class RemoteCancel:
+    """Cancel a remote job, retrying while its target cannot be reached
+    (for up to reconnect-timeout); the local job may be gone by then.
+
+    An accepted cancel is not the end of it: a target's job-manager answers
+    before its exception event is committed, and one shutting down may
+    lose that commit (the job comes back pending after the restart).  So
+    the remote job is watched until it is cleaned up, and if the target
+    goes away first, canceled again once it is back.
+    """
+
+    def __init__(self, job, reason):
+        self.job = job
+        self.owner = current.runtime
+        self.uri = job.uri
+        self.remote_id = job.remote_id
+        self.id = job.id  # for guard(), as a connection listener
+        self.remote = None  # where the canceled job is watched
+        self.reason = reason
+        self.deadline = time.time() + current.runtime.reconnect_timeout
+        self.done = False
+
+    def start(self):
+        log(syslog.LOG_INFO, f"{self.job.name}: canceling {self.remote_id.f58} on {self.uri}")
+        remote = self.job.remote
+        if remote is not None and not remote.lost:
+            self.send(remote)
+        else:
+            self.connect()
+
+    def connect(self, *unused):
+        self.owner.connections.get(self.uri, self.send, self.retry)
+
+    def retry(self, message):
+        if time.time() < self.deadline:
+            self.timer = Timer(
+                self.owner.reconnect_interval, guard(self.connect, owner=self.owner), self.owner
+            )
+            return
+        self.owner.log(
+            syslog.LOG_ERR,
+            f"{self.job.name}: could not cancel remote job {self.remote_id.f58}"
+            f" on {self.uri}: {message}; it may still run there",
+        )
+
+    def send(self, remote):
+        """Cancel over remote, once the remote job is known to be this
+        job's there (never a stranger's that took its id)."""
+        if remote is self.job.verified:
+            self.send_cancel(remote)
+            return
+        check_identity(
+            remote,
+            self.remote_id,
+            self.job.origin,
+            lambda verdict, why: self.on_identity(remote, verdict, why),
+        )
+
+    def on_identity(self, remote, verdict, why):
+        if verdict == "same":
+            self.job.verified = remote
+            self.send_cancel(remote)
+        elif verdict == "error":
+            self.retry(why)
+        else:
+            self.done = True
+            self.owner.log(
+                syslog.LOG_INFO,
+                f"{self.job.name}: not canceling {self.remote_id.f58} on {self.uri}:"
+                + (
+                    " it no longer exists"
+                    if verdict == "gone"
+                    else f" it is not this job's ({why})"
+                ),
+            )
+
+    def send_cancel(self, remote):
+        remote.request(
+            1024,
+            lambda h: flux.job.cancel_async(h, self.remote_id, self.reason),
+            lambda future: self.on_answer(future, remote),
+        )
+
+    def on_answer(self, future, remote):
+        try:
+            future.get()
+        except OSError as exc:
+            if exc.errno in CONNECTION_ERRORS or exc.errno == errno.ENOSYS:
+                self.retry(exc.strerror or str(exc))
+            else:  # e.g. the remote job is inactive already
+                self.owner.log(
+                    syslog.LOG_INFO,
+                    f"{self.job.name}: cancel of {self.remote_id.f58} on {self.uri}:"
+                    f" {exc.strerror or exc}",
+                )
+            return
+        remote.listeners.add(self)  # connection_lost() if it goes first
+        self.remote = remote
+        remote.request(
+            1024,
+            lambda h: flux.job.event_watch_async(h, self.remote_id),
+            self.on_remote_event,
+        )
+
+    def connection_lost(self, remote, reason):
+        remote.listeners.discard(self)
+        if not self.done and remote is self.remote:
+            self.remote = None
+            self.retry(reason)
+
+    def on_remote_event(self, future):
+        """Until the remote job's clean event (or the end of its eventlog)."""
+        if self.done:
+            return
+        try:
+            event = future.get_event()
+        except OSError as exc:
+            if self.remote is not None:
+                self.remote.listeners.discard(self)
+                self.remote = None
+            if exc.errno not in (errno.ENOENT, errno.EPERM):  # not purged
+                self.retry(exc.strerror or str(exc))  # the target went away
+            return
+        if event is None or event.name == "clean":
+            self.done = True
+            if self.remote is not None:
+                self.remote.listeners.discard(self)
+            if event is not None and self.remote is not None:
+                self.remote.cancel_watch(future)

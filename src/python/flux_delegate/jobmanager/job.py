@@ -1,0 +1,891 @@
+"""A delegated job: the state machine from submit to the end of its remote
+twin.
+
+The life of a delegated job (local job id L, remote job id R):
+
+  submit      job.dependency.delegate: the value is checked (a bad one is
+              rejected), the job is held with dependency "delegated".
+  wait        other dependencies (afterok:...) are honoured: the handler
+              reads the job's eventlog from the job-manager and waits until
+              "delegated" is the only dependency left.
+  submit R    the target URI is resolved, the remote instance connected
+              (one connection per URI, reused), and the jobspec submitted
+              there without the local dependencies and delegation
+              attributes, with L recorded in it (system.delegate-origin).
+              L gets a "delegated" event {jobid: R, uri}.  If that answer
+              is lost (restart or reload mid-submit), the target is
+              searched for R by its origin before submitting again.
+  follow      R's eventlog is watched.  L stays pending (DEPEND), so a
+              restart of this instance neither cancels nor forgets it: on
+              reload the "delegated" event is found again and R re-followed.
+  end         R failed with an exception: L gets a DelegationFailure
+              exception naming R and the exception.
+              R finished: L is released and run through to its end without
+              resources or processes (alloc-bypass, exec test mode) and
+              finishes with R's wait status, so 'flux job status L' gives
+              R's exit code.
+  cancel      'flux cancel L' cancels R; R canceled in the target ends L
+              with DelegationFailure.
+
+Any failure before R exists ends L with a severity 0 DelegationFailure
+whose note says what went wrong and with which URI.
+"""
+
+import errno
+import json
+import syslog
+import time
+
+import flux
+import flux.job
+import flux.kvs
+from flux.core.inner import ffi, lib
+from flux.job import JobID
+
+from ..eventlog import (
+    RemoteOutcome,
+    delegations,
+    describe_remote_exception,
+    find_delegation,
+    interrupted_submit,
+    local_end_reason,
+    outstanding_dependencies,
+)
+from ..jobspec import local_R, release_updates, requeue_allowed
+from ..names import DEPENDENCY, EXCEPTION_TYPE
+from ..policies import Candidate, JobView, PolicyError, apply_policy, no_target_message
+from ..registry import Cluster
+from ..targets import SELF_DELEGATION
+from ..text import shown
+from . import current
+from .cancel import RemoteCancel
+from .connections import CONNECTION_ERRORS, HelperAnswer, submit_on_own_connection
+from .phases import DELEGATED, ENDED, RECOVERING, RELEASING, SUBMITTING, WAITING
+from .preflight import Preflight
+from .reactor import Timer, answered, guard, log, then
+from .recovery import Recovery
+from .remote import FailedRequest, answer_of, check_identity, payload_size
+from .resolve import resolve_target
+
+
+class Submission:
+    """One submit of a job to a target, and what to do with its answer,
+    whenever it comes: after the job-manager's own timeout, a job the target
+    created anyway is canceled, so that no remote job runs that nobody
+    follows.  After the handler that sent it was unloaded, the job is left
+    for the reloaded handler to find (Recovery)."""
+
+    def __init__(self, job, remote, uri):
+        self.job = job
+        self.remote = remote
+        self.uri = uri
+        self.owner = current.runtime
+        self.answered = False
+
+    def send(self):
+        self.sent = time.time()
+        spec = json.dumps(self.job.remote_spec)
+        self.timer = Timer(
+            max(0.0, self.job.submit_deadline - time.time()),
+            guard(lambda: self.job.on_submit_timeout(self), self.job, self.owner),
+            self.owner,
+        )
+        nbytes = payload_size(self.job.remote_spec)
+        if self.remote.oversized(nbytes):
+            # Too large to write without blocking even to a target that
+            # reads: sent by a helper thread, over a connection of its own.
+            self.owner.log(
+                syslog.LOG_INFO,
+                f"{self.job.name}: jobspec of {nbytes} bytes: submitting it to"
+                f" {self.uri} over a connection of its own",
+            )
+            self.outgoing = self.owner.helpers.start(
+                "submit",
+                lambda task: submit_on_own_connection(self.uri, spec),
+                lambda result: self.on_answer(HelperAnswer(result)),
+            )
+            return
+        # Not guarded: the answer must be handled even after an unload.
+        self.outgoing = self.remote.request(
+            nbytes,
+            lambda handle: flux.job.submit_async(handle, spec),
+            self.on_answer,
+            guarded=False,
+        )
+
+    def on_answer(self, future):
+        try:
+            answered(future)
+            self.answered = True
+            self.timer.cancel()
+            try:
+                remote_id = answer_of(future.get_id)
+            except OSError as exc:
+                if not self.owner.unloaded:
+                    sent = getattr(future, "sent", True)
+                    guard(self.job.on_submit_error, self.job, self.owner)(self, exc, sent)
+                return
+            job = self.job
+            current = job.submission is self and job.phase == SUBMITTING
+            if current and not self.owner.unloaded:
+                guard(job.on_submitted, job, self.owner)(self, remote_id)
+                return
+            if current:
+                # Unloaded mid-submit: the reloaded plugin finds this job
+                # (Recovery) and follows it; canceling it would fail the
+                # local job.  (A job ended meanwhile is withdrawn below.)
+                self.owner.log(
+                    syslog.LOG_INFO,
+                    f"{job.name}: {JobID(remote_id).f58} created on {self.uri}"
+                    " after the plugin was unloaded; left for it to find",
+                )
+                return
+            if job.phase == ENDED and job.canceled_reason:
+                why = job.canceled_reason
+            else:
+                why = "the target answered after the submit timed out"
+            self.withdraw(JobID(remote_id), why)
+        except Exception:  # pylint: disable=broad-except
+            self.owner.log_exception("submit answer")
+
+    def withdraw(self, remote_id, why):
+        """Cancel a remote job nobody will follow."""
+        self.owner.log(
+            syslog.LOG_INFO,
+            f"{self.job.name}: canceling {remote_id.f58} on {self.uri}: {why}",
+        )
+        self.withdrawn = self.remote.request(
+            1024,
+            lambda h: flux.job.cancel_async(h, remote_id, f"delegate: {why}"),
+            answered,
+            guarded=False,
+        )
+
+
+class DelegatedJob:
+    def __init__(self, args, target, doomed=None):
+        self.id = int(args["id"])
+        self.userid = args.get("userid")
+        self.urgency = args.get("urgency")
+        self.t_submit = args.get("t_submit")
+        self.jobspec = args["jobspec"]
+        self.target = target
+        # Why the job cannot be delegated (a bad target), applied once its
+        # eventlog shows it was never delegated before: in job.new the job
+        # is NEW and cannot take an exception yet, and at plugin load it
+        # may have been delegated under a registry that has changed.
+        self.doomed = doomed
+        self._phase = WAITING
+        self.uri = None
+        self.remote = None
+        self.candidate = None
+        self.attempts = []
+        self.failures = []
+        self.remote_id = None
+        self.outcome = RemoteOutcome()
+        self.watch = None
+        self.watch_timer = None
+        self.lost_since = None
+        self.lost_reason = None
+        self.checking = False
+        self.recheck = False
+        self.canceled_reason = None
+        self.known_remote = {}  # uri -> ids of remote jobs it had there
+        # The connection on which remote_id is known to be this job's (the
+        # one it was submitted or found on, or checked over): on any other,
+        # the id may belong to a stranger (a target replaced at its URI
+        # numbers its jobs from the same start), so it is checked first.
+        self.verified = None
+        self.identity_check = None  # the one whose answer counts
+
+    @property
+    def name(self):
+        return JobID(self.id).f58
+
+    @property
+    def phase(self):
+        return self._phase
+
+    @phase.setter
+    def phase(self, value):
+        self._phase = value
+        if value in (DELEGATED, RELEASING, ENDED, RECOVERING):
+            # Its remote job exists, or never will; or it waits (Recovery)
+            # for a target that may take minutes to answer.
+            current.runtime.admission.leave(self)
+
+    @property
+    def origin(self):
+        """What the remote job records of this one (ORIGIN_ATTRIBUTE)."""
+        return {"jobid": self.id, "t_submit": self.t_submit, "host": current.runtime.hostname}
+
+    # -- failure -----------------------------------------------------------
+
+    def fail(self, what, cancel_remote=True):
+        """End the local job with a DelegationFailure (severity 0).  The
+        remote job is canceled unless cancel_remote is False (it is not
+        this job's, or it is gone)."""
+        if self.phase == ENDED:
+            log(syslog.LOG_DEBUG, f"{self.name}: after end: {what}")
+            return
+        previous, self.phase = self.phase, ENDED
+        self.stop_following()
+        if (
+            cancel_remote
+            and previous == DELEGATED
+            and not self.outcome.ended
+            and self.remote is not None
+            and not self.remote.lost
+        ):
+            # Whatever went wrong, the remote job must not run on alone.
+            self.cancel_remote(f"delegation failed: {what}")
+        # Remote text may hold NULs or lone surrogates (a JSON escape).
+        what = str(what).replace("\0", "\\0")
+        what = what.encode("utf-8", "backslashreplace").decode("utf-8")
+        log(syslog.LOG_ERR, f"{self.name}: {what}")
+        current.jobtap.raise_exception(self.id, EXCEPTION_TYPE, 0, f"delegate: {what}")
+
+    # -- waiting for the other dependencies --------------------------------
+
+    def check_ready(self):
+        """Read the job's eventlog from the job-manager (asynchronously):
+        delegate when "delegated" is the only dependency left, or re-follow
+        the remote job if this job was delegated before (plugin reload,
+        instance restart)."""
+        if self.phase != WAITING:
+            return
+        if self.urgency == 0 and self.doomed is None:
+            return  # held: on_urgency checks again when released
+        if self.checking:
+            self.recheck = True
+            return
+        if not current.runtime.admission.admit(self):
+            return  # its turn comes (Admission)
+        self.checking = True
+        future = current.runtime.handle.rpc(
+            "job-manager.getattr", {"id": self.id, "attrs": ["eventlog"]}
+        )
+        then(future, self.on_eventlog, job=self)
+
+    def on_eventlog(self, future):
+        self.checking = False
+        eventlog = future.get()["eventlog"]
+        if self.phase != WAITING:
+            return
+        previous = find_delegation(eventlog)
+        if previous is not None:
+            # Delegated before (plugin reload, restart): follow it, even if
+            # its target would not parse any more (registry changed).
+            self.resume(previous)
+        elif interrupted_submit(eventlog) is not None:
+            # A submit was sent and its answer lost (restart, reload): the
+            # target may have the job.  Look before submitting again.  The
+            # attempt may have sent again for up to submit-timeout (a target
+            # still starting), each send pending up to submit-timeout.
+            attempt = interrupted_submit(eventlog)
+            self.phase = RECOVERING
+            for uri, jobid in delegations(eventlog):
+                self.known_remote.setdefault(uri, set()).add(jobid)
+            Recovery(
+                self,
+                attempt,
+                attempt["timestamp"] + 2 * current.runtime.submit_timeout,
+                known=self.known_remote.get(attempt["uri"], ()),
+            ).start()
+        elif self.doomed is not None:
+            self.fail(self.doomed)
+        elif not (outstanding_dependencies(eventlog) - {DEPENDENCY}):
+            self.start()
+        else:
+            current.runtime.admission.leave(self)  # waits for its other dependencies
+            if self.recheck:
+                self.recheck = False
+                self.check_ready()
+
+    # -- choosing a target --------------------------------------------------
+
+    def start(self):
+        """Fetch the job's environment (only in J), then choose and submit."""
+        self.phase = SUBMITTING
+        future = flux.job.kvslookup.job_info_lookup(current.runtime.handle, self.id, keys=["J"])
+        then(future, self.on_J, job=self)
+
+    def on_J(self, future):
+        J = future.get()["J"]
+        # J is the signed original jobspec; unwrapping it is local work.
+        original = lib.flux_unwrap_string(J.encode(), False, ffi.NULL, ffi.NULL)
+        if original == ffi.NULL:
+            raise OSError(ffi.errno, "cannot unwrap the job's J")
+        try:
+            spec = json.loads(ffi.string(original).decode())
+        finally:
+            lib.free(original)
+        environment = spec.get("attributes", {}).get("system", {}).get("environment")
+        self.remote_spec = current.runtime.remote_jobspec(self.jobspec, environment, self.origin)
+        target = self.target
+        if target.kind == "policy":
+            self.preflight([Candidate(c) for c in current.runtime.registry.clusters])
+        elif target.kind == "label":
+            self.preflight([Candidate(target.cluster)])
+        else:
+            resolve_target(self, target, self.on_resolved, self.fail)
+
+    def on_resolved(self, uri):
+        """An explicit URI (or job id): the one candidate, named by its
+        registry label if the registry knows it."""
+        if current.runtime.is_this_instance(uri):
+            self.fail(f"{SELF_DELEGATION}: {shown(uri)} is this instance")
+            return
+        cluster = current.runtime.registry.by_uri(uri) or Cluster(uri, origin="explicit")
+        self.preflight([Candidate(cluster)])
+
+    def preflight(self, candidates):
+        if self.phase != SUBMITTING:
+            return
+        metrics = current.runtime.policy_metrics(self.target.policy)
+        Preflight(self, candidates, metrics, self.choose).start()
+
+    def choose(self, candidates):
+        """Order the candidates (policy), record the choice, and try them."""
+        if self.phase != SUBMITTING:
+            return
+        policy = self.target.policy
+        try:
+            if policy is not None and policy not in current.runtime.policies:
+                raise PolicyError(f"policy '{policy}' is no longer configured")
+            if policy is None:
+                order = list(candidates)
+            else:
+                order = apply_policy(
+                    current.runtime.policies[policy],
+                    policy,
+                    self.target.policy_arg,
+                    JobView(self.id, self.userid, self.jobspec),
+                    candidates,
+                )
+        except PolicyError as exc:
+            self.record_choice(policy, candidates, [])
+            self.fail(str(exc))
+            return
+        usable = [c for c in order if c.usable]
+        self.record_choice(policy, candidates, usable)
+        if not usable:
+            self.fail(no_target_message(candidates, order))
+            return
+        self.attempts = usable
+        self.failures = []
+        self.try_next()
+
+    def record_choice(self, policy, candidates, order):
+        """Provenance: every candidate with its verdict or metric, and the
+        order in which they will be tried (the first is the choice)."""
+        context = {
+            "candidates": [c.record() for c in candidates],
+            "order": [c.name for c in order],
+            "choice": order[0].name if order else None,
+        }
+        if policy is not None:
+            context["policy"] = policy + (
+                f":{self.target.policy_arg}" if self.target.policy_arg else ""
+            )
+        current.jobtap.post_event(self.id, "delegate-choice", context)
+
+    # -- submitting remotely -----------------------------------------------
+
+    def try_next(self):
+        candidate = self.attempts.pop(0)
+        self.candidate = candidate
+        self.uri = candidate.uri
+        self.remote = candidate.remote
+        self.outcome = RemoteOutcome()
+        self.submit_deadline = time.time() + current.runtime.submit_timeout
+        self.send_submit()
+
+    def send_submit(self):
+        if self.remote.lost:
+            self.failover(f"cannot connect to {self.uri}: {self.remote.lost}")
+            return
+        attempt = Submission(self, self.remote, self.uri)
+        self.submission = attempt
+        attempt.send()
+
+    def on_submit_timeout(self, attempt):
+        """No answer in time.  The target may yet create the job: trying
+        another target could run it twice, so the job fails here, and a job
+        created late is canceled (Submission.on_answer)."""
+        if attempt is not self.submission or self.phase != SUBMITTING:
+            return
+        if attempt.outgoing.withdraw():
+            # Still queued behind requests the target has not read: nothing
+            # was sent, so another target may take the job.
+            self.failover(
+                f"submit to {self.uri} failed: the target read no request"
+                f" within {current.runtime.submit_timeout:g}s"
+            )
+            return
+        self.fail(
+            f"submit to {self.uri} failed: no answer within"
+            f" {current.runtime.submit_timeout:g}s (not tried elsewhere: the target may"
+            " still create the job, which would then be canceled)"
+        )
+
+    def on_submit_error(self, attempt, exc, sent=True):
+        if attempt is not self.submission:
+            return
+        if self.phase == ENDED and sent and exc.errno in CONNECTION_ERRORS:
+            # Ended meanwhile (canceled): whatever the submit made must go.
+            self.recover_submit(attempt)
+            return
+        if self.phase != SUBMITTING:
+            return
+        if not sent:
+            # Never sent (the connection broke first): try elsewhere.
+            self.failover(f"submit to {self.uri} failed: {exc.strerror or exc}")
+            return
+        if exc.errno == errno.ENOSYS and time.time() < self.submit_deadline:
+            # The target is still starting (no job-ingest yet): try again.
+            self.retry_timer = Timer(1.0, guard(lambda: self.retry_submit(attempt), self))
+            return
+        if exc.errno in CONNECTION_ERRORS:
+            # The request may have reached the target before the break:
+            # look for the job there once it answers again.
+            log(syslog.LOG_INFO, f"{self.name}: submit to {self.uri}: {exc.strerror or exc}")
+            self.phase = RECOVERING
+            self.recover_submit(attempt)
+            return
+        self.failover(f"submit to {self.uri} failed: {exc.strerror or exc}")
+
+    def recover_submit(self, attempt):
+        """Look on the target for what a submit cut off by a broken
+        connection made; it was pending until submit-timeout after it was
+        sent, at the most."""
+        interrupted = {"uri": attempt.uri, "label": self.candidate.label, "timestamp": attempt.sent}
+        Recovery(
+            self,
+            interrupted,
+            attempt.sent + current.runtime.submit_timeout,
+            known=self.known_remote.get(attempt.uri, ()),
+        ).start()
+
+    def retry_submit(self, attempt):
+        if attempt is self.submission and self.phase == SUBMITTING:
+            self.send_submit()
+
+    def failover(self, reason, started=None):
+        """This attempt failed for sure (no remote job runs): note it in the
+        eventlog and try the next candidate, or fail with all attempts.
+        started: whether the remote job of this attempt had started (None:
+        there was none)."""
+        candidate = self.candidate
+        self.failures.append((candidate, reason))
+        if not self.attempts:
+            if len(self.failures) == 1:
+                self.fail(reason)
+            else:
+                self.fail(
+                    "all targets failed: "
+                    + "; ".join(f"{c.describe()}: {r}" for c, r in self.failures)
+                )
+            return
+        context = {"uri": candidate.uri, "reason": reason, "next": self.attempts[0].name}
+        if candidate.label:
+            context["label"] = candidate.label
+        if started is not None:
+            context["started"] = started
+        current.jobtap.post_event(self.id, "delegate-failover", context)
+        log(syslog.LOG_INFO, f"{self.name}: {candidate.describe()}: {reason}; trying next")
+        self.phase = SUBMITTING
+        self.try_next()
+
+    def on_submitted(self, attempt, remote_id):
+        """The target accepted the job as remote_id."""
+        self.remote_id = JobID(remote_id)
+        self.phase = DELEGATED
+        self.known_remote.setdefault(self.uri, set()).add(int(self.remote_id))
+        context = {"jobid": int(self.remote_id), "uri": self.uri}
+        if self.candidate.label:
+            context["label"] = self.candidate.label
+        current.jobtap.post_event(self.id, "delegated", context)
+        log(
+            syslog.LOG_INFO,
+            f"{self.name}: delegated to {self.candidate.describe()} as {self.remote_id.f58}",
+        )
+        self.verified = self.remote
+        self.follow(self.remote)
+
+    def adopt(self, recovery, remote_id):
+        """The job an interrupted submit made was found: follow it."""
+        self.remote_id = JobID(remote_id)
+        self.uri = recovery.uri
+        self.phase = DELEGATED
+        self.known_remote.setdefault(self.uri, set()).add(int(self.remote_id))
+        context = {"jobid": int(self.remote_id), "uri": self.uri, "recovered": True}
+        if recovery.label:
+            context["label"] = recovery.label
+        current.jobtap.post_event(self.id, "delegated", context)
+        log(
+            syslog.LOG_INFO,
+            f"{self.name}: found {self.remote_id.f58} on {self.uri}, made by a"
+            " submit whose answer was lost; following it",
+        )
+        self.verified = recovery.remote
+        self.follow(recovery.remote)
+
+    def resume(self, delegation):
+        """Follow again a remote job delegated before a reload/restart."""
+        self.phase = DELEGATED
+        self.uri = delegation.get("uri")
+        self.remote_id = JobID(delegation.get("jobid"))
+        log(
+            syslog.LOG_INFO,
+            f"{self.name}: following {self.remote_id.f58} on {self.uri} again",
+        )
+        self.lost_since = time.time()
+        self.lost_reason = "the source reloaded"
+        current.runtime.connections.get(self.uri, self.reattach, self.reattach_failed, job=self)
+
+    # -- following the remote job ------------------------------------------
+
+    def follow(self, remote):
+        if self.phase != DELEGATED:
+            return
+        self.remote = remote
+        if remote.lost:
+            self.connection_lost(remote, remote.lost)
+            return
+        remote.listeners.add(self)
+        watch = remote.request(
+            1024,
+            lambda h: flux.job.event_watch_async(h, self.remote_id),
+            self.on_remote_event,
+            job=self,
+        )
+        if isinstance(watch.future, FailedRequest):
+            # Failed as it was sent, before self.watch was set: its answer
+            # was ignored.
+            self.connection_lost(remote, str(watch.future.error))
+            return
+        self.watch = watch
+        if not watch.sent:
+            log(
+                syslog.LOG_DEBUG,
+                f"{self.name}: watch queued: {remote.unanswered} bytes unanswered on {self.uri}",
+            )
+        # A target answers a watch at once with the eventlog so far.  One
+        # that never does (a hung job-info, a request lost as the module
+        # was reloaded) would leave the job pending for ever: give up on
+        # that watch and follow again, within reconnect-timeout.
+        self.watch_timer = Timer(
+            current.runtime.submit_timeout, guard(lambda: self.watch_unanswered(watch), self)
+        )
+
+    def watch_unanswered(self, watch):
+        if self.phase != DELEGATED or self.watch is not watch:
+            return
+        if watch.sent:
+            answered(watch.future)  # given up: its bytes no longer count
+        remote = self.remote
+        self.stop_following()
+        self.connection_lost(
+            remote,
+            f"its job-info did not answer within {current.runtime.submit_timeout:g}s",
+        )
+
+    def stop_watch_timer(self):
+        timer, self.watch_timer = self.watch_timer, None
+        if timer is not None:
+            timer.cancel()
+
+    def stop_following(self):
+        self.stop_watch_timer()
+        watch, self.watch = self.watch, None
+        if self.remote is not None:
+            self.remote.listeners.discard(self)
+        if watch is None or watch.withdraw():  # not sent yet: dropped
+            return
+        if self.remote is not None:
+            self.remote.cancel_watch(watch.future)
+
+    def connection_lost(self, remote, reason):
+        """The remote job cannot be followed for now (target restarting,
+        ssh dropped, its job-info gone...).  It may well live on: follow it
+        again once its target answers, for up to reconnect-timeout."""
+        if remote is not self.remote or self.phase != DELEGATED:
+            return
+        self.stop_watch_timer()
+        self.watch = None
+        remote.listeners.discard(self)
+        self.lost_since = self.lost_since or time.time()
+        self.lost_reason = reason
+        if time.time() - self.lost_since >= current.runtime.reconnect_timeout:
+            self.fail(
+                f"lost contact with remote job {self.remote_id.f58} on {self.uri}"
+                f" for {current.runtime.reconnect_timeout:g}s: {reason}"
+            )
+            return
+        log(
+            syslog.LOG_INFO,
+            f"{self.name}: lost contact with {self.remote_id.f58} on {self.uri}"
+            f" ({reason}); reconnecting",
+        )
+        self.schedule_reconnect()
+
+    def schedule_reconnect(self):
+        self.reconnect_timer = Timer(
+            current.runtime.reconnect_interval, guard(self.reconnect, self)
+        )
+
+    def reconnect(self, *unused):
+        if self.phase == DELEGATED:
+            current.runtime.connections.get(self.uri, self.reattach, self.reattach_failed, job=self)
+
+    def reattach(self, remote):
+        """Connected again (or after a reload): make sure remote_id is still
+        this job's there, then watch it again."""
+        if self.phase != DELEGATED:
+            return
+        if remote is self.verified:
+            self.watch_again(remote)
+            return
+        self.remote = remote
+        remote.listeners.add(self)  # connection_lost() if it goes meanwhile
+        self.stop_watch_timer()
+        self.watch_timer = Timer(
+            current.runtime.submit_timeout,
+            guard(lambda: self.identity_unanswered(remote), self),
+        )
+        check = self.identity_check = object()
+        check_identity(
+            remote,
+            self.remote_id,
+            self.origin,
+            lambda verdict, why: self.on_identity(remote, verdict, why, check),
+            job=self,
+        )
+
+    def identity_unanswered(self, remote):
+        if self.phase == DELEGATED and self.remote is remote and self.verified is not remote:
+            self.identity_check = None  # a late answer no longer counts
+            self.connection_lost(
+                remote, f"it did not answer within {current.runtime.submit_timeout:g}s"
+            )
+
+    def on_identity(self, remote, verdict, why, check):
+        if (
+            self.phase != DELEGATED
+            or self.remote is not remote
+            or remote.lost
+            or check is not self.identity_check
+        ):
+            return  # superseded, or connection_lost() takes it from here
+        self.identity_check = None
+        self.stop_watch_timer()
+        where = f"remote job {self.remote_id.f58} on {self.uri}"
+        if verdict == "same":
+            self.verified = remote
+            self.watch_again(remote)
+        elif verdict == "gone":
+            self.fail(
+                f"{where} no longer exists (purged, or the target was replaced"
+                " or restarted without its state)",
+                cancel_remote=False,
+            )
+        elif verdict == "other":
+            self.fail(
+                f"{where} is not this job's: the target is a different"
+                f" instance now ({why}); the remote job this job ran as is"
+                " lost, and the stranger is left alone",
+                cancel_remote=False,
+            )
+        else:
+            self.connection_lost(remote, why)
+
+    def watch_again(self, remote):
+        log(syslog.LOG_DEBUG, f"{self.name}: watching {self.remote_id.f58} on {self.uri} again")
+        self.outcome = RemoteOutcome()  # the watch replays the whole eventlog
+        self.follow(remote)  # lost_since is cleared by the first event
+
+    def reattach_failed(self, message):
+        if self.phase != DELEGATED:
+            return
+        if time.time() - self.lost_since < current.runtime.reconnect_timeout:
+            self.schedule_reconnect()
+            return
+        self.fail(
+            f"lost contact with remote job {self.remote_id.f58} on {self.uri}"
+            f" ({self.lost_reason}), and cannot reconnect: {message}"
+        )
+
+    def on_remote_event(self, future):
+        if self.phase != DELEGATED or self.watch is None or self.watch.future is not future:
+            log(syslog.LOG_DEBUG, f"{self.name}: answer to a watch given up on, ignored")
+            return  # a watch given up on (its late answers, its ENODATA)
+        self.stop_watch_timer()  # answered
+        try:
+            event = future.get_event()
+        except OSError as exc:
+            if exc.errno == errno.ENOENT:
+                self.fail(
+                    f"remote job {self.remote_id.f58} no longer exists on"
+                    f" {self.uri} (purged, or the instance restarted without"
+                    " its state)"
+                )
+            elif exc.errno == errno.EPERM:
+                self.fail(
+                    f"cannot follow remote job {self.remote_id.f58} on"
+                    f" {self.uri}: {exc.strerror or exc}"
+                )
+            else:
+                # Anything else is the target going away or coming back
+                # (a target shutting down answers ENOSYS before its
+                # connection closes): follow again once it answers.
+                self.connection_lost(self.remote, exc.strerror or str(exc))
+            return
+        self.lost_since = None  # in contact again
+        if event is None:
+            self.conclude()
+            return
+        self.outcome.update(event.name, event.context)
+        if self.requeue() and not self.outcome.allocated:
+            # The target cannot allocate: the remote job will never start,
+            # so another target may take the job at once.
+            self.stop_following()
+            self.phase = SUBMITTING
+            self.failover(
+                describe_remote_exception(self.remote_id.f58, self.uri, self.outcome.exception),
+                started=False,
+            )
+        elif self.outcome.ended:
+            self.conclude()
+
+    def requeue(self):
+        """Whether the remote job's end calls for running the job elsewhere:
+        its allocation failed (an alloc exception: the target could not
+        allocate it, or lost what it had allocated), another candidate is
+        left, and, if it had been allocated (it may have started), the job
+        did not opt out with -S delegate-requeue=false.  As Slurm requeues
+        a job on node failure; other exceptions (a cancel, a timeout, the
+        job's own failure) end the job."""
+        exception = self.outcome.exception
+        if exception is None or exception.get("type") != "alloc" or not self.attempts:
+            return False
+        return not self.outcome.allocated or requeue_allowed(self.jobspec)
+
+    def conclude(self):
+        """The remote job has ended: end the local one the same way."""
+        if self.phase != DELEGATED:
+            return
+        self.stop_following()
+        exception = self.outcome.exception
+        if self.requeue():
+            # It may have run, and has ended there: only now may it run
+            # elsewhere.
+            self.phase = SUBMITTING
+            self.failover(
+                describe_remote_exception(self.remote_id.f58, self.uri, exception),
+                started=self.outcome.started,
+            )
+        elif exception is not None:
+            note = describe_remote_exception(self.remote_id.f58, self.uri, exception)
+            if (
+                exception.get("type") == "alloc"
+                and self.outcome.allocated
+                and self.attempts
+                and not requeue_allowed(self.jobspec)
+            ):
+                note += "; not requeued: the job opted out (delegate-requeue=false)"
+            self.fail(note)
+        elif self.outcome.wait_status is None:
+            self.fail(
+                f"remote job {self.remote_id.f58} on {self.uri} ended" " without an exit status"
+            )
+        else:
+            self.release(self.outcome.wait_status)
+
+    def release(self, wait_status):
+        """Let the local job finish with wait_status, using no resources
+        (alloc-bypass, exec test mode).
+
+        R goes to the KVS first, so that the alloc event can follow the
+        job's arrival in SCHED at once.  With a KVS commit in between (as
+        alloc-bypass.so does it), a plugin reload in that moment would
+        leave the job in SCHED for ever, its alloc event never posted.
+        """
+        self.phase = RELEASING
+        self.wait_status = wait_status
+        self.R = local_R(current.runtime.hostname)
+        self.R_given = False
+        self.releasing_now = False
+        txn = flux.kvs.KVSTxn(current.runtime.handle, JobID(self.id).kvs)
+        txn.put("R", self.R)
+        then(txn.commit_async(), self.on_R_committed, job=self)
+
+    def on_R_committed(self, future):
+        """Order matters: the phase is set first, because removing the
+        dependency runs the next state callbacks (job.state.sched, below)
+        before it returns, as a rule."""
+        future.get()
+        if self.phase != RELEASING:
+            return  # ended meanwhile
+        current.jobtap.jobspec_update(self.id, release_updates(self.wait_status))
+        current.jobtap.set_flag(self.id, "alloc-bypass")
+        self.releasing_now = True
+        try:
+            current.jobtap.dependency_remove(self.id, DEPENDENCY)
+        finally:
+            self.releasing_now = False
+        if self.R_given:
+            self.post_alloc()
+
+    # -- jobtap callbacks for this job -------------------------------------
+
+    def on_depend(self, args):
+        self.check_ready()
+
+    def on_dependency_removed(self, args):
+        self.check_ready()
+
+    def on_sched(self, args):
+        """The released job reaches SCHED: give it R (alloc-bypass).  The
+        job-manager takes R when this callback returns, so the alloc event
+        follows it: at once after dependency_remove() returns, or, if SCHED
+        came later (a priority plugin took its time), on the next pass of
+        the reactor."""
+        if self.phase != RELEASING or self.R_given:
+            return None
+        self.R_given = True
+        if not self.releasing_now:
+            self.alloc_timer = Timer(0.0, guard(self.post_alloc, self))
+        return {"R": self.R}
+
+    def post_alloc(self):
+        current.jobtap.post_event(self.id, "alloc", {"bypass": True})
+
+    def on_cleanup(self, args):
+        """The local job ends.  If that is not our doing, the remote job
+        (or the submit in flight) is canceled: nothing runs on its own."""
+        if self.phase in (RELEASING, ENDED):
+            self.phase = ENDED
+            return
+        reason = local_end_reason(args, self.name)
+        previous, self.phase = self.phase, ENDED
+        self.canceled_reason = reason
+        if previous == DELEGATED:
+            self.stop_following()
+            self.cancel_remote(reason)
+
+    def on_inactive(self, args):
+        self.stop_following()
+        current.runtime.jobs.pop(self.id, None)
+        current.runtime.admission.leave(self)
+
+    def on_urgency(self, args):
+        """A held job (urgency 0) is not delegated until it is released."""
+        self.urgency = args.get("urgency", self.urgency)
+        if self.urgency != 0:
+            self.check_ready()
+
+    def cancel_remote(self, reason):
+        """Cancel the remote job: now, or, if the connection is down, as soon
+        as it is back.  It must not run on alone."""
+        RemoteCancel(self, reason).start()

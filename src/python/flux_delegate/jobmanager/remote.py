@@ -1,0 +1,428 @@
+"""Remote I/O: an open connection to a target, the requests sent on it
+(never more than its socket buffer can take without blocking), and the
+identity check of a remote job.
+"""
+
+import errno
+import fcntl
+import json
+import os
+import socket
+import stat
+import struct
+import termios
+import time
+import weakref
+
+import flux
+import flux.job
+from flux.constants import FLUX_POLLERR, FLUX_POLLIN, FLUX_POLLOUT
+from flux.core.inner import ffi, lib
+
+from ..eventlog import describe_origin
+from ..jobspec import origin_of, same_origin
+from ..text import shown
+from .reactor import Timer, free_watcher, guard, then
+
+
+def check_identity(remote, remote_id, origin, on_verdict, job=None):
+    """Is remote_id, on the connection remote, the job whose origin
+    (ORIGIN_ATTRIBUTE) is origin?  on_verdict(verdict, why) with verdict
+    "same", "gone" (no such job there), "other" (a job with that id made
+    for someone else: a different instance at that URI) or "error" (no
+    answer; why says what went wrong).  Errors in on_verdict are reported
+    against job."""
+
+    def on_jobspec(future):
+        try:
+            jobspec = answer_of(lambda: future.get_decode()["jobspec"])
+        except OSError as exc:
+            if exc.errno == errno.ENOENT:
+                on_verdict("gone", exc.strerror or str(exc))
+            elif exc.errno == errno.EPERM:
+                on_verdict("other", "it belongs to another user")
+            else:
+                on_verdict("error", exc.strerror or str(exc))
+            return
+        theirs = origin_of(jobspec)
+        if same_origin(theirs, origin):
+            on_verdict("same", None)
+        elif theirs is None:
+            on_verdict("other", "it records no origin")
+        else:
+            on_verdict("other", f"it was made for {describe_origin(theirs)}")
+
+    remote.request(
+        1024,
+        lambda h: flux.job.kvslookup.job_info_lookup(h, remote_id, keys=["jobspec"]),
+        on_jobspec,
+        job=job,
+    )
+
+
+def payload_size(obj):
+    """Bytes a request carrying obj takes on the wire, roughly (a signed J is
+    base64: a third more)."""
+    return len(json.dumps(obj)) * 4 // 3 + 1024
+
+
+class RemoteInstance:
+    """An open connection to a target.
+
+    Its handle runs on a reactor of its own, not the job-manager's: when a
+    connection breaks, libflux stops the reactor the handle is on
+    (flux_reactor_stop_error() in its message dispatch), and that must never
+    be the job-manager's.  The job-manager's reactor watches the handle's
+    poll fd and runs the handle's reactor, without waiting, whenever it has
+    something to do; the continuations of remote futures so run on the
+    job-manager's thread as before.  No timers go on the handle's reactor
+    (they would only run when a message arrives): timeouts are job-manager
+    timers.
+    """
+
+    def __init__(self, uri, handle, runtime):
+        self.uri = uri
+        self.handle = handle
+        self.runtime = runtime
+        self.lost = None  # why the connection is gone, once it is
+        self.listeners = set()  # jobs to tell if it is lost
+        self.reactor = lib.flux_reactor_create(0)
+        if self.reactor == ffi.NULL or lib.flux_set_reactor(handle.handle, self.reactor) < 0:
+            raise OSError(ffi.errno, f"cannot set up a reactor for {uri}")
+        fd = lib.flux_pollfd(handle.handle)
+        if fd < 0:
+            raise OSError(ffi.errno, f"cannot poll the connection to {uri}")
+        self.watcher = runtime.handle.fd_watcher_create(
+            fd, self.on_ready, events=FLUX_POLLIN | FLUX_POLLERR
+        )
+        self.watcher.start()
+        self.more = None
+        self.counters = ffi.new("flux_msgcounters_t *")
+        self.unanswered = 0  # bytes of requests sent and not yet answered
+        self.in_flight = set()  # Outgoing requests sent and not yet answered
+        self.queue = []  # Outgoing requests waiting for the target to read
+        self.opened = time.time()
+        # The socket the requests are written to (to the target's broker,
+        # or to ssh), to see how much room its buffer has left.
+        self.socket = SendBuffer.of_handle(fd)
+        self.writable = None  # POLLOUT watcher while requests wait for room
+        # Watches (streaming futures) made on this connection: once it is
+        # lost, none may try to send its cancel when it is collected.
+        self.watches = weakref.WeakSet()
+
+    def request(self, nbytes, send, callback, job=None, guarded=True):
+        """Send a request: send(handle) -> future, whose answers go to
+        callback(future) (through guard() unless guarded=False).  Sent now,
+        or, if the target has left too much unanswered for it to fit safely
+        in the socket's buffer, queued until enough answers have come back
+        (backpressure: a send never blocks the job-manager).  Returns the
+        Outgoing request."""
+        outgoing = Outgoing(self, nbytes, send, callback, job, guarded)
+        if self.lost:
+            outgoing.fail(OSError(errno.ENOTCONN, f"the connection to {self.uri} is lost"))
+            return outgoing
+        self.queue.append(outgoing)
+        self.flush()
+        return outgoing
+
+    def fits(self, nbytes):
+        """Whether a request of nbytes can be written now without blocking:
+        the socket's buffer has room for all of it (libflux writes a whole
+        message before it returns, waiting for room if there is none)."""
+        if self.socket is not None:
+            return self.socket.has_room(nbytes)
+        return not self.unanswered or self.unanswered + nbytes <= SEND_BUDGET
+
+    def oversized(self, nbytes):
+        """Whether a request of nbytes is too large to be written without
+        blocking even once the target has read everything."""
+        if self.socket is not None:
+            return not self.socket.could_hold(nbytes)
+        return nbytes > SEND_BUDGET
+
+    def flush(self):
+        """Send queued requests while they fit; wait for room otherwise."""
+        while self.queue and not self.lost:
+            head = self.queue[0]
+            if not self.fits(head.nbytes):
+                self.wait_for_room()
+                return
+            self.queue.pop(0)
+            head.send_now()
+        self.stop_waiting_for_room()
+
+    def cancel_watch(self, future):
+        """Stop a watch made on this connection: its cancel request is
+        sent only if the socket has room for it now (flux sends it itself,
+        outside request(), and would wait for room); otherwise, or on a
+        lost connection, the watch is dropped without one (the target
+        ends it when the connection goes, or the job's eventlog does)."""
+        if not self.lost and self.fits(1024):
+            try:
+                future.cancel(stop=True)
+                return
+            except OSError:
+                pass
+        future.needs_cancel = False
+        future.stop()
+
+    def wait_for_room(self):
+        if self.socket is None or self.writable is not None:
+            return  # answers coming back call flush() (release())
+        self.writable = self.runtime.handle.fd_watcher_create(
+            self.socket.fd, self.on_writable, events=FLUX_POLLOUT
+        )
+        self.writable.start()
+
+    def stop_waiting_for_room(self):
+        watcher, self.writable = self.writable, None
+        if watcher is not None:
+            free_watcher(watcher)
+
+    def on_writable(self, *unused):
+        """The target read enough for the socket to take more."""
+        try:
+            self.flush()
+        except Exception:  # pylint: disable=broad-except
+            self.runtime.log_exception(f"sending to {self.uri}")
+
+    def release(self, nbytes):
+        self.unanswered = max(0, self.unanswered - nbytes)
+        self.flush()
+
+    def on_ready(self, *unused):
+        """Run the handle's reactor until it has nothing more to do now;
+        never raises (the job-manager's reactor calls it).
+
+        One pass of the handle's reactor reads one message; a future it
+        fulfills runs its continuation on the next pass (libflux defers
+        continuations to a check watcher).  So: passes while messages are
+        queued or were read, then two more.  A message read in what was
+        to be the last pass must still get its two: its arrival's wakeup
+        was consumed by that pass (the handle's poll fd is edge-triggered),
+        and nothing would come back for its continuation.
+        """
+        try:
+            if self.more is not None:
+                self.more.cancel()
+                self.more = None
+            extra = 2
+            received = self.received()
+            # A bounded turn: other events of the job-manager's reactor
+            # (its own jobs' messages) get theirs in between.
+            deadline = time.monotonic() + 0.01
+            for _ in range(64):
+                if time.monotonic() > deadline:
+                    break
+                if self.lost:
+                    return
+                if lib.flux_reactor_run(self.reactor, lib.FLUX_REACTOR_NOWAIT) < 0:
+                    self.close("the connection was lost")
+                    return
+                events = lib.flux_pollevents(self.handle.handle)
+                if events < 0 or events & FLUX_POLLERR:
+                    self.close("the connection was lost")
+                    return
+                now = self.received()
+                if events & FLUX_POLLIN or now != received:
+                    received = now
+                    extra = 2
+                elif extra == 0:
+                    return
+                else:
+                    extra -= 1
+            # More is queued: come back on the next pass of the reactor.
+            self.more = Timer(0.0, self.on_ready, self.runtime)
+        except Exception:  # pylint: disable=broad-except
+            self.runtime.log_exception(f"connection to {self.uri}")
+
+    def received(self):
+        """How many messages the handle has read so far."""
+        lib.flux_get_msgcounters(self.handle.handle, self.counters)
+        c = self.counters
+        return c.response_rx + c.request_rx + c.event_rx + c.control_rx
+
+    def close(self, reason):
+        """The connection is gone: stop watching it, fail what was asked of
+        it (no answer can come any more), and tell its jobs.  The handle
+        stays referenced (futures still point at it)."""
+        if self.lost:
+            return
+        self.lost = reason
+        free_watcher(self.watcher)
+        self.stop_waiting_for_room()
+        for watch in list(self.watches):
+            # Its cancel request could only fail (a BrokenPipeError
+            # printed on the broker's stderr when the future is collected).
+            watch.needs_cancel = False
+        if self.more is not None:
+            self.more.cancel()
+        self.runtime.connections.forget(self, reason)
+        queued, self.queue = self.queue, []
+        in_flight, self.in_flight = list(self.in_flight), set()
+        for outgoing in queued:  # never sent: say so
+            outgoing.fail(OSError(errno.ENOTCONN, f"the connection was lost: {reason}"))
+        for outgoing in in_flight:  # sent: no answer can come any more
+            outgoing.fail(
+                OSError(errno.ECONNRESET, f"the connection was lost: {reason}"),
+                sent=True,
+            )
+        for job in list(self.listeners):
+            guard(job.connection_lost, job, self.runtime)(self, reason)
+
+
+class Outgoing:
+    """A request to a target: sent, or waiting in its connection's queue."""
+
+    def __init__(self, remote, nbytes, send, callback, job, guarded):
+        self.remote = remote
+        self.nbytes = nbytes
+        self.send = send
+        self.callback = callback
+        self.job = job
+        self.guarded = guarded
+        self.future = None
+        self.canceled = False
+
+    @property
+    def sent(self):
+        return self.future is not None
+
+    def fail(self, error, sent=False):
+        """Answer the request with error ('sent': it may have reached the
+        target)."""
+        self.future = FailedRequest(error, sent)
+        if self.guarded:
+            guard(self.callback, self.job, self.remote.runtime)(self.future)
+        else:
+            self.callback(self.future)
+
+    def send_now(self):
+        try:
+            future = self.send(self.remote.handle)
+        except OSError as exc:
+            self.fail(exc)  # not sent (e.g. the connection broke)
+            return
+        self.future = future
+        if hasattr(future, "needs_cancel"):
+            self.remote.watches.add(future)
+        self.remote.unanswered += self.nbytes
+        self.remote.in_flight.add(self)
+        future.delegate_unanswered = self
+        if self.guarded:
+            then(future, self.callback, job=self.job)
+        else:
+            future.then(self.callback)
+
+    def withdraw(self):
+        """Withdraw the request if it is still queued; True if it was."""
+        if self.future is None and self in self.remote.queue:
+            self.remote.queue.remove(self)
+            self.canceled = True
+            return True
+        return False
+
+
+class FailedRequest:
+    """Stands in for the future of a request that failed on our side: not
+    sent, or sent on a connection that then broke ('sent')."""
+
+    def __init__(self, error, sent=False):
+        self.error = error
+        self.sent = sent
+
+    def get(self):
+        raise self.error
+
+    get_id = get_event = get_jobinfo = get
+
+    def cancel(self, stop=False):
+        pass
+
+
+#: Where the socket of a connection cannot be found: bytes of requests a
+#: target may leave unanswered before further requests wait their turn.
+SEND_BUDGET = 128 * 1024
+
+
+class SendBuffer:
+    """The send buffer of a connection's socket.
+
+    libflux writes a message whole: when the socket's buffer has no room
+    for it, flux_send() waits (poll for POLLOUT) until the target has read
+    enough, and on the job-manager's thread a target that stops reading
+    would stall everything.  So a request is written only when the buffer
+    has room for all of it (its room is the buffer's size less what the
+    target has not read yet, SIOCOUTQ); and one too large for even an empty
+    buffer is never written on the job-manager's thread at all.
+    """
+
+    #: Asked of the kernel for each connection: it grants up to
+    #: net.core.wmem_max (twice that, for its own accounting).
+    WANTED = 4 * 1024 * 1024
+
+    def __init__(self, fd):
+        self.fd = fd
+        sock = socket.socket(fileno=fd)
+        try:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.WANTED)
+            except OSError:
+                pass
+            self.size = sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+        finally:
+            sock.detach()  # the fd stays the connection's
+
+    @classmethod
+    def of_handle(cls, pollfd):
+        """The SendBuffer of the socket behind a handle's poll fd (an epoll
+        fd whose watched fds /proc lists), or None if there is none."""
+        try:
+            with open(f"/proc/self/fdinfo/{pollfd}") as fp:
+                fds = [int(line.split()[1]) for line in fp if line.startswith("tfd:")]
+            for fd in fds:
+                if stat.S_ISSOCK(os.fstat(fd).st_mode):
+                    return cls(fd)
+        except (OSError, ValueError, IndexError):
+            pass
+        return None
+
+    def unread(self):
+        """Bytes written and not yet read by the other end (with the
+        kernel's overhead)."""
+        buf = fcntl.ioctl(self.fd, termios.TIOCOUTQ, b"\0\0\0\0")  # SIOCOUTQ
+        return struct.unpack("i", buf)[0]
+
+    @staticmethod
+    def cost(nbytes):
+        """What nbytes take in the buffer: the kernel counts its own
+        bookkeeping (a few hundred bytes to a page per buffer of data)."""
+        return nbytes + nbytes // 4 + 8192
+
+    def has_room(self, nbytes):
+        return self.cost(nbytes) <= self.size - self.unread()
+
+    def could_hold(self, nbytes):
+        """Whether nbytes would fit once the other end has read enough to
+        wake a writer (POLLOUT comes when under a quarter is unread)."""
+        return self.cost(nbytes) <= self.size // 2
+
+
+def answer_of(get):
+    """get(): the value of a future, with any failure to read the answer
+    (an error string that is not UTF-8, a malformed payload) as an OSError
+    (EPROTO), so that it is handled as an error answer, not lost."""
+    try:
+        return get()
+    except OSError:
+        raise
+    except Exception as exc:  # pylint: disable=broad-except
+        raise OSError(errno.EPROTO, f"unreadable answer: {type(exc).__name__}: {shown(str(exc))}")
+
+
+class NotSent(OSError):
+    """A request that never left (no connection): another target may take
+    the job."""
+
+    def __init__(self, exc):
+        super().__init__(exc.errno, exc.strerror or str(exc))

@@ -1,0 +1,242 @@
+"""The runtime of one load of the plugin: its options, the job-manager's
+handle, the registry and policies, connections, and the jobs it follows.
+"""
+
+import json
+import os
+import socket
+import syslog
+import time
+
+import flux
+import flux.uri
+from flux.core.inner import ffi
+
+from ..options import plugin_options
+from ..policies import (
+    BUILTIN_ORDERS,
+    DEFAULT_POLICY,
+    POLICY_METRICS,
+    parse_policy_config,
+)
+from ..registry import (
+    Registry,
+    default_user_registry_path,
+    merge_registry,
+    read_user_registry,
+)
+from ..jobspec import remote_jobspec as default_remote_jobspec
+from . import current
+from .admission import Admission
+from .connections import Connections, Helpers
+from .reactor import log_text, then
+
+
+class Runtime:
+    """State of one loaded handler: plugin conf, the job-manager's handle,
+    connections, the registry and policies, and the jobs it follows."""
+
+    def __init__(self, conf, remote_jobspec=None, policies=None):
+        self.conf = plugin_options(conf)
+        # What the site's handler file replaces (see delegate_handler.py).
+        self.remote_jobspec = remote_jobspec or default_remote_jobspec
+        self.site_policies = dict(policies or {})
+        self.unloaded = False
+        self.handle = flux.Flux(handle=ffi.cast("flux_t *", current.jobtap.handle()))
+        # The job-manager owns its handle: the wrapper must never close it.
+        self.handle.incref()
+        self.hostname = socket.gethostname()
+        # This instance's own socket (to refuse delegating to itself).
+        self.local_uri = None
+        self.submit_timeout = self.conf["submit-timeout"]
+        self.preflight_timeout = self.conf["preflight-timeout"]
+        connect_timeout = self.conf["connect-timeout"]
+        self.reconnect_interval = self.conf["reconnect-interval"]
+        self.reconnect_timeout = self.conf["reconnect-timeout"]
+        self.jobs = {}
+        self.admission = Admission()
+        self.helpers = Helpers(self)
+        self.connections = Connections(self, connect_timeout)
+        # Registry: broker config [[delegate]] + the user's registry file.
+        self.configured = False
+        self.rejected_conf = None
+        self.config_clusters = []
+        self.registry_error = None
+        self.user_registry_path = self.conf.get("registry") or default_user_registry_path()
+        self.user_clusters = []
+        self.user_registry_stamp = None
+        self.user_registry_read = False
+        self.user_registry_checked = 0.0
+        self.user_registry_error = None
+        self.registry = Registry()
+        self.policies = dict(BUILTIN_ORDERS, **self.site_policies)
+        self.custom_policies = {}
+        self.default_policy = DEFAULT_POLICY
+
+    # -- configuration -------------------------------------------------------
+
+    def configure(self, conf):
+        """conf.update: the broker config (at load, and on 'flux config
+        reload').  A bad registry or policy table is reported and the
+        previous configuration kept.  The error is raised (so that 'flux
+        config reload' fails with the message) only for a config not seen
+        before: when the plugin is loaded from broker config, jobtap passes
+        the same config twice, and failing then would stop the instance
+        from starting."""
+        try:
+            clusters, custom, default = parse_policy_config(conf)
+        except Exception as exc:  # pylint: disable=broad-except
+            message = (
+                str(exc)
+                if isinstance(exc, ValueError)
+                else (f"delegate config: {type(exc).__name__}: {exc}")
+            )
+            fingerprint = json.dumps(conf, sort_keys=True, default=str)
+            first_time = fingerprint != self.rejected_conf
+            self.rejected_conf = fingerprint
+            self.registry_error = message
+            self.log(syslog.LOG_ERR, f"{message} (the previous registry is kept)")
+            if self.configured and first_time:
+                raise ValueError(message)
+            self.configured = True
+            self.refresh_user_registry(force=True)
+            return
+        self.configured = True
+        self.rejected_conf = None
+        self.registry_error = None
+        self.config_clusters = clusters
+        self.custom_policies = custom
+        self.policies = dict(BUILTIN_ORDERS, **self.site_policies, **custom)
+        self.default_policy = default
+        self.refresh_user_registry(force=True)
+        self.log(
+            syslog.LOG_INFO,
+            f"registry: {len(self.registry.clusters)} targets"
+            f" ({len(clusters)} from broker config), default policy {default}",
+        )
+
+    def refresh_user_registry(self, force=False):
+        """Re-read the user's registry file if it changed: one stat(2), at
+        most once a second (force: now), since it runs on the job-manager's
+        thread; read only when the stat differs from the last read's.  A
+        file with errors is reported and its previous content kept."""
+        now = time.time()
+        if not force and now - self.user_registry_checked < 1.0:
+            return
+        self.user_registry_checked = now
+        path = self.user_registry_path
+        try:
+            st = os.stat(path)
+            stamp = (st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino, st.st_dev)
+        except OSError:
+            stamp = None
+        if stamp != self.user_registry_stamp or not self.user_registry_read:
+            self.user_registry_read = True
+            self.user_registry_stamp = stamp
+            try:
+                self.user_clusters = read_user_registry(path)
+                self.user_registry_error = None
+            except ValueError as exc:
+                self.user_registry_error = str(exc)
+                self.log(syslog.LOG_ERR, f"user registry: {exc} (keeping the previous one)")
+        self.registry, notes = merge_registry(
+            self.config_clusters, self.user_clusters, self.policies
+        )
+        if force:
+            for note in notes:
+                self.log(syslog.LOG_INFO, note)
+
+    def start(self):
+        """Once this is the current runtime (guard() runs only its
+        callbacks): ask the broker for this instance's own URI."""
+        then(self.handle.rpc("attr.get", {"name": "local-uri"}), self.on_local_uri)
+
+    def on_local_uri(self, future):
+        self.local_uri = future.get()["value"]
+
+    def is_this_instance(self, uri):
+        """Whether uri names this instance: its own socket, directly or
+        through ssh to this host."""
+        if not self.local_uri:
+            return False
+        try:
+            theirs = flux.uri.JobURI(uri)
+            mine = flux.uri.JobURI(self.local_uri)
+            if theirs.scheme not in ("local", "ssh"):
+                return False
+            if theirs.scheme == "ssh":
+                host = theirs.netloc.rpartition("@")[2].rpartition(":")[0] or (
+                    theirs.netloc.rpartition("@")[2]
+                )
+                here = {self.hostname, self.hostname.split(".")[0], "localhost", "127.0.0.1", "::1"}
+                if host not in here:
+                    return False
+            if os.path.normpath(theirs.path) == os.path.normpath(mine.path):
+                return True
+            return os.path.samefile(theirs.path, mine.path)
+        except Exception:  # pylint: disable=broad-except
+            return False
+
+    def policy_metrics(self, policy):
+        """What the pre-flight must ask for a policy: a site policy gets
+        everything that can be known."""
+        if policy is None:
+            return ()
+        return POLICY_METRICS.get(policy, ("pending", "match_time"))
+
+    def policy_names(self):
+        return tuple(self.policies)
+
+    def log(self, level, message):
+        try:
+            log_text(self.handle, level, f"delegate: {message}")
+        except Exception:  # pylint: disable=broad-except
+            pass
+
+    def log_exception(self, where):
+        import traceback
+
+        self.log(syslog.LOG_ERR, f"{where}: {traceback.format_exc()}")
+
+    def query(self):
+        phases = {}
+        for job in self.jobs.values():
+            phases[job.phase] = phases.get(job.phase, 0) + 1
+        return {
+            "connections": sorted(self.connections.open),
+            # Bytes the socket of each connection can hold: a request too
+            # large for half of it goes over a connection of its own.
+            "send-buffers": {
+                uri: remote.socket.size if remote.socket else None
+                for uri, remote in self.connections.open.items()
+            },
+            "helper-threads": self.helpers.threads(),
+            "admission": {
+                "active": len(self.admission.active),
+                "waiting": len(self.admission.waiting),
+            },
+            "jobs": phases,
+            # Watchers (timers, fds) the handler holds on the job-manager's
+            # reactor: back to a few once its jobs are done.
+            "watchers": len(getattr(self.handle, "_active_watchers", ())),
+            "submit-timeout": self.submit_timeout,
+            "connect-timeout": self.connections.timeout,
+            "preflight-timeout": self.preflight_timeout,
+            "reconnect-timeout": self.reconnect_timeout,
+            "registry": [
+                dict(c.extra, uri=c.uri, label=c.label, origin=c.origin)
+                for c in self.registry.clusters
+            ],
+            "registry-error": self.registry_error,
+            "user-registry": self.user_registry_path,
+            "user-registry-error": self.user_registry_error,
+            "policies": sorted(self.policies),
+            "default-policy": self.default_policy,
+        }
+
+    def unload(self):
+        self.unloaded = True
+        self.connections.close()
+        self.helpers.close()
+        for job in list(self.jobs.values()):
+            job.stop_following()

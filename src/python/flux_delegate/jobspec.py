@@ -1,0 +1,100 @@
+"""Jobspec rewrites: the remote copy of a local job, its origin record, and
+the updates that release the local job once its remote twin has ended.
+"""
+
+import copy
+import os
+import time
+
+from .names import LOCAL_ONLY_ATTRIBUTES, ORIGIN_ATTRIBUTE
+
+#: How long the local job "runs" once the remote one has finished: only
+#: long enough for job-exec to post start and finish (test exec mode).
+RELEASE_RUN_DURATION = "0.001s"
+
+
+def remote_jobspec(jobspec, environment=None, origin=None):
+    """The jobspec to submit remotely: the local one without what only
+    means something here (dependencies, delegation attributes), with the
+    environment put back (the job-manager keeps jobspecs without it) and
+    the origin (the local job) recorded."""
+    spec = copy.deepcopy(jobspec)
+    system = spec.setdefault("attributes", {}).setdefault("system", {})
+    for key in LOCAL_ONLY_ATTRIBUTES:
+        system.pop(key, None)
+    if environment is not None:
+        system["environment"] = environment
+    if origin is not None:
+        system[ORIGIN_ATTRIBUTE] = origin
+    return spec
+
+
+def requeue_allowed(jobspec):
+    """Whether a job that started remotely may run again elsewhere after an
+    allocation failure: yes, unless -S delegate-requeue=false (or 0, no)."""
+    try:
+        value = jobspec["attributes"]["system"]["delegate-requeue"]
+    except (KeyError, TypeError):
+        return True
+    return value not in (False, 0, "false", "False", "no", "0")
+
+
+def origin_of(jobspec):
+    """The origin a remote jobspec records, or None."""
+    try:
+        origin = jobspec["attributes"]["system"][ORIGIN_ATTRIBUTE]
+    except (KeyError, TypeError):
+        return None
+    return origin if isinstance(origin, dict) else None
+
+
+def same_origin(a, b):
+    """Whether two origins name the same local job (its id, and its submit
+    time: ids alone repeat across instances)."""
+    try:
+        return int(a["jobid"]) == int(b["jobid"]) and (
+            abs(float(a["t_submit"]) - float(b["t_submit"])) < 1e-3
+        )
+    except (KeyError, TypeError, ValueError):
+        return False
+
+
+def job_name(jobspec):
+    """The job's name as job-list shows it: attributes.system.job.name, or
+    the base name of the command; None if neither."""
+    try:
+        name = jobspec["attributes"]["system"]["job"]["name"]
+        if isinstance(name, str) and name:
+            return name
+    except (KeyError, TypeError):
+        pass
+    try:
+        command = jobspec["tasks"][0]["command"]
+        return os.path.basename(command[0]) or command[0]
+    except (KeyError, IndexError, TypeError):
+        return None
+
+
+def release_updates(wait_status):
+    """Jobspec updates that make job-exec 'run' the released local job for a
+    moment and report wait_status, without job shells (test exec mode)."""
+    return {
+        "attributes.system.exec.test": {
+            "run_duration": RELEASE_RUN_DURATION,
+            "wait_status": int(wait_status),
+        }
+    }
+
+
+def local_R(hostname, now=None):
+    """A minimal R (RFC 20) for the released local job: one core of rank 0.
+    It is never allocated from the scheduler (alloc-bypass)."""
+    return {
+        "version": 1,
+        "execution": {
+            "R_lite": [{"rank": "0", "children": {"core": "0"}}],
+            "nodelist": [hostname],
+            "starttime": float(now if now is not None else time.time()),
+            "expiration": 0.0,
+        },
+    }

@@ -1,0 +1,31 @@
+"""Names with a fixed meaning: the dependency that holds a delegated job,
+its exception type, the jobspec attributes that belong to the local
+instance only, and the built-in policy names (no registry label may take
+one).
+"""
+
+#: The dependency that holds a delegated job in the source instance.
+DEPENDENCY = "delegated"
+
+
+#: Job exception type for every delegation failure (the C delegate plugin's).
+EXCEPTION_TYPE = "DelegationFailure"
+
+
+#: Jobspec attributes that belong to the local instance only.
+LOCAL_ONLY_ATTRIBUTES = ("dependencies", "delegate", "delegate-origin", "delegate-requeue")
+
+
+#: The system attribute that names, in a remote job, the local job it runs
+#: for: {"jobid", "t_submit", "host"}.  With it a submit whose answer was
+#: lost (the source stopped or the plugin was reloaded in between) is found
+#: again instead of being made twice.
+ORIGIN_ATTRIBUTE = "delegate-origin"
+
+
+#: Policies built into this handler (site policies are added by config).
+BUILTIN_POLICIES = ("random", "least_pending", "shortest_match", "assign")
+
+
+#: Policy for --dependency=delegate with no value, unless configured.
+DEFAULT_POLICY = "least_pending"

@@ -1,0 +1,244 @@
+"""Policies: the candidates a job may go to, the built-in orders, and site
+policies (module:function, loaded from the broker config).
+"""
+
+from .names import DEFAULT_POLICY
+from .registry import parse_registry
+
+
+def parse_policy_config(conf):
+    """The broker config's registry ('delegate') and [delegate-policy]
+    table: (clusters, {name: site policy}, default policy).  Raises
+    ValueError naming what is wrong."""
+    clusters = parse_registry(conf.get("delegate"), "config", "broker config")
+    table = conf.get("delegate-policy") or {}
+    if not isinstance(table, dict):
+        raise ValueError("broker config: [delegate-policy] must be a table")
+    unknown = set(table) - {"default", "custom"}
+    if unknown:
+        raise ValueError(f"broker config: [delegate-policy] has unknown keys: {sorted(unknown)}")
+    specs = table.get("custom") or {}
+    if not isinstance(specs, dict):
+        raise ValueError(
+            'broker config: [delegate-policy.custom] must be a table of name = "module:function"'
+        )
+    custom = {}
+    for name, spec in specs.items():
+        if name in BUILTIN_ORDERS:
+            raise ValueError(f"[delegate-policy.custom]: '{name}' is a built-in policy")
+        custom[name] = load_policy(name, spec)
+    default = table.get("default", DEFAULT_POLICY)
+    if not isinstance(default, str) or default.partition(":")[0] not in (
+        set(BUILTIN_ORDERS) | set(custom)
+    ):
+        raise ValueError(f"[delegate-policy]: unknown default policy '{default}'")
+    clash = {c.label for c in clusters if c.label} & set(custom)
+    if clash:
+        raise ValueError(f"broker config: labels {sorted(clash)} are policy names")
+    return clusters, custom, default
+
+
+class Candidate:
+    """A target considered for one job, with what the pre-flight learned.
+
+    verdict: "feasible" (its scheduler says it could run the job),
+    "unknown" (no feasibility service there: ENOSYS), "infeasible",
+    "unreachable" (no connection or no answer in time), or None before the
+    pre-flight.  pending: jobs pending there (job-list), match_time:
+    Fluxion's longest match time in seconds; None where not known.
+    """
+
+    def __init__(self, cluster):
+        self.cluster = cluster
+        self.verdict = None
+        self.reason = None
+        self.pending = None
+        self.match_time = None
+        self.remote = None
+
+    label = property(lambda self: self.cluster.label)
+    uri = property(lambda self: self.cluster.uri)
+    name = property(lambda self: self.cluster.name)
+
+    def describe(self):
+        return self.cluster.describe()
+
+    @property
+    def usable(self):
+        return self.verdict in ("feasible", "unknown")
+
+    def record(self):
+        """For the provenance event."""
+        record = {"uri": self.uri, "verdict": self.verdict}
+        for key in ("label", "reason", "pending", "match_time"):
+            value = getattr(self, key)
+            if value is not None:
+                record[key] = value
+        return record
+
+    def __repr__(self):
+        return f"Candidate({self.name!r}, {self.verdict!r})"
+
+
+class PolicyError(Exception):
+    """A policy cannot choose (e.g. assign:N out of range): the job fails
+    with DelegationFailure and this message."""
+
+
+class JobView:
+    """What a policy sees of the job."""
+
+    def __init__(self, jobid, userid, jobspec):
+        self.id = jobid
+        self.userid = userid
+        self.jobspec = jobspec
+        self.attributes = jobspec.get("attributes", {})
+
+
+def no_argument(name, arg):
+    if arg is not None:
+        raise PolicyError(f"{name}: takes no argument (got '{arg}')")
+
+
+def order_random(job, candidates, arg=None):
+    """Any order: spread jobs over targets."""
+    no_argument("random", arg)
+    import random
+
+    return random.sample(candidates, len(candidates))
+
+
+def order_least_pending(job, candidates, arg=None):
+    """Fewest pending jobs first (job-list's count of jobs in DEPEND,
+    PRIORITY and SCHED); ties keep registry order, unknown counts last."""
+    no_argument("least_pending", arg)
+    return sorted(candidates, key=lambda c: (c.pending is None, c.pending or 0))
+
+
+def order_shortest_match(job, candidates, arg=None):
+    """Shortest Fluxion match time first (sched-fluxion-resource.stats-get,
+    the longest successful match, as the C delegate plugin compares it).
+    Targets that run no Fluxion are not candidates."""
+    no_argument("shortest_match", arg)
+    fluxion = [c for c in candidates if c.match_time is not None]
+    if not fluxion and candidates:
+        raise PolicyError(
+            "shortest_match: no target runs Fluxion: "
+            + "; ".join(f"{c.describe()}: {c.reason or 'no match statistics'}" for c in candidates)
+        )
+    return sorted(fluxion, key=lambda c: c.match_time)
+
+
+def order_assign(job, candidates, arg=None):
+    """assign:N: the N-th [[delegate]] entry of the broker config, counted
+    from 0 as the C delegate plugin does (assign alone is assign:0).  If it
+    fails, the entries after it are tried in order."""
+    entries = sorted(
+        (c for c in candidates if c.cluster.origin == "config"),
+        key=lambda c: c.cluster.index,
+    )
+    try:
+        index = int(arg) if arg is not None else 0
+        if index < 0:
+            raise ValueError
+    except ValueError:
+        raise PolicyError(f"assign: '{arg}' is not a number (assign:N, N counts from 0)")
+    if index >= len(entries):
+        raise PolicyError(
+            f"assign: sub-instance ID {index} out of range"
+            + (f" (0..{len(entries) - 1})" if entries else " (no [[delegate]] entries)")
+        )
+    return entries[index:]
+
+
+BUILTIN_ORDERS = {
+    "random": order_random,
+    "least_pending": order_least_pending,
+    "shortest_match": order_shortest_match,
+    "assign": order_assign,
+}
+
+
+#: What each built-in policy needs to know about the candidates.
+POLICY_METRICS = {
+    "random": (),
+    "least_pending": ("pending",),
+    "shortest_match": ("match_time",),
+    "assign": (),
+}
+
+
+def load_policy(name, spec):
+    """A site policy from 'module:function' (a module on sys.path, or
+    delegate_handler for a function of the handler itself) or
+    '/path/to/file.py:function'.  Raises ValueError."""
+    if not isinstance(spec, str) or ":" not in spec:
+        raise ValueError(f"policy '{name}': '{spec}' is not 'module:function'")
+    module_name, _, function = spec.rpartition(":")
+    import importlib
+    import importlib.util
+
+    try:
+        if module_name.endswith(".py") or "/" in module_name:
+            modspec = importlib.util.spec_from_file_location(f"delegate_policy_{name}", module_name)
+            module = importlib.util.module_from_spec(modspec)
+            modspec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(module_name)
+    except Exception as exc:  # pylint: disable=broad-except
+        raise ValueError(f"policy '{name}': cannot import {module_name}: {exc}")
+    order = getattr(module, function, None)
+    if not callable(order):
+        raise ValueError(f"policy '{name}': {module_name} has no function '{function}'")
+    import inspect
+
+    try:
+        takes_arg = len(inspect.signature(order).parameters) >= 3
+    except (TypeError, ValueError):
+        takes_arg = True
+    if takes_arg:
+        return order
+    return lambda job, candidates, arg=None: order(job, candidates)
+
+
+def apply_policy(order, name, arg, job, candidates):
+    """Run a policy and check what it returns: some of the candidates,
+    each at most once."""
+    try:
+        result = list(order(job, list(candidates), arg))
+    except PolicyError:
+        raise
+    except Exception as exc:  # pylint: disable=broad-except
+        raise PolicyError(f"policy {name} failed: {type(exc).__name__}: {exc}") from exc
+    ids = {id(c) for c in candidates}
+    seen = set()
+    for item in result:
+        if id(item) not in ids or id(item) in seen:
+            raise PolicyError(
+                f"policy {name} returned {item!r}, which is not one of its candidates"
+            )
+        seen.add(id(item))
+    return result
+
+
+def no_target_message(candidates, order):
+    """Why no candidate can take the job, naming each one."""
+    if not candidates:
+        return "no targets in the registry (it changed since the job was submitted)"
+    if len(candidates) == 1:
+        c = candidates[0]
+        if c.verdict == "unreachable" and c.remote is not None:
+            return f"{c.uri} did not answer: {c.reason}"
+        if c.verdict == "unreachable":
+            return f"cannot connect to {c.uri}: {c.reason}"
+        if c.verdict == "infeasible":
+            return f"{c.describe()} cannot run this job: {c.reason}"
+    listed = {id(c) for c in order}
+    reasons = []
+    for c in candidates:
+        if c.usable and id(c) not in listed:
+            why = "not chosen by the policy"
+        else:
+            why = f"{c.verdict}: {c.reason}" if c.reason else c.verdict
+        reasons.append(f"{c.describe()}: {why}")
+    return "no target can run this job: " + "; ".join(reasons)

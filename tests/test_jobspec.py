@@ -1,0 +1,93 @@
+"""Unit tests of flux_delegate.jobspec: the remote copy of a job and its origin."""
+
+from unit import needs_flux
+
+from flux_delegate.jobspec import (
+    job_name,
+    local_R,
+    origin_of,
+    release_updates,
+    remote_jobspec,
+    same_origin,
+)
+
+
+def test_remote_jobspec_drops_local_attributes_and_restores_environment():
+    jobspec = {
+        "version": 1,
+        "resources": [{"type": "slot", "count": 2}],
+        "tasks": [{"command": ["true"]}],
+        "attributes": {
+            "system": {
+                "duration": 60,
+                "cwd": "/tmp",
+                "dependencies": [{"scheme": "delegate", "value": "x"}],
+                "delegate": "random",
+                "job": {"name": "n"},
+            },
+            "user": {"a": 1},
+        },
+    }
+    spec = remote_jobspec(jobspec, {"PATH": "/bin"})
+    system = spec["attributes"]["system"]
+    assert "dependencies" not in system and "delegate" not in system
+    assert system["environment"] == {"PATH": "/bin"}
+    assert system["duration"] == 60 and system["cwd"] == "/tmp"
+    assert spec["attributes"]["user"] == {"a": 1}
+    assert spec["resources"] == jobspec["resources"]
+    # The local jobspec is left as it was.
+    assert "dependencies" in jobspec["attributes"]["system"]
+    assert "environment" not in jobspec["attributes"]["system"]
+
+
+def test_remote_jobspec_records_its_origin_and_drops_an_inherited_one():
+    jobspec = {"version": 1, "attributes": {"system": {"delegate-origin": {"jobid": 9}}}}
+    assert "delegate-origin" not in remote_jobspec(jobspec)["attributes"]["system"]
+    origin = {"jobid": 5, "t_submit": 1.5, "host": "h"}
+    spec = remote_jobspec(jobspec, None, origin)
+    assert origin_of(spec) == origin
+    assert origin_of({"version": 1}) is None
+    assert origin_of({"attributes": {"system": {"delegate-origin": "x"}}}) is None
+
+
+def test_same_origin_needs_the_id_and_the_submit_time():
+    a = {"jobid": 5, "t_submit": 100.25, "host": "h"}
+    assert same_origin(a, {"jobid": 5, "t_submit": 100.25})
+    assert not same_origin(a, {"jobid": 5, "t_submit": 101.25})  # another instance
+    assert not same_origin(a, {"jobid": 6, "t_submit": 100.25})
+    assert not same_origin(a, None)
+    assert not same_origin(a, {"jobid": "x", "t_submit": 100.25})
+
+
+def test_job_name_as_job_list_shows_it():
+    assert job_name({"tasks": [{"command": ["/bin/sleep", "1"]}]}) == "sleep"
+    named = {
+        "tasks": [{"command": ["/bin/sleep"]}],
+        "attributes": {"system": {"job": {"name": "mine"}}},
+    }
+    assert job_name(named) == "mine"
+    assert job_name({"version": 1}) is None
+
+
+def test_remote_jobspec_without_attributes():
+    spec = remote_jobspec({"version": 1}, None)
+    assert spec["attributes"]["system"] == {}
+
+
+def test_release_updates_report_the_wait_status():
+    updates = release_updates(768)
+    test = updates["attributes.system.exec.test"]
+    assert test["wait_status"] == 768
+    # A zero duration would make job-exec wait forever.
+    assert test["run_duration"] != "0" and float(test["run_duration"].rstrip("s")) > 0
+
+
+@needs_flux
+def test_local_R_is_valid_R():
+    from flux.resource import ResourceSet
+
+    R = local_R("node0", now=100.0)
+    rset = ResourceSet(R)
+    assert str(rset.ranks) == "0"
+    assert rset.nodelist.expand() == ["node0"]
+    assert R["execution"]["starttime"] == 100.0

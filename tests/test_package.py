@@ -1,0 +1,73 @@
+"""The shape of the flux_delegate package: the pure modules never depend on
+the job-manager layer, and only that layer imports delegate.so's module."""
+
+import ast
+import os
+import subprocess
+import sys
+
+from flux_instance import PYTHONPATH
+
+PACKAGE = os.path.join(PYTHONPATH, "flux_delegate")
+PURE = sorted(
+    name[:-3]
+    for name in os.listdir(PACKAGE)
+    if name.endswith(".py") and name != "__init__.py"
+)
+
+
+def imported_modules(path):
+    """Every module a file imports, absolute (relative imports resolved
+    against the package)."""
+    with open(path) as fp:
+        tree = ast.parse(fp.read(), path)
+    package = os.path.relpath(os.path.dirname(path), PYTHONPATH).replace(os.sep, ".")
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")
+                parts = parts[: len(parts) - node.level + 1]
+                base = ".".join(parts + ([base] if base else []))
+            found.add(base)
+            found.update(f"{base}.{alias.name}" for alias in node.names)
+    return found
+
+
+def test_there_are_pure_modules():
+    assert {"targets", "registry", "policies", "preflight", "jobspec", "eventlog"} <= set(PURE)
+
+
+def test_pure_modules_import_nothing_of_the_job_manager_layer():
+    for name in PURE:
+        imports = imported_modules(os.path.join(PACKAGE, name + ".py"))
+        bad = {m for m in imports if m.startswith("flux_delegate.jobmanager") or m == "delegate_jobtap"}
+        assert not bad, f"flux_delegate.{name} imports {sorted(bad)}"
+
+
+def test_only_the_job_manager_layer_imports_the_shims_module():
+    for top, _, files in os.walk(PACKAGE):
+        for name in files:
+            if not name.endswith(".py"):
+                continue
+            path = os.path.join(top, name)
+            if "delegate_jobtap" in imported_modules(path):
+                assert os.path.relpath(path, PACKAGE) == os.path.join("jobmanager", "entry.py")
+
+
+def test_pure_modules_import_in_a_plain_python():
+    """Without the broker (no delegate_jobtap) and with or without flux's
+    bindings, as a command or a unit test imports them."""
+    code = (
+        "import sys\n"
+        f"sys.path.insert(0, {PYTHONPATH!r})\n"
+        + "".join(f"import flux_delegate.{name}\n" for name in PURE)
+        + "loaded = sorted(m for m in sys.modules if m.startswith('flux_delegate.jobmanager')"
+        " or m == 'delegate_jobtap')\n"
+        "assert not loaded, loaded\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
