@@ -7,6 +7,7 @@ leave the rest to flux_delegate.
 
 import json
 import shutil
+import time
 
 import pytest
 from flux_instance import HANDLER, PLUGIN, PYTHONPATH
@@ -16,15 +17,15 @@ pytestmark = pytest.mark.integration
 SITE_HANDLER = """\
 from flux_delegate import jobspec
 from flux_delegate.jobmanager import entry
-from flux_delegate.jobmanager.entry import JOB_TOPICS, callback, plugin_unload
+from flux_delegate.jobmanager.entry import *
 
 
 def remote_jobspec(spec, environment=None, origin=None):
 {body}
 
 
-def plugin_load(conf):
-    entry.plugin_load(conf, remote_jobspec=remote_jobspec)
+def plugin_load(conf, jobtap):
+    entry.plugin_load(conf, jobtap, remote_jobspec=remote_jobspec)
 """
 
 
@@ -207,7 +208,7 @@ def test_handler_error_in_callback_rejects_with_traceback(fresh_source, target, 
     path = tmp_path / "raising.py"
     path.write_text(
         "from flux_delegate.jobmanager import entry\n"
-        "from flux_delegate.jobmanager.entry import JOB_TOPICS, plugin_load, plugin_unload\n"
+        "from flux_delegate.jobmanager.entry import *\n"
         "def callback(topic, args, job):\n"
         "    if topic == 'job.dependency.delegate':\n"
         "        raise RuntimeError('boom in callback')\n"
@@ -220,6 +221,90 @@ def test_handler_error_in_callback_rejects_with_traceback(fresh_source, target, 
     assert "handler error (traceback in broker log): RuntimeError: boom in callback" in proc.stderr
     dmesg = source.dmesg()
     assert "Traceback" in dmesg and "raise RuntimeError('boom in callback')" in dmesg
+
+
+def raising_in(tmp_path, topic):
+    """A site handler whose callback raises for one topic."""
+    path = tmp_path / "raising.py"
+    path.write_text(
+        "from flux_delegate.jobmanager import entry\n"
+        "from flux_delegate.jobmanager.entry import *\n"
+        "def callback(topic, args, job):\n"
+        f"    if topic == {topic!r}:\n"
+        "        raise RuntimeError('boom in %n ' + topic)\n"
+        "    return entry.callback(topic, args, job)\n"
+    )
+    return str(path)
+
+
+def test_handler_error_on_system_delegate_rejects_the_job(fresh_source, target, tmp_path):
+    """-S system.delegate=TARGET enters the handler at job.create: an error
+    there rejects the submit.  (In job.new, where it used to be, flux
+    ignores the result and the job ran here, on the source.)"""
+    fresh_source.load_plugin(raising_in(tmp_path, "job.create"))
+    proc = fresh_source.run("submit", "-S", f"system.delegate={target.uri}", "true", check=False)
+    assert proc.returncode != 0
+    assert "handler error (traceback in broker log): RuntimeError: boom in %n job.create" in (
+        proc.stderr
+    )
+    listed = fresh_source.run("jobs", "-a", "-n", "-o", "{id}").stdout.split()
+    assert listed == [], "a rejected job must not exist, let alone run here"
+    # Jobs without system.delegate never enter Python at job.create.
+    assert fresh_source.status(fresh_source.submit("true")) == 0
+
+
+def test_bad_system_delegate_is_rejected_at_submit(source, target):
+    proc = source.run("submit", "-S", "system.delegate=nowhere%n", "true", check=False)
+    assert proc.returncode != 0
+    assert "delegate: not a URI, job id, registry label or policy: 'nowhere%n'" in proc.stderr
+    proc = source.run("submit", "-S", "system.delegate=[1]", "true", check=False)
+    assert proc.returncode != 0
+    assert "delegate: system.delegate must be a string, not" in proc.stderr
+
+
+def test_a_late_continuation_cannot_act_through_the_next_load(fresh_source, target, tmp_path):
+    """Each load has its own jobtap object, invalidated when the load ends:
+    code of an old load that still runs (a timer, a continuation) gets an
+    error instead of acting through the load that replaced it."""
+    path = tmp_path / "lingering.py"
+    path.write_text(
+        "import syslog\n"
+        "from flux_delegate.jobmanager import entry\n"
+        "from flux_delegate.jobmanager.entry import *\n"
+        "kept = []\n"
+        "def plugin_load(conf, jobtap):\n"
+        "    conf = dict(conf)\n"
+        "    marker = conf.pop('marker-job')\n"
+        "    entry.plugin_load(conf, jobtap)\n"
+        "    runtime = entry.current.runtime\n"
+        "    def late(*unused):\n"
+        "        try:\n"
+        "            jobtap.post_event(int(open(marker).read()), 'lingering')\n"
+        "            what = 'acted'\n"
+        "        except RuntimeError as exc:\n"
+        "            what = f'refused: {exc}'\n"
+        "        runtime.handle.log(syslog.LOG_INFO, f'late continuation {what}')\n"
+        "    watcher = runtime.handle.timer_watcher_create(2.0, late)\n"
+        "    watcher.start()\n"
+        "    kept.append(watcher)\n"
+        "def plugin_unload():\n"
+        "    entry.plugin_unload()\n"
+    )
+    marker = tmp_path / "job"
+    # A job of the second load: the old timer must not be able to touch it.
+    fresh_source.load_plugin(str(path), f"marker-job={marker}")
+    fresh_source.remove_plugin()
+    fresh_source.load_plugin()
+    jobid = fresh_source.submit(f"--dependency=delegate:{target.uri}", "sleep", "5")
+    decimal = fresh_source.run("job", "id", "--to=dec", jobid).stdout.strip()
+    marker.write_text(decimal)
+    deadline = time.time() + 15
+    while "late continuation" not in fresh_source.dmesg():
+        assert time.time() < deadline, "the old load's timer never ran"
+        time.sleep(0.2)
+    assert "late continuation refused: this load of delegate.so is over" in fresh_source.dmesg()
+    events = [e["name"] for e in fresh_source.eventlog(jobid)]
+    assert "lingering" not in events
 
 
 def test_handler_error_in_continuation_fails_only_that_job(fresh_source, target, tmp_path):

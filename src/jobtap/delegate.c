@@ -8,13 +8,19 @@
  *  - job.dependency.delegate always reaches the handler: it is how a job
  *    asks for delegation, at submit and, for jobs still waiting, when the
  *    plugin is (re)loaded or the instance restarts.
- *  - job.new reaches it only for jobs with attributes.system.delegate
- *    (-S system.delegate=POLICY, the C delegate plugin's convention).
+ *  - job.create reaches it only for jobs that have one of the jobspec
+ *    attributes the handler lists in JOB_CREATE_ATTRIBUTES (e.g.
+ *    system.delegate): plain jobs never enter Python.  At submit an error
+ *    there rejects the job.
  *  - job.state.*, job.event.* and job.destroy reach the handler only for
  *    jobs it has taken on (delegate_jobtap.job_attach()), so other jobs
  *    never enter Python.
  *  - A Python exception never escapes: pyerror.c turns it into a rejected
- *    submit, a DelegationFailure job exception, or a log line.
+ *    submit, a job exception (of the handler's EXCEPTION_TYPE), or a log
+ *    line.
+ *  - Each load gets a delegate_jobtap.Jobtap object of its own, passed to
+ *    plugin_load(conf, jobtap) and invalidated when the load ends, so that
+ *    nothing of an old load acts through a new one.
  *
  * Plugin configuration (flux jobtap load delegate.so KEY=VALUE ...):
  *   handler=PATH     handler file to use instead of the installed one.
@@ -39,9 +45,17 @@ struct delegate {
     char *handler_path;
     char *python_path;      /* put first on sys.path for the package   */
     PyObject *handler;      /* the handler module, NULL if it failed   */
+    PyObject *jobtap;       /* this load's delegate_jobtap.Jobtap       */
     char *load_error;       /* why the handler failed to load, or NULL */
     char **job_topics;      /* the handler's JOB_TOPICS, NULL: all      */
+    char **create_attributes; /* its JOB_CREATE_ATTRIBUTES, NULL: none  */
+    char *exception_type;   /* its EXCEPTION_TYPE                       */
 };
+
+/* The plugin of the load in force: jobtap calls a second plugin's init
+ * before it finds the name taken (see flux_plugin_init).
+ */
+static flux_plugin_t *loaded_plugin = NULL;
 
 /* Whether the handler wants 'topic' for the jobs it took on: its
  * JOB_TOPICS, read at load.  A job sees a score of events (each with its
@@ -61,54 +75,112 @@ static bool wants_job_topic (struct delegate *d, const char *topic)
     return false;
 }
 
-static void job_topics_free (char **topics)
+static void strings_free (char **strings)
 {
     char **t;
 
-    if (topics) {
-        for (t = topics; *t; t++)
+    if (strings) {
+        for (t = strings; *t; t++)
             free (*t);
-        free (topics);
+        free (strings);
     }
 }
 
-/* The handler's JOB_TOPICS (a sequence of str), or NULL if it has none.
- * GIL held.  Returns 0, or -1 with a Python exception set.
+/* The handler's attribute 'name', a sequence of str, as a NULL-terminated
+ * array in *out (left NULL if the handler has no such attribute).  GIL
+ * held.  Returns 0, or -1 with a Python exception set.
  */
-static int job_topics_read (struct delegate *d)
+static int handler_strings (struct delegate *d, const char *name, char ***out)
 {
     PyObject *seq = NULL;
-    PyObject *topics;
+    PyObject *obj;
+    char **strings = NULL;
     Py_ssize_t i, n;
     int rc = -1;
 
-    if (!PyObject_HasAttrString (d->handler, "JOB_TOPICS"))
+    if (!PyObject_HasAttrString (d->handler, name))
         return 0;
-    if (!(topics = PyObject_GetAttrString (d->handler, "JOB_TOPICS"))
-        || !(seq = PySequence_Fast (topics, "JOB_TOPICS must be a sequence")))
+    if (!(obj = PyObject_GetAttrString (d->handler, name))
+        || !(seq = PySequence_Fast (obj, "must be a sequence of str")))
         goto done;
     n = PySequence_Fast_GET_SIZE (seq);
-    if (!(d->job_topics = calloc (n + 1, sizeof (char *)))) {
+    if (!(strings = calloc (n + 1, sizeof (char *)))) {
         PyErr_NoMemory ();
         goto done;
     }
     for (i = 0; i < n; i++) {
         const char *s = PyUnicode_AsUTF8 (PySequence_Fast_GET_ITEM (seq, i));
-        if (!s || !(d->job_topics[i] = strdup (s))) {
+        if (!s || !(strings[i] = strdup (s))) {
             if (s)
                 PyErr_NoMemory ();
             goto done;
         }
     }
+    *out = strings;
+    strings = NULL;
     rc = 0;
 done:
-    if (rc < 0) {
-        job_topics_free (d->job_topics);
-        d->job_topics = NULL;
-    }
+    strings_free (strings);
     Py_XDECREF (seq);
-    Py_XDECREF (topics);
+    Py_XDECREF (obj);
     return rc;
+}
+
+/* The handler's EXCEPTION_TYPE (a str), or the default.  GIL held.
+ * Returns 0, or -1 with a Python exception set.
+ */
+static int handler_exception_type (struct delegate *d)
+{
+    const char *type = DELEGATE_DEFAULT_EXCEPTION_TYPE;
+    PyObject *obj = NULL;
+    int rc = -1;
+
+    if (PyObject_HasAttrString (d->handler, "EXCEPTION_TYPE")
+        && (!(obj = PyObject_GetAttrString (d->handler, "EXCEPTION_TYPE"))
+            || !(type = PyUnicode_AsUTF8 (obj))))
+        goto done;
+    free (d->exception_type);
+    if (!(d->exception_type = strdup (type))) {
+        PyErr_NoMemory ();
+        goto done;
+    }
+    rc = 0;
+done:
+    Py_XDECREF (obj);
+    return rc;
+}
+
+/* Does the job in 'args' have one of the handler's JOB_CREATE_ATTRIBUTES
+ * (dotted paths under the jobspec's attributes, e.g. "system.delegate")?
+ */
+static bool has_create_attribute (struct delegate *d, flux_plugin_arg_t *args)
+{
+    json_t *jobspec = NULL;
+    char **path;
+
+    if (!d->create_attributes
+        || flux_plugin_arg_unpack (args,
+                                   FLUX_PLUGIN_ARG_IN,
+                                   "{s:o}",
+                                   "jobspec", &jobspec) < 0)
+        return false;
+    for (path = d->create_attributes; *path; path++) {
+        json_t *o = json_object_get (jobspec, "attributes");
+        char *copy = strdup (*path);
+        char *saveptr = NULL;
+        char *key;
+
+        if (!copy)
+            return false;
+        for (key = strtok_r (copy, ".", &saveptr);
+             key && o;
+             key = strtok_r (NULL, ".", &saveptr))
+            o = json_object_get (o, key);
+        free (copy);
+        if (o)
+            return true;
+    }
+    return false;
 }
 
 /* Call handler.callback (topic, args, job) and merge the dict it returns,
@@ -202,7 +274,12 @@ static int dispatch (struct delegate *d,
 
     PYTHON_ENTER
     if (call_handler (d, topic, args, job) < 0)
-        rc = pyerror_report_current (p, args, site, job_id (args), topic);
+        rc = pyerror_report_current (p,
+                                     args,
+                                     site,
+                                     job_id (args),
+                                     topic,
+                                     d->exception_type);
     PYTHON_LEAVE
     return rc;
 }
@@ -235,28 +312,32 @@ static int dependency_delegate_cb (flux_plugin_t *p,
     return dispatch (d, p, topic, args, NULL, PYERROR_SUBMIT);
 }
 
-/* job.new: only for jobs with attributes.system.delegate (the C delegate
- * plugin's -S system.delegate=POLICY); other jobs never enter Python.
+/* job.create: only for jobs with one of the handler's JOB_CREATE_ATTRIBUTES;
+ * other jobs never enter Python.  At submit (state NEW) an error rejects
+ * the job, so a job that asked for the handler never runs as if it had
+ * not; on plugin load or restart it is a job exception.  (job.new comes
+ * too late for either: the job-manager ignores its result.)
  */
-static int job_new_cb (flux_plugin_t *p,
-                       const char *topic,
-                       flux_plugin_arg_t *args,
-                       void *arg)
+static int job_create_cb (flux_plugin_t *p,
+                          const char *topic,
+                          flux_plugin_arg_t *args,
+                          void *arg)
 {
     struct delegate *d = arg;
-    json_t *policy = NULL;
+    int state = 0;
 
-    if (!d->handler
-        || flux_plugin_arg_unpack (args,
-                                   FLUX_PLUGIN_ARG_IN,
-                                   "{s:{s?{s?{s?o}}}}",
-                                   "jobspec",
-                                     "attributes",
-                                       "system",
-                                         "delegate", &policy) < 0
-        || !policy)
+    if (!d->handler || !has_create_attribute (d, args))
         return 0;
-    return dispatch (d, p, topic, args, NULL, PYERROR_JOB);
+    (void) flux_plugin_arg_unpack (args,
+                                   FLUX_PLUGIN_ARG_IN,
+                                   "{s?i}",
+                                   "state", &state);
+    return dispatch (d,
+                     p,
+                     topic,
+                     args,
+                     NULL,
+                     state == FLUX_JOB_STATE_NEW ? PYERROR_SUBMIT : PYERROR_JOB);
 }
 
 /* job.state.*, job.event.*, job.destroy: only for jobs the handler has
@@ -339,7 +420,7 @@ static void handler_failed (struct delegate *d, const char *what)
     Py_CLEAR (d->handler);
 }
 
-/* Import the handler and call its plugin_load (conf).  GIL held.
+/* Import the handler and call its plugin_load (conf, jobtap).  GIL held.
  * A handler that fails leaves the plugin loaded: delegated submits are
  * then rejected with the reason, and jobs already waiting keep waiting
  * until a good handler is loaded.  Failing the load instead would fail the
@@ -351,6 +432,10 @@ static void handler_start (struct delegate *d)
     PyObject *pyconf = NULL;
     PyObject *result;
 
+    if (!(d->jobtap = jobtap_object_new (d->p))) {
+        handler_failed (d, "cannot be given its jobtap object");
+        return;
+    }
     /* The package from pythonpath, read afresh: a reload runs the edited
      * files, not what an earlier load left in sys.modules.
      */
@@ -366,16 +451,22 @@ static void handler_start (struct delegate *d)
     if (!(pyconf = json_to_python (conf ? conf : "{}"))
         || !(result = PyObject_CallMethod (d->handler,
                                            "plugin_load",
-                                           "O",
-                                           pyconf))) {
+                                           "OO",
+                                           pyconf,
+                                           d->jobtap))) {
         handler_failed (d, "plugin_load failed");
         Py_XDECREF (pyconf);
         return;
     }
     Py_DECREF (result);
     Py_DECREF (pyconf);
-    if (job_topics_read (d) < 0) {
-        handler_failed (d, "JOB_TOPICS is not a sequence of topics");
+    if (handler_strings (d, "JOB_TOPICS", &d->job_topics) < 0
+        || handler_strings (d,
+                            "JOB_CREATE_ATTRIBUTES",
+                            &d->create_attributes) < 0
+        || handler_exception_type (d) < 0) {
+        handler_failed (d, "has a bad JOB_TOPICS, JOB_CREATE_ATTRIBUTES or"
+                        " EXCEPTION_TYPE");
         return;
     }
     flux_log (d->h, LOG_INFO, "delegate: handler %s loaded", d->handler_path);
@@ -393,8 +484,13 @@ static void delegate_destroy (void *arg)
 
     if (!d)
         return;
-    if (jobtap_module_get_plugin () == d->p)
-        jobtap_module_set_plugin (NULL);
+    if (loaded_plugin == d->p)
+        loaded_plugin = NULL;
+    if (d->jobtap) {
+        PYTHON_ENTER
+        jobtap_object_invalidate (d->jobtap);
+        PYTHON_LEAVE
+    }
     if (d->handler) {
         PYTHON_ENTER
         if (!(result = PyObject_CallMethod (d->handler,
@@ -405,21 +501,25 @@ static void delegate_destroy (void *arg)
         Py_CLEAR (d->handler);
         PYTHON_LEAVE
     }
-    if (d->python_path) {
+    if (d->python_path || d->jobtap) {
         PYTHON_ENTER
-        package_path_remove (d->python_path);
+        if (d->python_path)
+            package_path_remove (d->python_path);
+        Py_CLEAR (d->jobtap);
         PYTHON_LEAVE
     }
     free (d->handler_path);
     free (d->python_path);
     free (d->load_error);
-    job_topics_free (d->job_topics);
+    free (d->exception_type);
+    strings_free (d->job_topics);
+    strings_free (d->create_attributes);
     free (d);
 }
 
 static const struct flux_plugin_handler tab[] = {
     { "job.dependency.delegate", dependency_delegate_cb, NULL },
-    { "job.new",                 job_new_cb,             NULL },
+    { "job.create",              job_create_cb,          NULL },
     { "job.state.*",             job_cb,                 NULL },
     { "job.event.*",             job_cb,                 NULL },
     { "job.destroy",             job_cb,                 NULL },
@@ -442,7 +542,7 @@ int flux_plugin_init (flux_plugin_t *p)
      * loaded: a second 'flux jobtap load delegate.so' must not take the
      * module functions away from the first one.
      */
-    if (jobtap_module_get_plugin ()) {
+    if (loaded_plugin) {
         flux_log (h, LOG_ERR, "delegate: delegate.so is already loaded"
                   " (flux jobtap remove delegate.so first)");
         return -1;
@@ -466,6 +566,10 @@ int flux_plugin_init (flux_plugin_t *p)
     }
     d->p = p;
     d->h = h;
+    if (!(d->exception_type = strdup (DELEGATE_DEFAULT_EXCEPTION_TYPE))) {
+        delegate_destroy (d);
+        return -1;
+    }
     if (flux_plugin_aux_set (p, NULL, d, delegate_destroy) < 0) {
         delegate_destroy (d);
         return -1;
@@ -474,7 +578,7 @@ int flux_plugin_init (flux_plugin_t *p)
         flux_log (h, LOG_ERR, "delegate: %s", error.text);
         return -1;
     }
-    jobtap_module_set_plugin (p);
+    loaded_plugin = p;
 
     PYTHON_ENTER
     handler_start (d);

@@ -10,7 +10,8 @@
  *   jobtap_module.c  the module Python sees ("delegate_jobtap"): the jobtap
  *                    calls the handler may make.
  *
- * All decisions and all remote I/O are in delegate_handler.py.
+ * All decisions and all remote I/O are in Python: delegate_handler.py and
+ * the flux_delegate package it is built on.
  */
 #ifndef FLUX_DELEGATE_H
 #define FLUX_DELEGATE_H
@@ -21,11 +22,10 @@
 #include <flux/core.h>
 #include <flux/jobtap.h>
 
-/* Name of the job exception raised on any delegation failure.  It is the
- * name the C delegate plugin of flux-multi-cluster-utilities uses, so that
- * sites can switch plugins without changing what users and scripts see.
+/* Job exception type for a handler error when the handler names none of
+ * its own (its EXCEPTION_TYPE): the plugin's name.
  */
-#define DELEGATE_EXCEPTION_TYPE "DelegationFailure"
+#define DELEGATE_DEFAULT_EXCEPTION_TYPE "delegate"
 
 /* Name under which the per-job Python object is kept in job aux.
  */
@@ -106,15 +106,19 @@ void utf8_cut (char *s, size_t size);
  */
 int reject_job (flux_plugin_t *p, flux_plugin_arg_t *args, const char *message);
 
-/* Raise a severity 0 DelegationFailure on job id with 'note' (text, never
- * a format), cut to fit on a character boundary.
+/* Raise a severity 0 exception of type 'type' on job id with 'note' (text,
+ * never a format), cut to fit on a character boundary.
  */
-int raise_job_exception (flux_plugin_t *p, flux_jobid_t id, const char *note);
+int raise_job_exception (flux_plugin_t *p,
+                         flux_jobid_t id,
+                         const char *type,
+                         const char *note);
 
 /* Where a Python failure happened, which decides how it is reported.
  */
 enum pyerror_site {
-    PYERROR_SUBMIT,     /* job.dependency.* at submit: reject the job       */
+    PYERROR_SUBMIT,     /* job.dependency.* or job.create at submit: reject
+                         * the job                                          */
     PYERROR_JOB,        /* any other job callback or continuation: job
                          * exception (if the job can still take one)        */
     PYERROR_PLUGIN,     /* not about one job: log, and set the callback's
@@ -124,7 +128,7 @@ enum pyerror_site {
 /* The one place a Python exception becomes a Flux error.  Logs the
  * traceback to the broker log, naming 'where', and then, by site:
  * rejects the job (flux_jobtap_reject_job on 'args'), raises a severity 0
- * DelegationFailure exception on job 'id', or only logs.
+ * exception of type 'exception_type' on job 'id', or only logs.
  * Exceptions of type ValueError are user errors: their message is the whole
  * story, so no traceback is logged for them at submit.
  * 'type', 'value', 'tb' are the exception (references are borrowed).
@@ -135,6 +139,7 @@ int pyerror_report (flux_plugin_t *p,
                     enum pyerror_site site,
                     flux_jobid_t id,
                     const char *where,
+                    const char *exception_type,
                     PyObject *type,
                     PyObject *value,
                     PyObject *tb);
@@ -146,7 +151,8 @@ int pyerror_report_current (flux_plugin_t *p,
                             flux_plugin_arg_t *args,
                             enum pyerror_site site,
                             flux_jobid_t id,
-                            const char *where);
+                            const char *where,
+                            const char *exception_type);
 
 /* jobtap_module.c */
 
@@ -159,8 +165,11 @@ PyObject *jobtap_module_get (void);
  * unload, after which every function raises RuntimeError instead of
  * touching a destroyed plugin.
  */
-void jobtap_module_set_plugin (flux_plugin_t *p);
-flux_plugin_t *jobtap_module_get_plugin (void);
+/* A new delegate_jobtap.Jobtap acting on plugin p (new reference), for one
+ * load; invalidate it when that load ends: its methods then raise.  GIL held.
+ */
+PyObject *jobtap_object_new (flux_plugin_t *p);
+void jobtap_object_invalidate (PyObject *obj);
 
 #endif /* !FLUX_DELEGATE_H */
 

@@ -1,13 +1,15 @@
 /* jobtap_module.c - "delegate_jobtap", the module the handler sees.
  *
- * A small, literal binding of the jobtap calls the handler needs.  Each
- * function acts on the currently loaded delegate.so plugin; after
- * 'flux jobtap remove' they raise RuntimeError instead of touching a
- * destroyed plugin (a late continuation of an unloaded handler may still
- * call them).  Errors from jobtap become OSError with errno set.
+ * A small, literal binding of the jobtap calls the handler needs, as the
+ * methods of a Jobtap object.  Each load of delegate.so makes its own and
+ * passes it to the handler's plugin_load(); when that load ends ('flux
+ * jobtap remove') the object is invalidated, and its methods raise
+ * RuntimeError instead of touching a destroyed plugin or acting through
+ * the next load (a late continuation of an unloaded handler may still call
+ * them).  Errors from jobtap become OSError with errno set.
  *
- * The module object is created once per broker process; this shim is
- * pinned in memory (interpreter.c), so its functions never dangle.
+ * The module and its type are created once per broker process; this shim
+ * is pinned in memory (interpreter.c), so its functions never dangle.
  */
 #if HAVE_CONFIG_H
 #include "config.h"
@@ -19,8 +21,13 @@
 #include <signal.h>
 #include <jansson.h>
 
-static flux_plugin_t *current_plugin = NULL;
 static PyObject *module_object = NULL;
+
+/* delegate_jobtap.Jobtap: the jobtap calls of one load of the plugin. */
+typedef struct {
+    PyObject_HEAD
+    flux_plugin_t *p;       /* NULL once that load is over */
+} JobtapObject;
 
 /* Set in a helper thread of the handler (clean_child_signals()): children
  * it forks start with no signal blocked.  The broker blocks every signal in
@@ -42,22 +49,15 @@ static void atfork_child (void)
     }
 }
 
-void jobtap_module_set_plugin (flux_plugin_t *p)
+/* The plugin 'self' acts on, or NULL with RuntimeError set. */
+static flux_plugin_t *plugin (PyObject *self)
 {
-    current_plugin = p;
-}
+    flux_plugin_t *p = ((JobtapObject *)self)->p;
 
-flux_plugin_t *jobtap_module_get_plugin (void)
-{
-    return current_plugin;
-}
-
-/* The plugin to act on, or NULL with RuntimeError set. */
-static flux_plugin_t *plugin (void)
-{
-    if (!current_plugin)
-        PyErr_SetString (PyExc_RuntimeError, "delegate.so is not loaded");
-    return current_plugin;
+    if (!p)
+        PyErr_SetString (PyExc_RuntimeError,
+                         "this load of delegate.so is over (removed or reloaded)");
+    return p;
 }
 
 /* OSError(errno, strerror, what), e.g. "[Errno 2] No such file or
@@ -94,7 +94,7 @@ static PyObject *jt_dependency_add (PyObject *self, PyObject *args)
     unsigned long long id;
     const char *description;
 
-    if (!PyArg_ParseTuple (args, "Ks", &id, &description) || !(p = plugin ()))
+    if (!PyArg_ParseTuple (args, "Ks", &id, &description) || !(p = plugin (self)))
         return NULL;
     if (flux_jobtap_dependency_add (p, id, description) < 0)
         return os_error ("dependency_add");
@@ -107,7 +107,7 @@ static PyObject *jt_dependency_remove (PyObject *self, PyObject *args)
     unsigned long long id;
     const char *description;
 
-    if (!PyArg_ParseTuple (args, "Ks", &id, &description) || !(p = plugin ()))
+    if (!PyArg_ParseTuple (args, "Ks", &id, &description) || !(p = plugin (self)))
         return NULL;
     if (flux_jobtap_dependency_remove (p, id, description) < 0)
         return os_error ("dependency_remove");
@@ -125,7 +125,7 @@ static PyObject *jt_raise_exception (PyObject *self, PyObject *args)
     int rc;
 
     if (!PyArg_ParseTuple (args, "Ksis", &id, &type, &severity, &note)
-        || !(p = plugin ()))
+        || !(p = plugin (self)))
         return NULL;
     /* The handler's notes are cut to fit here, on a character boundary. */
     if (!(copy = strdup (note)))
@@ -148,7 +148,7 @@ static PyObject *jt_post_event (PyObject *self, PyObject *args)
     int rc;
 
     if (!PyArg_ParseTuple (args, "Ks|O", &id, &name, &context)
-        || !(p = plugin ()))
+        || !(p = plugin (self)))
         return NULL;
     if (context == Py_None)
         rc = flux_jobtap_event_post_pack (p, id, name, NULL);
@@ -172,7 +172,7 @@ static PyObject *jt_set_flag (PyObject *self, PyObject *args)
     unsigned long long id;
     const char *flag;
 
-    if (!PyArg_ParseTuple (args, "Ks", &id, &flag) || !(p = plugin ()))
+    if (!PyArg_ParseTuple (args, "Ks", &id, &flag) || !(p = plugin (self)))
         return NULL;
     if (flux_jobtap_job_set_flag (p, id, flag) < 0)
         return os_error ("set_flag");
@@ -188,7 +188,7 @@ static PyObject *jt_jobspec_update (PyObject *self, PyObject *args)
     int rc;
 
     if (!PyArg_ParseTuple (args, "KO!", &id, &PyDict_Type, &updates)
-        || !(p = plugin ()))
+        || !(p = plugin (self)))
         return NULL;
     if (!(o = to_json (updates)))
         return NULL;
@@ -204,7 +204,7 @@ static PyObject *jt_subscribe (PyObject *self, PyObject *args)
     flux_plugin_t *p;
     unsigned long long id;
 
-    if (!PyArg_ParseTuple (args, "K", &id) || !(p = plugin ()))
+    if (!PyArg_ParseTuple (args, "K", &id) || !(p = plugin (self)))
         return NULL;
     if (flux_jobtap_job_subscribe (p, id) < 0)
         return os_error ("subscribe");
@@ -216,7 +216,7 @@ static PyObject *jt_unsubscribe (PyObject *self, PyObject *args)
     flux_plugin_t *p;
     unsigned long long id;
 
-    if (!PyArg_ParseTuple (args, "K", &id) || !(p = plugin ()))
+    if (!PyArg_ParseTuple (args, "K", &id) || !(p = plugin (self)))
         return NULL;
     flux_jobtap_job_unsubscribe (p, id);
     Py_RETURN_NONE;
@@ -229,7 +229,7 @@ static PyObject *jt_event_posted (PyObject *self, PyObject *args)
     const char *name;
     int rc;
 
-    if (!PyArg_ParseTuple (args, "Ks", &id, &name) || !(p = plugin ()))
+    if (!PyArg_ParseTuple (args, "Ks", &id, &name) || !(p = plugin (self)))
         return NULL;
     if ((rc = flux_jobtap_job_event_posted (p, id, name)) < 0)
         return os_error ("event_posted");
@@ -254,7 +254,7 @@ static PyObject *jt_job_attach (PyObject *self, PyObject *args)
     unsigned long long id;
     PyObject *obj;
 
-    if (!PyArg_ParseTuple (args, "KO", &id, &obj) || !(p = plugin ()))
+    if (!PyArg_ParseTuple (args, "KO", &id, &obj) || !(p = plugin (self)))
         return NULL;
     Py_INCREF (obj);
     if (flux_jobtap_job_aux_set (p,
@@ -274,7 +274,7 @@ static PyObject *jt_job_get (PyObject *self, PyObject *args)
     unsigned long long id;
     PyObject *obj;
 
-    if (!PyArg_ParseTuple (args, "K", &id) || !(p = plugin ()))
+    if (!PyArg_ParseTuple (args, "K", &id) || !(p = plugin (self)))
         return NULL;
     if (!(obj = flux_jobtap_job_aux_get (p, id, DELEGATE_JOB_AUX)))
         Py_RETURN_NONE;
@@ -287,7 +287,7 @@ static PyObject *jt_handle (PyObject *self, PyObject *noargs)
     flux_plugin_t *p;
     flux_t *h;
 
-    if (!(p = plugin ()))
+    if (!(p = plugin (self)))
         return NULL;
     if (!(h = flux_jobtap_get_flux (p)))
         return os_error ("handle");
@@ -303,9 +303,11 @@ static PyObject *jt_report_exception (PyObject *self, PyObject *args)
     flux_plugin_t *p;
     unsigned long long id;
     const char *where;
+    const char *exception_type;
     PyObject *type, *value, *tb;
 
-    if (!PyArg_ParseTuple (args, "Ks", &id, &where) || !(p = plugin ()))
+    if (!PyArg_ParseTuple (args, "Kss", &id, &where, &exception_type)
+        || !(p = plugin (self)))
         return NULL;
     PyErr_GetExcInfo (&type, &value, &tb);
     if (!type || type == Py_None) {
@@ -315,7 +317,15 @@ static PyObject *jt_report_exception (PyObject *self, PyObject *args)
         return PyErr_Format (PyExc_RuntimeError,
                              "report_exception called outside 'except'");
     }
-    (void) pyerror_report (p, NULL, PYERROR_JOB, id, where, type, value, tb);
+    (void) pyerror_report (p,
+                           NULL,
+                           PYERROR_JOB,
+                           id,
+                           where,
+                           exception_type,
+                           type,
+                           value,
+                           tb);
     Py_XDECREF (type);
     Py_XDECREF (value);
     Py_XDECREF (tb);
@@ -328,7 +338,7 @@ static PyObject *jt_clean_child_signals (PyObject *self, PyObject *noargs)
     Py_RETURN_NONE;
 }
 
-static PyMethodDef jobtap_methods[] = {
+static PyMethodDef jobtap_object_methods[] = {
     { "handle", jt_handle, METH_NOARGS,
       "handle() -> int: the job-manager's flux_t pointer" },
     { "dependency_add", jt_dependency_add, METH_VARARGS,
@@ -356,11 +366,21 @@ static PyMethodDef jobtap_methods[] = {
       "job_get(id) -> obj or None" },
     { "clean_child_signals", jt_clean_child_signals, METH_NOARGS,
       "clean_child_signals(): processes this thread forks from now on start"
-      " with no signal blocked (for helper threads; safe without the plugin)" },
+      " with no signal blocked (for helper threads; works after the load is"
+      " over)" },
     { "report_exception", jt_report_exception, METH_VARARGS,
-      "report_exception(id, where): from an except block, log the traceback"
-      " and raise DelegationFailure on job id" },
+      "report_exception(id, where, type): from an except block, log the"
+      " traceback and raise a 'type' exception on job id" },
     { NULL, NULL, 0, NULL },
+};
+
+static PyTypeObject JobtapType = {
+    PyVarObject_HEAD_INIT (NULL, 0)
+    .tp_name = "delegate_jobtap.Jobtap",
+    .tp_doc = "the jobtap calls of one load of delegate.so",
+    .tp_basicsize = sizeof (JobtapObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_methods = jobtap_object_methods,
 };
 
 static struct PyModuleDef jobtap_moduledef = {
@@ -368,21 +388,38 @@ static struct PyModuleDef jobtap_moduledef = {
     .m_name = "delegate_jobtap",
     .m_doc = "jobtap calls for the flux-delegate handler (from delegate.so)",
     .m_size = -1,
-    .m_methods = jobtap_methods,
 };
+
+PyObject *jobtap_object_new (flux_plugin_t *p)
+{
+    JobtapObject *obj;
+
+    if (!(obj = PyObject_New (JobtapObject, &JobtapType)))
+        return NULL;
+    obj->p = p;
+    return (PyObject *)obj;
+}
+
+void jobtap_object_invalidate (PyObject *obj)
+{
+    if (obj)
+        ((JobtapObject *)obj)->p = NULL;
+}
 
 PyObject *jobtap_module_get (void)
 {
     if (!module_object) {
         PyObject *sys_modules;
 
-        if (!(module_object = PyModule_Create (&jobtap_moduledef)))
+        if (PyType_Ready (&JobtapType) < 0
+            || !(module_object = PyModule_Create (&jobtap_moduledef)))
             return NULL;
         /* Once per process, like the module: this shim stays mapped. */
         (void) pthread_atfork (NULL, NULL, atfork_child);
-        if (PyModule_AddStringConstant (module_object,
-                                        "EXCEPTION_TYPE",
-                                        DELEGATE_EXCEPTION_TYPE) < 0
+        Py_INCREF (&JobtapType);
+        if (PyModule_AddObject (module_object,
+                                "Jobtap",
+                                (PyObject *)&JobtapType) < 0
             || !(sys_modules = PyImport_GetModuleDict ())
             || PyDict_SetItemString (sys_modules,
                                      "delegate_jobtap",

@@ -176,7 +176,10 @@ static void log_traceback (flux_t *h, int level, const char *tb)
     free (copy);
 }
 
-int raise_job_exception (flux_plugin_t *p, flux_jobid_t id, const char *note)
+int raise_job_exception (flux_plugin_t *p,
+                         flux_jobid_t id,
+                         const char *type,
+                         const char *note)
 {
     char *copy = strdup (note);
     int rc;
@@ -184,7 +187,7 @@ int raise_job_exception (flux_plugin_t *p, flux_jobid_t id, const char *note)
     if (!copy)
         return -1;
     utf8_cut (copy, DELEGATE_NOTE_SIZE);
-    rc = flux_jobtap_raise_exception (p, id, DELEGATE_EXCEPTION_TYPE, 0,
+    rc = flux_jobtap_raise_exception (p, id, type, 0,
                                       "%s", copy);
     free (copy);
     return rc;
@@ -223,6 +226,7 @@ int pyerror_report (flux_plugin_t *p,
                     enum pyerror_site site,
                     flux_jobid_t id,
                     const char *where,
+                    const char *exception_type,
                     PyObject *type,
                     PyObject *value,
                     PyObject *tb)
@@ -275,7 +279,10 @@ int pyerror_report (flux_plugin_t *p,
                           summary) < 0)
                 note = NULL;
             if (job_can_take_exception (p, args, id)
-                && raise_job_exception (p, id, note ? note : summary) < 0)
+                && raise_job_exception (p,
+                                        id,
+                                        exception_type,
+                                        note ? note : summary) < 0)
                 flux_log_error (h, "delegate: %s: raising exception", idbuf);
             free (note);
             break;
@@ -298,7 +305,8 @@ int pyerror_report_current (flux_plugin_t *p,
                             flux_plugin_arg_t *args,
                             enum pyerror_site site,
                             flux_jobid_t id,
-                            const char *where)
+                            const char *where,
+                            const char *exception_type)
 {
     PyObject *type, *value, *tb;
     int rc;
@@ -307,7 +315,7 @@ int pyerror_report_current (flux_plugin_t *p,
     PyErr_NormalizeException (&type, &value, &tb);
     if (tb && value)
         (void) PyException_SetTraceback (value, tb);
-    rc = pyerror_report (p, args, site, id, where, type, value, tb);
+    rc = pyerror_report (p, args, site, id, where, exception_type, type, value, tb);
     Py_XDECREF (type);
     Py_XDECREF (value);
     Py_XDECREF (tb);

@@ -9,7 +9,6 @@ import time
 import flux
 import flux.job
 
-from . import current
 from .connections import CONNECTION_ERRORS
 from .reactor import Timer, guard, log
 from .remote import check_identity
@@ -28,13 +27,13 @@ class RemoteCancel:
 
     def __init__(self, job, reason):
         self.job = job
-        self.owner = current.runtime
         self.uri = job.uri
         self.remote_id = job.remote_id
         self.id = job.id  # for guard(), as a connection listener
+        self.runtime = job.runtime
         self.remote = None  # where the canceled job is watched
         self.reason = reason
-        self.deadline = time.time() + current.runtime.reconnect_timeout
+        self.deadline = time.time() + self.job.runtime.reconnect_timeout
         self.done = False
 
     def start(self):
@@ -46,15 +45,15 @@ class RemoteCancel:
             self.connect()
 
     def connect(self, *unused):
-        self.owner.connections.get(self.uri, self.send, self.retry)
+        self.runtime.connections.get(self.uri, self.send, self.retry)
 
     def retry(self, message):
         if time.time() < self.deadline:
             self.timer = Timer(
-                self.owner.reconnect_interval, guard(self.connect, owner=self.owner), self.owner
+                self.runtime.reconnect_interval, guard(self.connect, owner=self.runtime), self.runtime
             )
             return
-        self.owner.log(
+        self.runtime.log(
             syslog.LOG_ERR,
             f"{self.job.name}: could not cancel remote job {self.remote_id.f58}"
             f" on {self.uri}: {message}; it may still run there",
@@ -81,7 +80,7 @@ class RemoteCancel:
             self.retry(why)
         else:
             self.done = True
-            self.owner.log(
+            self.runtime.log(
                 syslog.LOG_INFO,
                 f"{self.job.name}: not canceling {self.remote_id.f58} on {self.uri}:"
                 + (
@@ -105,7 +104,7 @@ class RemoteCancel:
             if exc.errno in CONNECTION_ERRORS or exc.errno == errno.ENOSYS:
                 self.retry(exc.strerror or str(exc))
             else:  # e.g. the remote job is inactive already
-                self.owner.log(
+                self.runtime.log(
                     syslog.LOG_INFO,
                     f"{self.job.name}: cancel of {self.remote_id.f58} on {self.uri}:"
                     f" {exc.strerror or exc}",

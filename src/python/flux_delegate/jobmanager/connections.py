@@ -17,7 +17,6 @@ import flux.job
 import flux.uri
 from flux.constants import FLUX_POLLIN
 
-from . import current
 from .reactor import Timer, free_watcher, guard
 from .remote import NotSent, RemoteInstance
 
@@ -154,7 +153,7 @@ class HelperTask:
         """On the helper thread."""
         self.tid = threading.get_native_id()
         try:
-            current.jobtap.clean_child_signals()
+            self.helpers.runtime.jobtap.clean_child_signals()
             result = self.work(self)
         except BaseException as exc:  # pylint: disable=broad-except
             result = exc

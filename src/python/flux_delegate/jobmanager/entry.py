@@ -10,7 +10,7 @@ import flux
 import flux.constants
 from flux.job import JobID
 
-from ..names import DEPENDENCY
+from ..names import DEPENDENCY, EXCEPTION_TYPE  # noqa: F401 (for delegate.so)
 from ..targets import SELF_DELEGATION, parse_target
 from ..text import shown
 from . import current
@@ -19,16 +19,32 @@ from .reactor import harden_bindings, log
 from .runtime import Runtime
 
 
+#: What delegate.so reads from the handler: its entry points, the job
+#: topics it wants (JOB_TOPICS), the jobspec attributes that bring a job's
+#: job.create to it (JOB_CREATE_ATTRIBUTES), and the type of the job
+#: exception a handler error raises (EXCEPTION_TYPE).  A handler file
+#: takes them all with "from flux_delegate.jobmanager.entry import *".
+__all__ = (
+    "EXCEPTION_TYPE",
+    "JOB_CREATE_ATTRIBUTES",
+    "JOB_TOPICS",
+    "callback",
+    "plugin_load",
+    "plugin_unload",
+)
+
+
 def claim(args, target, doomed=None):
     """Take the job on: hold it with the "delegated" dependency."""
-    job = current.runtime.jobs.get(int(args["id"]))
+    runtime = current.runtime
+    job = runtime.jobs.get(int(args["id"]))
     if job is None:
-        job = DelegatedJob(args, target, doomed)
+        job = DelegatedJob(runtime, args, target, doomed)
         # State first: the calls below can run callbacks for this job.
-        current.runtime.jobs[job.id] = job
-        current.jobtap.job_attach(job.id, job)
-        current.jobtap.subscribe(job.id)
-    current.jobtap.dependency_add(job.id, DEPENDENCY)
+        runtime.jobs[job.id] = job
+        runtime.jobtap.job_attach(job.id, job)
+        runtime.jobtap.subscribe(job.id)
+    runtime.jobtap.dependency_add(job.id, DEPENDENCY)
     # At submit the job is NEW and its other dependencies are not all
     # recorded yet: job.state.depend starts the check.  A job already in
     # DEPEND (plugin load, restart) is checked now.
@@ -103,37 +119,46 @@ def on_dependency(args):
     return None
 
 
-def on_job_new(args):
-    """job.new of a job with -S system.delegate=POLICY (delegate.so passes
-    only those): the C delegate plugin's convention.  The job is NEW and
-    may not take an exception yet, so a bad value fails it once it is in
-    DEPEND, with DelegationFailure, as the C plugin does."""
-    jobid = int(args["id"])
-    if jobid in current.runtime.jobs:
-        return None  # also a delegate dependency: already taken on
+def has_delegate_dependency(args):
+    """Does the job also ask for delegation with --dependency=delegate?"""
+    dependencies = args["jobspec"].get("attributes", {}).get("system", {}).get("dependencies")
+    return isinstance(dependencies, list) and any(
+        isinstance(d, dict) and d.get("scheme") == "delegate" for d in dependencies
+    )
+
+
+def on_job_create(args):
+    """job.create of a job with -S system.delegate=TARGET (delegate.so passes
+    only jobs with one of JOB_CREATE_ATTRIBUTES): the C delegate plugin's
+    convention.  At submit a bad value rejects the job, and so does a
+    handler error (delegate.so): a job that asked for delegation never runs
+    here instead.  A job already known (plugin load, restart) is taken on
+    again; if its value has gone bad meanwhile, it fails once it can."""
+    at_submit = args.get("state") == flux.constants.FLUX_JOB_STATE_NEW
+    if has_delegate_dependency(args):
+        return None  # job.dependency.delegate decides (and refuses both)
     state = args.get("state")
-    if state not in (flux.constants.FLUX_JOB_STATE_NEW, flux.constants.FLUX_JOB_STATE_DEPEND):
+    if not at_submit and state != flux.constants.FLUX_JOB_STATE_DEPEND:
         log(
             syslog.LOG_WARNING,
-            f"{JobID(jobid).f58}: has system.delegate but was submitted before"
+            f"{JobID(args['id']).f58}: has system.delegate but was submitted before"
             " delegate.so was loaded: not delegated",
         )
         return None
     value = system_delegate(args)
-    target, doomed = None, None
     try:
         if not isinstance(value, str):
             raise ValueError(f"system.delegate must be a string, not {shown(value)}")
         target = parse_job_target(value)
         check_owner(args)
+        if target.kind == "uri" and current.runtime.is_this_instance(target.value):
+            raise ValueError(f"{SELF_DELEGATION}: {shown(target.value)} is this instance")
     except ValueError as exc:
-        doomed = str(exc)
-    except Exception as exc:  # pylint: disable=broad-except
-        # job.new cannot fail a job (flux ignores its result): whatever
-        # went wrong, the job is taken on and fails once it can.
-        current.runtime.log_exception(f"{JobID(jobid).f58}: job.new")
-        doomed = f"handler error: {type(exc).__name__}: {exc}"
-    claim(args, target, doomed)
+        if at_submit:
+            raise
+        claim(args, None, doomed=str(exc))
+        return None
+    claim(args, target)
     return None
 
 
@@ -154,13 +179,17 @@ JOB_CALLBACKS = {
 #: no others: a delegated job sees a score of events).
 JOB_TOPICS = tuple(JOB_CALLBACKS)
 
+#: The jobspec attributes (under attributes.) that bring a job's job.create
+#: to callback(): every other job's never enters Python.
+JOB_CREATE_ATTRIBUTES = ("system.delegate",)
+
 
 def callback(topic, args, job):
     """Every jobtap callback delegate.so passes on arrives here."""
     if topic == "job.dependency.delegate":
         return on_dependency(args)
-    if topic == "job.new":
-        return on_job_new(args)
+    if topic == "job.create":
+        return on_job_create(args)
     if topic == "conf.update":
         current.runtime.configure(args.get("conf") or {})
         return None
@@ -172,20 +201,19 @@ def callback(topic, args, job):
     return None
 
 
-def plugin_load(conf, remote_jobspec=None, policies=None):
-    """Start this load of the plugin.  conf: the plugin's KEY=VALUE options.
-    A site's handler file may replace remote_jobspec (the jobspec sent to a
-    target) and add policies ({name: order}); see delegate_handler.py."""
-    import delegate_jobtap  # delegate.so's own module: only in the broker
-
-    current.jobtap = delegate_jobtap
+def plugin_load(conf, jobtap, remote_jobspec=None, policies=None):
+    """Start this load of the plugin.  conf: the plugin's KEY=VALUE options;
+    jobtap: this load's jobtap calls (delegate_jobtap.Jobtap, from
+    delegate.so).  A site's handler file may replace remote_jobspec (the
+    jobspec sent to a target) and add policies ({name: order}); see
+    delegate_handler.py."""
     harden_bindings()
     # What is loaded now (modules, the bindings) stays: the collector need
     # not look at it again on every full pass, which would otherwise take
     # a good part of a second in the middle of a burst.  The runtime is
     # made after, so that it can be collected once unloaded.
     gc.freeze()
-    current.runtime = Runtime(conf, remote_jobspec, policies)
+    current.runtime = Runtime(conf, jobtap, remote_jobspec, policies)
     current.runtime.start()
 
 

@@ -57,7 +57,6 @@ from ..policies import Candidate, JobView, PolicyError, apply_policy, no_target_
 from ..registry import Cluster
 from ..targets import SELF_DELEGATION
 from ..text import shown
-from . import current
 from .cancel import RemoteCancel
 from .connections import CONNECTION_ERRORS, HelperAnswer, submit_on_own_connection
 from .phases import DELEGATED, ENDED, RECOVERING, RELEASING, SUBMITTING, WAITING
@@ -79,7 +78,7 @@ class Submission:
         self.job = job
         self.remote = remote
         self.uri = uri
-        self.owner = current.runtime
+        self.owner = self.job.runtime
         self.answered = False
 
     def send(self):
@@ -163,7 +162,8 @@ class Submission:
 
 
 class DelegatedJob:
-    def __init__(self, args, target, doomed=None):
+    def __init__(self, runtime, args, target, doomed=None):
+        self.runtime = runtime  # the load that took it on
         self.id = int(args["id"])
         self.userid = args.get("userid")
         self.urgency = args.get("urgency")
@@ -212,12 +212,12 @@ class DelegatedJob:
         if value in (DELEGATED, RELEASING, ENDED, RECOVERING):
             # Its remote job exists, or never will; or it waits (Recovery)
             # for a target that may take minutes to answer.
-            current.runtime.admission.leave(self)
+            self.runtime.admission.leave(self)
 
     @property
     def origin(self):
         """What the remote job records of this one (ORIGIN_ATTRIBUTE)."""
-        return {"jobid": self.id, "t_submit": self.t_submit, "host": current.runtime.hostname}
+        return {"jobid": self.id, "t_submit": self.t_submit, "host": self.runtime.hostname}
 
     # -- failure -----------------------------------------------------------
 
@@ -243,7 +243,7 @@ class DelegatedJob:
         what = str(what).replace("\0", "\\0")
         what = what.encode("utf-8", "backslashreplace").decode("utf-8")
         log(syslog.LOG_ERR, f"{self.name}: {what}")
-        current.jobtap.raise_exception(self.id, EXCEPTION_TYPE, 0, f"delegate: {what}")
+        self.runtime.jobtap.raise_exception(self.id, EXCEPTION_TYPE, 0, f"delegate: {what}")
 
     # -- waiting for the other dependencies --------------------------------
 
@@ -259,10 +259,10 @@ class DelegatedJob:
         if self.checking:
             self.recheck = True
             return
-        if not current.runtime.admission.admit(self):
+        if not self.runtime.admission.admit(self):
             return  # its turn comes (Admission)
         self.checking = True
-        future = current.runtime.handle.rpc(
+        future = self.runtime.handle.rpc(
             "job-manager.getattr", {"id": self.id, "attrs": ["eventlog"]}
         )
         then(future, self.on_eventlog, job=self)
@@ -289,7 +289,7 @@ class DelegatedJob:
             Recovery(
                 self,
                 attempt,
-                attempt["timestamp"] + 2 * current.runtime.submit_timeout,
+                attempt["timestamp"] + 2 * self.runtime.submit_timeout,
                 known=self.known_remote.get(attempt["uri"], ()),
             ).start()
         elif self.doomed is not None:
@@ -297,7 +297,7 @@ class DelegatedJob:
         elif not (outstanding_dependencies(eventlog) - {DEPENDENCY}):
             self.start()
         else:
-            current.runtime.admission.leave(self)  # waits for its other dependencies
+            self.runtime.admission.leave(self)  # waits for its other dependencies
             if self.recheck:
                 self.recheck = False
                 self.check_ready()
@@ -307,7 +307,7 @@ class DelegatedJob:
     def start(self):
         """Fetch the job's environment (only in J), then choose and submit."""
         self.phase = SUBMITTING
-        future = flux.job.kvslookup.job_info_lookup(current.runtime.handle, self.id, keys=["J"])
+        future = flux.job.kvslookup.job_info_lookup(self.runtime.handle, self.id, keys=["J"])
         then(future, self.on_J, job=self)
 
     def on_J(self, future):
@@ -321,10 +321,10 @@ class DelegatedJob:
         finally:
             lib.free(original)
         environment = spec.get("attributes", {}).get("system", {}).get("environment")
-        self.remote_spec = current.runtime.remote_jobspec(self.jobspec, environment, self.origin)
+        self.remote_spec = self.runtime.remote_jobspec(self.jobspec, environment, self.origin)
         target = self.target
         if target.kind == "policy":
-            self.preflight([Candidate(c) for c in current.runtime.registry.clusters])
+            self.preflight([Candidate(c) for c in self.runtime.registry.clusters])
         elif target.kind == "label":
             self.preflight([Candidate(target.cluster)])
         else:
@@ -333,16 +333,16 @@ class DelegatedJob:
     def on_resolved(self, uri):
         """An explicit URI (or job id): the one candidate, named by its
         registry label if the registry knows it."""
-        if current.runtime.is_this_instance(uri):
+        if self.runtime.is_this_instance(uri):
             self.fail(f"{SELF_DELEGATION}: {shown(uri)} is this instance")
             return
-        cluster = current.runtime.registry.by_uri(uri) or Cluster(uri, origin="explicit")
+        cluster = self.runtime.registry.by_uri(uri) or Cluster(uri, origin="explicit")
         self.preflight([Candidate(cluster)])
 
     def preflight(self, candidates):
         if self.phase != SUBMITTING:
             return
-        metrics = current.runtime.policy_metrics(self.target.policy)
+        metrics = self.runtime.policy_metrics(self.target.policy)
         Preflight(self, candidates, metrics, self.choose).start()
 
     def choose(self, candidates):
@@ -351,13 +351,13 @@ class DelegatedJob:
             return
         policy = self.target.policy
         try:
-            if policy is not None and policy not in current.runtime.policies:
+            if policy is not None and policy not in self.runtime.policies:
                 raise PolicyError(f"policy '{policy}' is no longer configured")
             if policy is None:
                 order = list(candidates)
             else:
                 order = apply_policy(
-                    current.runtime.policies[policy],
+                    self.runtime.policies[policy],
                     policy,
                     self.target.policy_arg,
                     JobView(self.id, self.userid, self.jobspec),
@@ -388,7 +388,7 @@ class DelegatedJob:
             context["policy"] = policy + (
                 f":{self.target.policy_arg}" if self.target.policy_arg else ""
             )
-        current.jobtap.post_event(self.id, "delegate-choice", context)
+        self.runtime.jobtap.post_event(self.id, "delegate-choice", context)
 
     # -- submitting remotely -----------------------------------------------
 
@@ -398,7 +398,7 @@ class DelegatedJob:
         self.uri = candidate.uri
         self.remote = candidate.remote
         self.outcome = RemoteOutcome()
-        self.submit_deadline = time.time() + current.runtime.submit_timeout
+        self.submit_deadline = time.time() + self.runtime.submit_timeout
         self.send_submit()
 
     def send_submit(self):
@@ -420,12 +420,12 @@ class DelegatedJob:
             # was sent, so another target may take the job.
             self.failover(
                 f"submit to {self.uri} failed: the target read no request"
-                f" within {current.runtime.submit_timeout:g}s"
+                f" within {self.runtime.submit_timeout:g}s"
             )
             return
         self.fail(
             f"submit to {self.uri} failed: no answer within"
-            f" {current.runtime.submit_timeout:g}s (not tried elsewhere: the target may"
+            f" {self.runtime.submit_timeout:g}s (not tried elsewhere: the target may"
             " still create the job, which would then be canceled)"
         )
 
@@ -463,7 +463,7 @@ class DelegatedJob:
         Recovery(
             self,
             interrupted,
-            attempt.sent + current.runtime.submit_timeout,
+            attempt.sent + self.runtime.submit_timeout,
             known=self.known_remote.get(attempt.uri, ()),
         ).start()
 
@@ -492,7 +492,7 @@ class DelegatedJob:
             context["label"] = candidate.label
         if started is not None:
             context["started"] = started
-        current.jobtap.post_event(self.id, "delegate-failover", context)
+        self.runtime.jobtap.post_event(self.id, "delegate-failover", context)
         log(syslog.LOG_INFO, f"{self.name}: {candidate.describe()}: {reason}; trying next")
         self.phase = SUBMITTING
         self.try_next()
@@ -505,7 +505,7 @@ class DelegatedJob:
         context = {"jobid": int(self.remote_id), "uri": self.uri}
         if self.candidate.label:
             context["label"] = self.candidate.label
-        current.jobtap.post_event(self.id, "delegated", context)
+        self.runtime.jobtap.post_event(self.id, "delegated", context)
         log(
             syslog.LOG_INFO,
             f"{self.name}: delegated to {self.candidate.describe()} as {self.remote_id.f58}",
@@ -522,7 +522,7 @@ class DelegatedJob:
         context = {"jobid": int(self.remote_id), "uri": self.uri, "recovered": True}
         if recovery.label:
             context["label"] = recovery.label
-        current.jobtap.post_event(self.id, "delegated", context)
+        self.runtime.jobtap.post_event(self.id, "delegated", context)
         log(
             syslog.LOG_INFO,
             f"{self.name}: found {self.remote_id.f58} on {self.uri}, made by a"
@@ -542,7 +542,7 @@ class DelegatedJob:
         )
         self.lost_since = time.time()
         self.lost_reason = "the source reloaded"
-        current.runtime.connections.get(self.uri, self.reattach, self.reattach_failed, job=self)
+        self.runtime.connections.get(self.uri, self.reattach, self.reattach_failed, job=self)
 
     # -- following the remote job ------------------------------------------
 
@@ -576,7 +576,7 @@ class DelegatedJob:
         # was reloaded) would leave the job pending for ever: give up on
         # that watch and follow again, within reconnect-timeout.
         self.watch_timer = Timer(
-            current.runtime.submit_timeout, guard(lambda: self.watch_unanswered(watch), self)
+            self.runtime.submit_timeout, guard(lambda: self.watch_unanswered(watch), self)
         )
 
     def watch_unanswered(self, watch):
@@ -588,7 +588,7 @@ class DelegatedJob:
         self.stop_following()
         self.connection_lost(
             remote,
-            f"its job-info did not answer within {current.runtime.submit_timeout:g}s",
+            f"its job-info did not answer within {self.runtime.submit_timeout:g}s",
         )
 
     def stop_watch_timer(self):
@@ -617,10 +617,10 @@ class DelegatedJob:
         remote.listeners.discard(self)
         self.lost_since = self.lost_since or time.time()
         self.lost_reason = reason
-        if time.time() - self.lost_since >= current.runtime.reconnect_timeout:
+        if time.time() - self.lost_since >= self.runtime.reconnect_timeout:
             self.fail(
                 f"lost contact with remote job {self.remote_id.f58} on {self.uri}"
-                f" for {current.runtime.reconnect_timeout:g}s: {reason}"
+                f" for {self.runtime.reconnect_timeout:g}s: {reason}"
             )
             return
         log(
@@ -632,12 +632,12 @@ class DelegatedJob:
 
     def schedule_reconnect(self):
         self.reconnect_timer = Timer(
-            current.runtime.reconnect_interval, guard(self.reconnect, self)
+            self.runtime.reconnect_interval, guard(self.reconnect, self)
         )
 
     def reconnect(self, *unused):
         if self.phase == DELEGATED:
-            current.runtime.connections.get(self.uri, self.reattach, self.reattach_failed, job=self)
+            self.runtime.connections.get(self.uri, self.reattach, self.reattach_failed, job=self)
 
     def reattach(self, remote):
         """Connected again (or after a reload): make sure remote_id is still
@@ -651,7 +651,7 @@ class DelegatedJob:
         remote.listeners.add(self)  # connection_lost() if it goes meanwhile
         self.stop_watch_timer()
         self.watch_timer = Timer(
-            current.runtime.submit_timeout,
+            self.runtime.submit_timeout,
             guard(lambda: self.identity_unanswered(remote), self),
         )
         check = self.identity_check = object()
@@ -667,7 +667,7 @@ class DelegatedJob:
         if self.phase == DELEGATED and self.remote is remote and self.verified is not remote:
             self.identity_check = None  # a late answer no longer counts
             self.connection_lost(
-                remote, f"it did not answer within {current.runtime.submit_timeout:g}s"
+                remote, f"it did not answer within {self.runtime.submit_timeout:g}s"
             )
 
     def on_identity(self, remote, verdict, why, check):
@@ -708,7 +708,7 @@ class DelegatedJob:
     def reattach_failed(self, message):
         if self.phase != DELEGATED:
             return
-        if time.time() - self.lost_since < current.runtime.reconnect_timeout:
+        if time.time() - self.lost_since < self.runtime.reconnect_timeout:
             self.schedule_reconnect()
             return
         self.fail(
@@ -813,10 +813,10 @@ class DelegatedJob:
         """
         self.phase = RELEASING
         self.wait_status = wait_status
-        self.R = local_R(current.runtime.hostname)
+        self.R = local_R(self.runtime.hostname)
         self.R_given = False
         self.releasing_now = False
-        txn = flux.kvs.KVSTxn(current.runtime.handle, JobID(self.id).kvs)
+        txn = flux.kvs.KVSTxn(self.runtime.handle, JobID(self.id).kvs)
         txn.put("R", self.R)
         then(txn.commit_async(), self.on_R_committed, job=self)
 
@@ -827,11 +827,11 @@ class DelegatedJob:
         future.get()
         if self.phase != RELEASING:
             return  # ended meanwhile
-        current.jobtap.jobspec_update(self.id, release_updates(self.wait_status))
-        current.jobtap.set_flag(self.id, "alloc-bypass")
+        self.runtime.jobtap.jobspec_update(self.id, release_updates(self.wait_status))
+        self.runtime.jobtap.set_flag(self.id, "alloc-bypass")
         self.releasing_now = True
         try:
-            current.jobtap.dependency_remove(self.id, DEPENDENCY)
+            self.runtime.jobtap.dependency_remove(self.id, DEPENDENCY)
         finally:
             self.releasing_now = False
         if self.R_given:
@@ -859,7 +859,7 @@ class DelegatedJob:
         return {"R": self.R}
 
     def post_alloc(self):
-        current.jobtap.post_event(self.id, "alloc", {"bypass": True})
+        self.runtime.jobtap.post_event(self.id, "alloc", {"bypass": True})
 
     def on_cleanup(self, args):
         """The local job ends.  If that is not our doing, the remote job
@@ -876,8 +876,8 @@ class DelegatedJob:
 
     def on_inactive(self, args):
         self.stop_following()
-        current.runtime.jobs.pop(self.id, None)
-        current.runtime.admission.leave(self)
+        self.runtime.jobs.pop(self.id, None)
+        self.runtime.admission.leave(self)
 
     def on_urgency(self, args):
         """A held job (urgency 0) is not delegated until it is released."""

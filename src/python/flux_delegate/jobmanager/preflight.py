@@ -8,7 +8,6 @@ import syslog
 from ..preflight import feasibility_jobspec
 from ..targets import SELF_DELEGATION
 from ..text import brief
-from . import current
 from .reactor import Timer, guard, log
 from .remote import FailedRequest, payload_size
 
@@ -30,7 +29,7 @@ class Preflight:
 
     def start(self):
         for c in self.candidates:
-            if current.runtime.is_this_instance(c.uri):
+            if self.job.runtime.is_this_instance(c.uri):
                 c.verdict, c.reason = "infeasible", f"this instance itself: {SELF_DELEGATION}"
         asked = [c for c in self.candidates if c.verdict is None]
         if not asked:
@@ -39,7 +38,7 @@ class Preflight:
         for c in asked:
             self.waiting[id(c)] = [set(), None, []]  # queries, timer, requests
         for c in asked:
-            current.runtime.connections.get(
+            self.job.runtime.connections.get(
                 c.uri,
                 lambda remote, c=c: self.connected(c, remote),
                 lambda message, c=c: self.settle(c, "unreachable", message),
@@ -70,7 +69,7 @@ class Preflight:
         outstanding, _, outgoing = self.waiting[id(c)]
         outstanding.update(name for name, _, _ in wanted)
         self.waiting[id(c)][1] = Timer(
-            current.runtime.preflight_timeout, guard(lambda: self.expire(c), self.job)
+            self.job.runtime.preflight_timeout, guard(lambda: self.expire(c), self.job)
         )
         for name, nbytes, send in wanted:
             outgoing.append(
@@ -124,7 +123,7 @@ class Preflight:
         if entry is None:
             return
         outstanding, _, outgoing = entry
-        wait = f"{current.runtime.preflight_timeout:g}s"
+        wait = f"{self.job.runtime.preflight_timeout:g}s"
         unsent = sum(1 for o in outgoing if not o.sent)
         log(
             syslog.LOG_INFO,

@@ -8,6 +8,7 @@ import flux
 import flux.core.handle
 from flux.core.inner import ffi, lib
 
+from ..names import EXCEPTION_TYPE
 from . import current
 
 
@@ -83,9 +84,9 @@ def guard(callback, job=None, owner=None):
     reported against 'job' (log line with traceback + DelegationFailure) or,
     without a job, logged; it goes no further.  Callbacks of a handler that
     has since been unloaded do nothing.  'owner' is the Runtime the callback
-    belongs to (default: the current one).
+    belongs to (default: the job's, else the current one).
     """
-    owner = owner or current.runtime
+    owner = owner or getattr(job, "runtime", None) or current.runtime
 
     def guarded(*args):
         if owner is None or owner.unloaded:
@@ -96,7 +97,7 @@ def guard(callback, job=None, owner=None):
             where = getattr(callback, "__qualname__", str(callback))
             try:
                 if job is not None:
-                    current.jobtap.report_exception(job.id, where)
+                    owner.jobtap.report_exception(job.id, where, EXCEPTION_TYPE)
                 else:
                     owner.log_exception(where)
             except Exception:  # pylint: disable=broad-except

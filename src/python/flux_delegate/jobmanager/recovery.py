@@ -12,7 +12,6 @@ import flux.job
 from flux.job import JobID
 
 from ..jobspec import job_name, origin_of, same_origin
-from . import current
 from .phases import ENDED, RECOVERING
 from .reactor import Timer, guard, log
 
@@ -42,6 +41,7 @@ class Recovery:
     def __init__(self, job, attempt, settled, known=()):
         self.job = job
         self.id = job.id  # guard() reports errors against it
+        self.runtime = job.runtime  # and through its load
         self.uri = attempt["uri"]
         self.label = attempt["label"]
         self.since = attempt["timestamp"]
@@ -59,7 +59,7 @@ class Recovery:
             f"{self.job.name}: a submit to {self.uri} was interrupted; looking"
             " for its job there" + (f" in {wait:.1f}s" if wait > 0 else ""),
         )
-        self.deadline = time.time() + max(wait, 0.0) + current.runtime.reconnect_timeout
+        self.deadline = time.time() + max(wait, 0.0) + self.job.runtime.reconnect_timeout
         self.wait(max(wait, 0.0), self.connect)
 
     def wait(self, seconds, then_call):
@@ -73,14 +73,14 @@ class Recovery:
 
     def connect(self):
         if self.wanted:
-            current.runtime.connections.get(self.uri, self.search, self.retry, job=self)
+            self.job.runtime.connections.get(self.uri, self.search, self.retry, job=self)
 
     def retry(self, message):
         """Something failed or did not answer: search again from the start
         after reconnect-interval, until the deadline."""
         self.generation += 1
         if time.time() < self.deadline:
-            self.wait(current.runtime.reconnect_interval, self.connect)
+            self.wait(self.job.runtime.reconnect_interval, self.connect)
             return
         if self.job.phase == RECOVERING:
             self.job.fail(
@@ -110,9 +110,9 @@ class Recovery:
         """(Re)start the watchdog of the request in progress."""
         generation = self.generation
         self.wait(
-            current.runtime.submit_timeout,
+            self.job.runtime.submit_timeout,
             lambda: generation == self.generation
-            and self.retry(f"no answer within {current.runtime.submit_timeout:g}s"),
+            and self.retry(f"no answer within {self.job.runtime.submit_timeout:g}s"),
         )
 
     def search(self, remote):

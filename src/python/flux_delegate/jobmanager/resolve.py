@@ -11,7 +11,6 @@ import flux.uri
 
 from ..targets import check_local_or_ssh, parse_jobid_path
 from ..text import shown
-from . import current
 from .reactor import Timer, guard, then
 from .remote import answer_of
 
@@ -34,7 +33,7 @@ def resolve_target(job, target, on_uri, on_error):
             uri = check_local_or_ssh(str(flux.uri.JobURI(found).local))
         except OSError as exc:
             why = "no such process" if exc.errno == errno.ENOENT else exc.strerror or exc
-            on_error(f"cannot use {value}: {why} on {current.runtime.hostname}")
+            on_error(f"cannot use {value}: {why} on {job.runtime.hostname}")
             return
         except Exception as exc:  # pylint: disable=broad-except
             on_error(f"cannot use {value}: {exc or type(exc).__name__}")
@@ -47,7 +46,7 @@ def resolve_target(job, target, on_uri, on_error):
         except ValueError as exc:
             on_error(f"cannot use {value}: {exc}")
             return
-        JobidResolution(job, value, jobids, on_uri, on_error).step(current.runtime.handle)
+        JobidResolution(job, value, jobids, on_uri, on_error).step(job.runtime.handle)
         return
     on_error(
         f"unknown URI scheme {shown(target.scheme)} in {value}"
@@ -82,7 +81,7 @@ class JobidResolution:
         given up after submit-timeout."""
         jobid = self.jobids[0]
         self.timer = Timer(
-            current.runtime.submit_timeout, guard(lambda: self.unanswered(jobid), self.job)
+            self.job.runtime.submit_timeout, guard(lambda: self.unanswered(jobid), self.job)
         )
         remote.request(
             1024,
@@ -96,7 +95,7 @@ class JobidResolution:
         self.jobids = []  # a late answer is ignored
         self.on_error(
             f"cannot use {self.value}: {self.resolved} did not answer about job"
-            f" {jobid.f58} within {current.runtime.submit_timeout:g}s"
+            f" {jobid.f58} within {self.job.runtime.submit_timeout:g}s"
         )
 
     def on_job(self, future):
@@ -130,7 +129,7 @@ class JobidResolution:
             return
         job_uri = flux.uri.JobURI(str(uri))
         # On this host, connect directly rather than through ssh.
-        if job_uri.netloc in ("", current.runtime.hostname, self.hostname):
+        if job_uri.netloc in ("", self.job.runtime.hostname, self.hostname):
             resolved = job_uri.local
         else:
             resolved = job_uri.remote
@@ -140,7 +139,7 @@ class JobidResolution:
             return
         # A job inside that instance: look it up there.
         self.resolved = resolved
-        current.runtime.connections.get(resolved, self.step_into, self.connect_failed, job=self.job)
+        self.job.runtime.connections.get(resolved, self.step_into, self.connect_failed, job=self.job)
 
     def connect_failed(self, message):
         self.on_error(f"cannot use {self.value}: cannot connect to {self.resolved}: {message}")

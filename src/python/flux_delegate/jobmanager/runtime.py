@@ -26,7 +26,6 @@ from ..registry import (
     read_user_registry,
 )
 from ..jobspec import remote_jobspec as default_remote_jobspec
-from . import current
 from .admission import Admission
 from .connections import Connections, Helpers
 from .reactor import log_text, then
@@ -36,13 +35,16 @@ class Runtime:
     """State of one loaded handler: plugin conf, the job-manager's handle,
     connections, the registry and policies, and the jobs it follows."""
 
-    def __init__(self, conf, remote_jobspec=None, policies=None):
+    def __init__(self, conf, jobtap, remote_jobspec=None, policies=None):
         self.conf = plugin_options(conf)
+        # This load's jobtap calls (delegate_jobtap.Jobtap): they stop
+        # working when the load ends, so nothing of it acts through the next.
+        self.jobtap = jobtap
         # What the site's handler file replaces (see delegate_handler.py).
         self.remote_jobspec = remote_jobspec or default_remote_jobspec
         self.site_policies = dict(policies or {})
         self.unloaded = False
-        self.handle = flux.Flux(handle=ffi.cast("flux_t *", current.jobtap.handle()))
+        self.handle = flux.Flux(handle=ffi.cast("flux_t *", jobtap.handle()))
         # The job-manager owns its handle: the wrapper must never close it.
         self.handle.incref()
         self.hostname = socket.gethostname()
