@@ -106,6 +106,8 @@ def test_query_names_the_handler(fresh_source):
     fresh_source.load_plugin()
     query = json.loads(fresh_source.run("jobtap", "query", "delegate.so").stdout)
     assert query["handler"] == HANDLER
+    # The source tree's package, never a copy installed earlier.
+    assert query["pythonpath"] == PYTHONPATH
     assert query["handler_error"] is None
     assert query["jobs"] == {}
 

@@ -1,7 +1,9 @@
-"""After 'make install': the plugin loads by bare name with its handler."""
+"""After 'make install': the plugin loads by bare name with its handler and
+the installed package, which flux's own Python finds with no variable."""
 
 import json
 import os
+import subprocess
 
 import pytest
 
@@ -18,5 +20,16 @@ def test_installed_plugin_loads_by_bare_name(fresh_source, target):
     assert query["path"] == installed
     assert query["handler"].endswith("/flux-delegate/delegate_handler.py")
     assert os.path.exists(query["handler"]) and query["handler_error"] is None
+    # The installed package, beside flux-core's bindings: what a flux-NAME
+    # command run by 'flux' imports, with no environment variable.
+    package = os.path.join(query["pythonpath"], "flux_delegate", "jobmanager", "entry.py")
+    assert os.path.exists(package), package
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "FLUX_"))}
+    found = subprocess.run(
+        ["flux", "python", "-c", "import flux_delegate.targets as t; print(t.__file__)"],
+        env=env, capture_output=True, text=True, cwd="/",
+    )
+    assert found.returncode == 0, found.stderr
+    assert found.stdout.strip().startswith(query["pythonpath"] + "/flux_delegate/")
     jobid = fresh_source.submit(f"--dependency=delegate:{target.uri}", "true")
     assert fresh_source.status(jobid) == 0
