@@ -191,7 +191,14 @@ def test_bad_plugin_option_is_named_and_jobs_are_rejected(fresh_source, target, 
     source.remove_plugin()
     source.load_plugin(None, "submit-timeout=-1")
     proc = source.run("submit", f"--dependency=delegate:{target.uri}", "true", check=False)
-    assert "plugin option submit-timeout=-1: not a positive number of seconds" in proc.stderr
+    assert "plugin option submit-timeout=-1: must be more than 0 seconds" in proc.stderr
+
+    # Durations are read as flux reads them (Flux Standard Duration).
+    source.remove_plugin()
+    source.load_plugin(None, "submit-timeout=1m", "reconnect-interval=500ms")
+    query = json.loads(source.run("jobtap", "query", "delegate.so").stdout)
+    assert query["handler_error"] is None
+    assert source.status(source.submit(f"--dependency=delegate:{target.uri}", "true")) == 0
 
 
 def test_missing_handler_file(fresh_source, target):

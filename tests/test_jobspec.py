@@ -2,14 +2,18 @@
 
 from unit import needs_flux
 
+from flux_delegate import jobspec as jobspec_module
 from flux_delegate.jobspec import (
     job_name,
     local_R,
+    lookup,
     origin_of,
     release_updates,
     remote_jobspec,
+    requeue_allowed,
     same_origin,
 )
+from flux_delegate.preflight import feasibility_jobspec
 
 
 def test_remote_jobspec_drops_local_attributes_and_restores_environment():
@@ -91,3 +95,47 @@ def test_local_R_is_valid_R():
     assert str(rset.ranks) == "0"
     assert rset.nodelist.expand() == ["node0"]
     assert R["execution"]["starttime"] == 100.0
+
+
+def test_lookup_takes_a_jobspec_of_any_shape():
+    spec = {"attributes": {"system": {"job": {"name": "n"}, "queue": None}}}
+    assert lookup(spec, "attributes.system.job.name") == "n"
+    assert lookup(spec, "attributes.system.queue", "batch") is None  # there, as null
+    assert lookup(spec, "attributes.system.duration", 0) == 0
+    assert lookup({}, "attributes.system.job.name", "x") == "x"
+    # A level that is not a table (a target's jobspec can be any JSON).
+    for odd in ("text", ["a"], None, 3):
+        assert lookup({"attributes": {"system": odd}}, "attributes.system.job.name", "d") == "d"
+        assert lookup({"attributes": odd}, "attributes.system", "d") == "d"
+    assert lookup(None, "attributes.system", "d") == "d"
+    assert origin_of({"attributes": ["x"]}) is None
+    assert requeue_allowed({"attributes": {"system": "x"}})
+    assert not requeue_allowed({"attributes": {"system": {"delegate-requeue": "false"}}})
+    assert job_name({"attributes": {"system": {"job": "x"}}, "tasks": [{"command": ["a/b"]}]}) == "b"
+
+
+@needs_flux
+def test_dotted_paths_are_flux_utils():
+    import flux.util
+
+    assert jobspec_module.get_treedict is flux.util.get_treedict
+    assert jobspec_module.set_treedict is flux.util.set_treedict
+
+
+def test_feasibility_jobspec_keeps_what_schedulers_decide_with():
+    jobspec = {
+        "version": 1,
+        "resources": [{"type": "slot", "count": 2}],
+        "tasks": [{"command": ["sleep", "60"], "slot": "task", "count": {"per_slot": 1}}],
+        "attributes": {
+            "system": {"duration": 60, "queue": "q", "environment": {"A": "1"}, "files": {}},
+            "user": {"big": "x" * 100},
+        },
+    }
+    spec = feasibility_jobspec(jobspec)
+    assert spec["attributes"] == {"system": {"duration": 60, "queue": "q"}}
+    assert spec["tasks"] == [{"command": ["sleep"], "slot": "task", "count": {"per_slot": 1}}]
+    assert spec["resources"] == jobspec["resources"] and spec["version"] == 1
+    assert jobspec["tasks"][0]["command"] == ["sleep", "60"]  # the job's own is left as it was
+    assert feasibility_jobspec({"version": 1})["attributes"] == {"system": {}}
+    assert feasibility_jobspec({"version": 1, "attributes": None})["attributes"] == {"system": {}}

@@ -1,7 +1,9 @@
 """Unit tests of flux_delegate.options: the plugin's options."""
 
 import pytest
+from unit import needs_flux
 
+from flux_delegate import options as options_module
 from flux_delegate.options import DEFAULT_CONNECT_TIMEOUT, DEFAULT_RECONNECT_TIMEOUT, plugin_options
 
 
@@ -11,6 +13,28 @@ def test_plugin_options_defaults_and_numbers():
     assert options["submit-timeout"] == 5.0 and options["reconnect-interval"] == 0.5
     assert options["reconnect-timeout"] == DEFAULT_RECONNECT_TIMEOUT
     assert plugin_options(None)["connect-timeout"] == DEFAULT_CONNECT_TIMEOUT
+    assert plugin_options({"connect-timeout": 7})["connect-timeout"] == 7.0
+
+
+@needs_flux
+def test_durations_are_read_as_flux_reads_them():
+    from flux.util import parse_fsd
+
+    assert options_module.parse_fsd is parse_fsd
+    options = plugin_options(
+        {
+            "submit-timeout": "30s",
+            "connect-timeout": "5m",
+            "reconnect-timeout": "1.5h",
+            "reconnect-interval": "500ms",
+            "preflight-timeout": " 7 ",
+        }
+    )
+    assert options["submit-timeout"] == 30.0
+    assert options["connect-timeout"] == 300.0
+    assert options["reconnect-timeout"] == 5400.0
+    assert options["reconnect-interval"] == 0.5
+    assert options["preflight-timeout"] == 7.0
 
 
 @pytest.mark.parametrize(
@@ -18,19 +42,65 @@ def test_plugin_options_defaults_and_numbers():
     [
         (
             {"submit-timout": "5"},
-            "unknown plugin option 'submit-timout' (known: handler, pythonpath, registry, submit-timeout",
+            "unknown plugin option 'submit-timout' (known: handler, pythonpath, registry,"
+            " submit-timeout, connect-timeout, preflight-timeout, reconnect-timeout,"
+            " reconnect-interval)",
         ),
-        (
-            {"submit-timeout": "abc"},
-            "plugin option submit-timeout=abc: not a positive number of seconds",
-        ),
-        ({"connect-timeout": "-3"}, "plugin option connect-timeout=-3: not a positive"),
-        ({"reconnect-interval": "0"}, "plugin option reconnect-interval=0: not a positive"),
-        ({"preflight-timeout": "inf"}, "preflight-timeout=inf: not a positive"),
-        ({"reconnect-timeout": True}, "reconnect-timeout=True: not a positive"),
+        ({"connect-timeout": "-3"}, "plugin option connect-timeout=-3: must be more than 0 seconds"),
+        ({"connect-timeout": -1.5}, "plugin option connect-timeout=-1.5: must be more than 0 seconds"),
+        ({"reconnect-interval": "0"}, "plugin option reconnect-interval=0: must be more than 0 seconds"),
+        ({"reconnect-interval": 0}, "plugin option reconnect-interval=0: must be more than 0 seconds"),
+        ({"submit-timeout": 10**400}, f"plugin option submit-timeout={10**400}: too long a duration"),
     ],
 )
 def test_plugin_options_errors_name_the_option(conf, message):
     with pytest.raises(ValueError) as info:
         plugin_options(conf)
-    assert message in str(info.value)
+    assert str(info.value) == message
+
+
+@needs_flux
+@pytest.mark.parametrize(
+    "conf, message",
+    [
+        ({"submit-timeout": "abc"}, "plugin option submit-timeout=abc: not a duration (e.g. 30, 30s, 5m)"),
+        ({"submit-timeout": "5x"}, "plugin option submit-timeout=5x: not a duration (e.g. 30, 30s, 5m)"),
+        ({"submit-timeout": ""}, "plugin option submit-timeout=: not a duration (e.g. 30, 30s, 5m)"),
+        ({"submit-timeout": "nan"}, "plugin option submit-timeout=nan: not a duration (e.g. 30, 30s, 5m)"),
+        ({"submit-timeout": None}, "plugin option submit-timeout=None: not a duration (e.g. 30, 30s, 5m)"),
+        ({"connect-timeout": "-5m"}, "plugin option connect-timeout=-5m: must be more than 0 seconds"),
+        ({"reconnect-interval": "0s"}, "plugin option reconnect-interval=0s: must be more than 0 seconds"),
+        (
+            {"preflight-timeout": "inf"},
+            "plugin option preflight-timeout=inf: not a finite duration (e.g. 30, 30s, 5m)",
+        ),
+        (
+            {"preflight-timeout": float("inf")},
+            "plugin option preflight-timeout=inf: not a finite duration (e.g. 30, 30s, 5m)",
+        ),
+        (
+            {"reconnect-timeout": True},
+            "plugin option reconnect-timeout=True: not a duration (e.g. 30, 30s, 5m)",
+        ),
+        ({"reconnect-timeout": "1e10d"}, "plugin option reconnect-timeout=1e10d: too long a duration"),
+    ],
+)
+def test_plugin_options_refuse_what_is_not_a_positive_duration(conf, message):
+    with pytest.raises(ValueError) as info:
+        plugin_options(conf)
+    assert str(info.value) == message
+
+
+def test_without_flux_bindings_a_duration_is_plain_seconds(monkeypatch):
+    monkeypatch.setattr(options_module, "parse_fsd", None)
+    assert plugin_options({"submit-timeout": "2.5"})["submit-timeout"] == 2.5
+    example = "(seconds, e.g. 30: 30s or 5m need flux-core's Python bindings)"
+    for conf, message in [
+        ({"submit-timeout": "30s"}, f"plugin option submit-timeout=30s: not a duration {example}"),
+        ({"submit-timeout": "inf"}, f"plugin option submit-timeout=inf: not a finite duration {example}"),
+        ({"submit-timeout": False}, f"plugin option submit-timeout=False: not a duration {example}"),
+        ({"submit-timeout": "-3"}, "plugin option submit-timeout=-3: must be more than 0 seconds"),
+    ]:
+        with pytest.raises(ValueError) as info:
+            plugin_options(conf)
+        assert str(info.value) == message

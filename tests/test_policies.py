@@ -1,8 +1,10 @@
 """Unit tests of flux_delegate.policies: candidates, orders, site policies."""
 
 import os
+import sys
 
 import pytest
+from unit import needs_flux
 
 from flux_delegate.policies import (
     Candidate,
@@ -17,6 +19,7 @@ from flux_delegate.policies import (
     order_shortest_match,
     parse_policy_config,
 )
+from flux_delegate import policies as policies_module
 from flux_delegate.registry import Cluster
 
 
@@ -109,6 +112,81 @@ def test_load_policy_from_a_file(tmp_path):
         load_policy("site", "just_a_module")
     with pytest.raises(ValueError, match="cannot import no_such_module"):
         load_policy("site", "no_such_module:f")
+
+
+def test_an_edited_policy_module_is_read_again(tmp_path, monkeypatch):
+    """'flux config reload' runs an edited module:function policy."""
+    monkeypatch.syspath_prepend(str(tmp_path))
+    module = tmp_path / "edited_site_policy.py"
+    cs = candidates(("a", "feasible", 0, None), ("b", "feasible", 0, None))
+    try:
+        module.write_text("def order(job, candidates):\n    return candidates[:1]\n")
+        first = load_policy("site", "edited_site_policy:order")
+        assert names(first(None, cs, None)) == ["a"]
+        # Another size: a cached .pyc is checked by the source's mtime (in
+        # seconds) and size, and this edit comes within the same second.
+        module.write_text("def order(job, candidates):\n    return list(reversed(candidates))\n")
+        second = load_policy("site", "edited_site_policy:order")
+        assert names(second(None, cs, None)) == ["b", "a"]
+        assert names(first(None, cs, None)) == ["a"]  # the first load keeps its own
+        assert names(sys.modules["edited_site_policy"].order(None, cs)) == ["b", "a"]
+    finally:
+        sys.modules.pop("edited_site_policy", None)
+
+
+def test_an_edited_policy_file_is_read_again(tmp_path):
+    path = tmp_path / "site.py"
+    cs = candidates(("a", "feasible", 0, None), ("b", "feasible", 0, None))
+    path.write_text("def order(job, candidates):\n    return candidates[:1]\n")
+    assert names(load_policy("site", f"{path}:order")(None, cs, None)) == ["a"]
+    path.write_text("def order(job, candidates):\n    return list(reversed(candidates))\n")
+    assert names(load_policy("site", f"{path}:order")(None, cs, None)) == ["b", "a"]
+
+
+def test_policies_of_one_configuration_share_their_module(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (tmp_path / "shared_site_policy.py").write_text(
+        "calls = []\n"
+        "def first(job, candidates):\n    calls.append('first')\n    return candidates\n"
+        "def second(job, candidates):\n    calls.append('second')\n    return candidates\n"
+    )
+    path = tmp_path / "site.py"
+    path.write_text("def one(job, candidates):\n    return candidates\ndef two(job, candidates):\n    return []\n")
+    try:
+        custom = parse_policy_config(
+            {
+                "delegate-policy": {
+                    "custom": {
+                        "p1": "shared_site_policy:first",
+                        "p2": "shared_site_policy:second",
+                        "f1": f"{path}:one",
+                        "f2": f"{path}:two",
+                    }
+                }
+            }
+        )[1]
+        cs = candidates(("a", "feasible", 0, None))
+        custom["p1"](None, cs, None)
+        custom["p2"](None, cs, None)
+        assert sys.modules["shared_site_policy"].calls == ["first", "second"]
+    finally:
+        sys.modules.pop("shared_site_policy", None)
+
+
+def test_the_handler_package_and_flux_are_not_imported_again():
+    """A policy from flux_delegate (or delegate_handler, or flux) is the
+    loaded module's own function: a second copy of the package would have
+    its own PolicyError, which apply_policy would not pass through."""
+    module = sys.modules["flux_delegate.policies"]
+    assert load_policy("r", "flux_delegate.policies:order_random") is order_random
+    assert sys.modules["flux_delegate.policies"] is module
+
+
+@needs_flux
+def test_policy_files_are_imported_by_flux_importer():
+    import flux.importer
+
+    assert policies_module.import_path is flux.importer.import_path
 
 
 def test_no_target_message_lists_every_candidate():

@@ -9,6 +9,9 @@ except ImportError:  # pragma: no cover - unit tests without flux-core
 
 from .text import brief
 
+# Entries stay the plain dicts job-manager.getattr returns: wrapping each in
+# flux.eventlog.EventLogEvent (a dict copy, .name raising KeyError) reads no clearer.
+
 
 def delegations(eventlog):
     """(uri, remote jobid) of every "delegated" event."""

@@ -6,11 +6,44 @@ import copy
 import os
 import time
 
+try:
+    from flux.util import get_treedict, set_treedict
+except ImportError:  # pragma: no cover - unit tests without flux-core
+    # flux.util's two, as it has them, only so that this module imports
+    # without flux-core's bindings: the job-manager always has flux's.
+
+    def get_treedict(in_dict, key, default=None):
+        *levels, last = key.split(".")
+        for level in levels:
+            try:
+                in_dict = in_dict[level]
+            except KeyError:
+                return default
+        return in_dict.get(last, default)
+
+    def set_treedict(in_dict, key, val):
+        *levels, last = key.split(".")
+        for level in levels:
+            in_dict = in_dict.setdefault(level, {})
+        in_dict[last] = val
+
+
 from .names import LOCAL_ONLY_ATTRIBUTES, ORIGIN_ATTRIBUTE
 
 #: How long the local job "runs" once the remote one has finished: only
 #: long enough for job-exec to post start and finish (test exec mode).
 RELEASE_RUN_DURATION = "0.001s"
+
+
+def lookup(jobspec, path, default=None):
+    """The value at a dotted path of a jobspec ("attributes.system.job.name",
+    flux.util.get_treedict), or default where it is missing or where a
+    level on the way is not a table (a target's jobspec, or a user's
+    attribute, can be any JSON)."""
+    try:
+        return get_treedict(jobspec, path, default)
+    except (AttributeError, TypeError):
+        return default
 
 
 def remote_jobspec(jobspec, environment=None, origin=None):
@@ -19,32 +52,26 @@ def remote_jobspec(jobspec, environment=None, origin=None):
     environment put back (the job-manager keeps jobspecs without it) and
     the origin (the local job) recorded."""
     spec = copy.deepcopy(jobspec)
-    system = spec.setdefault("attributes", {}).setdefault("system", {})
-    for key in LOCAL_ONLY_ATTRIBUTES:
-        system.pop(key, None)
+    system = get_treedict(spec, "attributes.system") or {}
+    system = {k: v for k, v in system.items() if k not in LOCAL_ONLY_ATTRIBUTES}
     if environment is not None:
         system["environment"] = environment
     if origin is not None:
         system[ORIGIN_ATTRIBUTE] = origin
+    set_treedict(spec, "attributes.system", system)
     return spec
 
 
 def requeue_allowed(jobspec):
     """Whether a job that started remotely may run again elsewhere after an
     allocation failure: yes, unless -S delegate-requeue=false (or 0, no)."""
-    try:
-        value = jobspec["attributes"]["system"]["delegate-requeue"]
-    except (KeyError, TypeError):
-        return True
+    value = lookup(jobspec, "attributes.system.delegate-requeue", True)
     return value not in (False, 0, "false", "False", "no", "0")
 
 
 def origin_of(jobspec):
     """The origin a remote jobspec records, or None."""
-    try:
-        origin = jobspec["attributes"]["system"][ORIGIN_ATTRIBUTE]
-    except (KeyError, TypeError):
-        return None
+    origin = lookup(jobspec, f"attributes.system.{ORIGIN_ATTRIBUTE}")
     return origin if isinstance(origin, dict) else None
 
 
@@ -62,13 +89,10 @@ def same_origin(a, b):
 def job_name(jobspec):
     """The job's name as job-list shows it: attributes.system.job.name, or
     the base name of the command; None if neither."""
-    try:
-        name = jobspec["attributes"]["system"]["job"]["name"]
-        if isinstance(name, str) and name:
-            return name
-    except (KeyError, TypeError):
-        pass
-    try:
+    name = lookup(jobspec, "attributes.system.job.name")
+    if isinstance(name, str) and name:
+        return name
+    try:  # tasks is a list: no dotted path reaches into it
         command = jobspec["tasks"][0]["command"]
         return os.path.basename(command[0]) or command[0]
     except (KeyError, IndexError, TypeError):

@@ -2,6 +2,15 @@
 conf = {...} in [job-manager] plugins), checked, with their defaults.
 """
 
+import math
+
+try:
+    from flux.util import parse_fsd
+except ImportError:  # pragma: no cover - unit tests without flux-core
+    # Without flux-core's bindings a duration is plain seconds only (30,
+    # 2.5): Flux Standard Duration (30s, 5m) needs flux.util.parse_fsd.
+    parse_fsd = None
+
 #: Default seconds to wait for a target to answer a submit.
 DEFAULT_SUBMIT_TIMEOUT = 30.0
 
@@ -20,7 +29,9 @@ DEFAULT_PREFLIGHT_TIMEOUT = 10.0
 
 
 #: Plugin options (flux jobtap load delegate.so KEY=VALUE, or conf = {...}
-#: in [job-manager] plugins) that are seconds, with their defaults.
+#: in [job-manager] plugins) that are durations, with their defaults in
+#: seconds.  A value is a Flux Standard Duration (30s, 5m, 1.5h; a plain
+#: number is seconds), as flux's own options take it.
 SECONDS_OPTIONS = {
     "submit-timeout": DEFAULT_SUBMIT_TIMEOUT,
     "connect-timeout": DEFAULT_CONNECT_TIMEOUT,
@@ -34,10 +45,49 @@ SECONDS_OPTIONS = {
 PATH_OPTIONS = ("handler", "pythonpath", "registry")
 
 
+def duration(key, value):
+    """Seconds of the value given for plugin option key: a number, or a
+    string in Flux Standard Duration (flux.util.parse_fsd: 30, 30s, 5m,
+    1.5h).  Raises ValueError naming the option and what is wrong; a
+    duration must be more than 0 and finite (a bool is not a number
+    here)."""
+    where = f"plugin option {key}={value}"
+    if parse_fsd is not None:
+        example = "(e.g. 30, 30s, 5m)"
+    else:
+        example = "(seconds, e.g. 30: 30s or 5m need flux-core's Python bindings)"
+    try:
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            seconds = None
+        elif not isinstance(value, str):
+            seconds = float(value)
+        else:
+            # parse_fsd refuses a negative duration as it refuses 'abc':
+            # the sign is read here, so that '-3' is told what is wrong.
+            text = value.strip()
+            negative = text.startswith("-")
+            try:
+                seconds = (parse_fsd or float)(text[1:] if negative else text)
+            except ValueError:
+                seconds = None
+            if seconds is not None and negative:
+                seconds = -seconds
+    except OverflowError:  # e.g. 1e10d (past datetime.timedelta), 10**400
+        raise ValueError(f"{where}: too long a duration") from None
+    if seconds is None or math.isnan(seconds):
+        raise ValueError(f"{where}: not a duration {example}")
+    if math.isinf(seconds):
+        raise ValueError(f"{where}: not a finite duration {example}")
+    if seconds <= 0:
+        raise ValueError(f"{where}: must be more than 0 seconds")
+    return seconds
+
+
 def plugin_options(conf):
-    """The plugin's options, checked, with defaults: {key: value}.  Raises
-    ValueError naming the option for an unknown key (a typo would silently
-    keep a default) or a value that is not a positive number of seconds."""
+    """The plugin's options, checked, with defaults: {key: value}, a
+    duration in seconds.  Raises ValueError naming the option for an
+    unknown key (a typo would silently keep a default) or a value that is
+    not a duration of more than 0 (see duration)."""
     options = dict(SECONDS_OPTIONS)
     for key, value in (conf or {}).items():
         if key in PATH_OPTIONS:
@@ -46,11 +96,5 @@ def plugin_options(conf):
         if key not in SECONDS_OPTIONS:
             known = ", ".join(PATH_OPTIONS + tuple(SECONDS_OPTIONS))
             raise ValueError(f"unknown plugin option '{key}' (known: {known})")
-        try:
-            seconds = float(value)
-        except (TypeError, ValueError):
-            seconds = None
-        if isinstance(value, bool) or seconds is None or not 0 < seconds < float("inf"):
-            raise ValueError(f"plugin option {key}={value}: not a positive number of seconds")
-        options[key] = seconds
+        options[key] = duration(key, value)
     return options

@@ -2,6 +2,24 @@
 policies (module:function, loaded from the broker config).
 """
 
+import importlib
+import sys
+
+try:
+    from flux.importer import import_path
+except ImportError:  # pragma: no cover - unit tests without flux-core
+    import importlib.util
+    import os
+
+    def import_path(file_path):
+        """flux.importer.import_path, as flux-core has it (its quirk too)."""
+        module_name = os.path.basename(file_path).rstrip(".py")
+        spec = importlib.util.spec_from_file_location(module_name, file_path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+
 from .names import DEFAULT_POLICY
 from .registry import parse_registry
 
@@ -23,10 +41,11 @@ def parse_policy_config(conf):
             'broker config: [delegate-policy.custom] must be a table of name = "module:function"'
         )
     custom = {}
+    loaded = {}  # each module once per configuration: its policies share it
     for name, spec in specs.items():
         if name in BUILTIN_ORDERS:
             raise ValueError(f"[delegate-policy.custom]: '{name}' is a built-in policy")
-        custom[name] = load_policy(name, spec)
+        custom[name] = load_policy(name, spec, loaded)
     default = table.get("default", DEFAULT_POLICY)
     if not isinstance(default, str) or default.partition(":")[0] not in (
         set(BUILTIN_ORDERS) | set(custom)
@@ -168,25 +187,50 @@ POLICY_METRICS = {
 }
 
 
-def load_policy(name, spec):
+#: Modules a 'module:function' policy may name that load_policy does not
+#: import afresh: the handler (delegate_handler: the shim imported it from
+#: its file, and does again when the plugin is loaded again), this package
+#: (the same), flux-core's bindings, and the standard library.
+SHARED_MODULES = frozenset(("delegate_handler", "flux_delegate", "flux", "_flux"))
+
+
+def import_policy_module(module_name):
+    """The module of a site policy, read afresh (an edited policy is read
+    again on 'flux config reload'): a file by flux.importer.import_path,
+    or a module on sys.path, dropped from sys.modules first unless it is
+    one of SHARED_MODULES."""
+    if module_name.endswith(".py") or "/" in module_name:
+        # import_path never puts the module in sys.modules: each load is a
+        # new module object, and two files of one name never meet.  It
+        # names the module after its file with rstrip(".py"), a quirk of
+        # flux-core's (site_policy.py becomes 'site_polic'): that matters
+        # only to what looks a module up by its __name__ (pickle,
+        # dataclasses), where a file named like a loaded module (json.py)
+        # would find that one.
+        return import_path(module_name)
+    top = module_name.partition(".")[0]
+    if top not in SHARED_MODULES and top not in sys.stdlib_module_names:
+        sys.modules.pop(module_name, None)
+        importlib.invalidate_caches()  # a module file new since the last look
+    return importlib.import_module(module_name)
+
+
+def load_policy(name, spec, loaded=None):
     """A site policy from 'module:function' (a module on sys.path, or
     delegate_handler for a function of the handler itself) or
-    '/path/to/file.py:function'.  Raises ValueError."""
+    '/path/to/file.py:function', its module read afresh (see
+    import_policy_module).  loaded ({module: module object}, one for each
+    configuration read) keeps the policies of one configuration that name
+    one module on one module object.  Raises ValueError."""
     if not isinstance(spec, str) or ":" not in spec:
         raise ValueError(f"policy '{name}': '{spec}' is not 'module:function'")
     module_name, _, function = spec.rpartition(":")
-    import importlib
-    import importlib.util
-
+    loaded = {} if loaded is None else loaded
     try:
-        if module_name.endswith(".py") or "/" in module_name:
-            modspec = importlib.util.spec_from_file_location(f"delegate_policy_{name}", module_name)
-            module = importlib.util.module_from_spec(modspec)
-            modspec.loader.exec_module(module)
-        else:
-            module = importlib.import_module(module_name)
+        module = loaded.get(module_name) or import_policy_module(module_name)
     except Exception as exc:  # pylint: disable=broad-except
         raise ValueError(f"policy '{name}': cannot import {module_name}: {exc}")
+    loaded[module_name] = module
     order = getattr(module, function, None)
     if not callable(order):
         raise ValueError(f"policy '{name}': {module_name} has no function '{function}'")

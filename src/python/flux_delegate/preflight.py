@@ -2,6 +2,8 @@
 it (the resources and limits of the job, never its environment).
 """
 
+from .jobspec import lookup
+
 #: What a feasibility check needs of attributes.system: what schedulers
 #: decide with.
 FEASIBILITY_SYSTEM_KEYS = ("duration", "queue", "constraints")
@@ -12,7 +14,7 @@ def feasibility_jobspec(jobspec):
     with, without the environment, files or user attributes (the whole
     jobspec can be megabytes)."""
     spec = {k: v for k, v in jobspec.items() if k not in ("attributes", "tasks")}
-    system = (jobspec.get("attributes") or {}).get("system") or {}
+    system = lookup(jobspec, "attributes.system") or {}
     spec["attributes"] = {"system": {k: system[k] for k in FEASIBILITY_SYSTEM_KEYS if k in system}}
     tasks = []
     for task in jobspec.get("tasks") or []:
