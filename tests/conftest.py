@@ -8,6 +8,7 @@ ends with a loud count of what was skipped and why.
 import os
 import shutil
 import sys
+import tempfile
 
 import pytest
 
@@ -17,6 +18,12 @@ from flux_instance import HANDLER, PLUGIN, PYTHONPATH, FluxInstance  # noqa: E40
 
 # The package under test, before any installed copy.
 sys.path.insert(0, PYTHONPATH)
+
+# No test reads or writes the user's own registry file: every instance
+# started here (and every 'flux remote' run) gets an empty configuration
+# directory of this session's, unless a test names a registry itself.
+os.environ["XDG_CONFIG_HOME"] = tempfile.mkdtemp(prefix="delegate-tests-config-")
+os.environ.pop("FLUX_DELEGATE_REGISTRY", None)
 
 
 def integration_unavailable():
