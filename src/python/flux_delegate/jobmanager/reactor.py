@@ -133,17 +133,20 @@ def free_watcher(watcher):
     watcher.destroy()
 
 
-def then(future, callback, job=None):
-    """future.then(callback), guarded (see guard()); the first answer of a
+def then(future, callback, job=None, guarded=True):
+    """future.then(callback): the one way a continuation is attached, to a
+    local future or (through RemoteInstance.request()) a remote one.
+    Guarded (see guard()) unless guarded=False (a callback that must run
+    even after an unload, and guards itself).  The first answer of a
     request to a target also releases its bytes (RemoteInstance.request).
     No libflux timeouts: a remote future's timer would sit on its
     connection's reactor, which runs only when a message arrives; timeouts
     are job-manager timers."""
-    guarded = guard(callback, job)
+    call = guard(callback, job) if guarded else callback
 
     def continuation(fut):
         answered(fut)
-        guarded(fut)
+        call(fut)
 
     future.then(continuation)
     return future
