@@ -10,8 +10,9 @@ import flux
 import flux.job
 
 from .connections import CONNECTION_ERRORS
-from .reactor import Timer, guard, log
+from .reactor import log
 from .remote import check_identity
+from .retry import Retrying
 
 
 class RemoteCancel:
@@ -33,8 +34,16 @@ class RemoteCancel:
         self.runtime = job.runtime
         self.remote = None  # where the canceled job is watched
         self.reason = reason
-        self.deadline = time.time() + self.job.runtime.reconnect_timeout
         self.done = False
+        # Deadline: reconnect-timeout from the cancel, however often the
+        # target comes and goes meanwhile.
+        self.retrying = Retrying(
+            self.runtime,
+            self.uri,
+            self.send,
+            self.give_up,
+            deadline=time.monotonic() + self.runtime.reconnect_timeout,
+        )
 
     def start(self):
         log(syslog.LOG_INFO, f"{self.job.name}: canceling {self.remote_id.f58} on {self.uri}")
@@ -42,17 +51,9 @@ class RemoteCancel:
         if remote is not None and not remote.lost:
             self.send(remote)
         else:
-            self.connect()
+            self.retrying.start()
 
-    def connect(self, *unused):
-        self.runtime.connections.get(self.uri, self.send, self.retry)
-
-    def retry(self, message):
-        if time.time() < self.deadline:
-            self.timer = Timer(
-                self.runtime.reconnect_interval, guard(self.connect, owner=self.runtime), self.runtime
-            )
-            return
+    def give_up(self, message):
         self.runtime.log(
             syslog.LOG_ERR,
             f"{self.job.name}: could not cancel remote job {self.remote_id.f58}"
@@ -77,7 +78,7 @@ class RemoteCancel:
             self.job.verified = remote
             self.send_cancel(remote)
         elif verdict == "error":
-            self.retry(why)
+            self.retrying.failed(why)
         else:
             self.done = True
             self.runtime.log(
@@ -102,7 +103,7 @@ class RemoteCancel:
             future.get()
         except OSError as exc:
             if exc.errno in CONNECTION_ERRORS or exc.errno == errno.ENOSYS:
-                self.retry(exc.strerror or str(exc))
+                self.retrying.failed(exc.strerror or str(exc))
             else:  # e.g. the remote job is inactive already
                 self.runtime.log(
                     syslog.LOG_INFO,
@@ -122,7 +123,7 @@ class RemoteCancel:
         remote.listeners.discard(self)
         if not self.done and remote is self.remote:
             self.remote = None
-            self.retry(reason)
+            self.retrying.failed(reason)
 
     def on_remote_event(self, future):
         """Until the remote job's clean event (or the end of its eventlog)."""
@@ -135,7 +136,7 @@ class RemoteCancel:
                 self.remote.listeners.discard(self)
                 self.remote = None
             if exc.errno not in (errno.ENOENT, errno.EPERM):  # not purged
-                self.retry(exc.strerror or str(exc))  # the target went away
+                self.retrying.failed(exc.strerror or str(exc))  # the target went away
             return
         if event is None or event.name == "clean":
             self.done = True
