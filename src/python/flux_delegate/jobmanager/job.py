@@ -65,6 +65,7 @@ from .reactor import Timer, answered, guard, log, then
 from .recovery import Recovery
 from .remote import FailedRequest, answer_of, check_identity, payload_size
 from .resolve import resolve_target
+from .retry import Retrying
 
 
 class Submission:
@@ -185,7 +186,7 @@ class DelegatedJob:
         self.outcome = RemoteOutcome()
         self.watch = None
         self.watch_timer = None
-        self.lost_since = None
+        self.reconnecting = None  # Retrying, while following
         self.lost_reason = None
         self.checking = False
         self.recheck = False
@@ -500,7 +501,7 @@ class DelegatedJob:
     def on_submitted(self, attempt, remote_id):
         """The target accepted the job as remote_id."""
         self.remote_id = JobID(remote_id)
-        self.phase = DELEGATED
+        self.start_following()
         self.known_remote.setdefault(self.uri, set()).add(int(self.remote_id))
         context = {"jobid": int(self.remote_id), "uri": self.uri}
         if self.candidate.label:
@@ -517,7 +518,7 @@ class DelegatedJob:
         """The job an interrupted submit made was found: follow it."""
         self.remote_id = JobID(remote_id)
         self.uri = recovery.uri
-        self.phase = DELEGATED
+        self.start_following()
         self.known_remote.setdefault(self.uri, set()).add(int(self.remote_id))
         context = {"jobid": int(self.remote_id), "uri": self.uri, "recovered": True}
         if recovery.label:
@@ -533,18 +534,35 @@ class DelegatedJob:
 
     def resume(self, delegation):
         """Follow again a remote job delegated before a reload/restart."""
-        self.phase = DELEGATED
         self.uri = delegation.get("uri")
+        self.start_following()
         self.remote_id = JobID(delegation.get("jobid"))
         log(
             syslog.LOG_INFO,
             f"{self.name}: following {self.remote_id.f58} on {self.uri} again",
         )
-        self.lost_since = time.time()
         self.lost_reason = "the source reloaded"
-        self.runtime.connections.get(self.uri, self.reattach, self.reattach_failed, job=self)
+        self.reconnecting.start()
 
     # -- following the remote job ------------------------------------------
+
+    def start_following(self):
+        """The remote job exists (on self.uri): follow it from now on.
+        Contact lost is sought again every reconnect-interval; deadline:
+        reconnect-timeout after contact was lost (the last event received,
+        or the reload), counted afresh after each event."""
+        self.phase = DELEGATED
+        if self.reconnecting is not None:
+            self.reconnecting.stop()
+        reconnecting = Retrying(
+            self.runtime,
+            self.uri,
+            self.reattach,
+            self.out_of_contact,
+            wanted=lambda: self.phase == DELEGATED and self.reconnecting is reconnecting,
+            job=self,
+        )
+        self.reconnecting = reconnecting
 
     def follow(self, remote):
         if self.phase != DELEGATED:
@@ -598,6 +616,8 @@ class DelegatedJob:
 
     def stop_following(self):
         self.stop_watch_timer()
+        if self.reconnecting is not None:
+            self.reconnecting.stop()
         watch, self.watch = self.watch, None
         if self.remote is not None:
             self.remote.listeners.discard(self)
@@ -615,29 +635,25 @@ class DelegatedJob:
         self.stop_watch_timer()
         self.watch = None
         remote.listeners.discard(self)
-        self.lost_since = self.lost_since or time.time()
         self.lost_reason = reason
-        if time.time() - self.lost_since >= self.runtime.reconnect_timeout:
-            self.fail(
-                f"lost contact with remote job {self.remote_id.f58} on {self.uri}"
-                f" for {self.runtime.reconnect_timeout:g}s: {reason}"
+        if self.reconnecting.failed(reason):
+            log(
+                syslog.LOG_INFO,
+                f"{self.name}: lost contact with {self.remote_id.f58} on {self.uri}"
+                f" ({reason}); reconnecting",
             )
-            return
-        log(
-            syslog.LOG_INFO,
-            f"{self.name}: lost contact with {self.remote_id.f58} on {self.uri}"
-            f" ({reason}); reconnecting",
-        )
-        self.schedule_reconnect()
 
-    def schedule_reconnect(self):
-        self.reconnect_timer = Timer(
-            self.runtime.reconnect_interval, guard(self.reconnect, self)
-        )
-
-    def reconnect(self, *unused):
-        if self.phase == DELEGATED:
-            self.runtime.connections.get(self.uri, self.reattach, self.reattach_failed, job=self)
+    def out_of_contact(self, reason):
+        """No contact for reconnect-timeout (Retrying gave up)."""
+        where = f"remote job {self.remote_id.f58} on {self.uri}"
+        if self.reconnecting.connect_failed:
+            self.fail(
+                f"lost contact with {where} ({self.lost_reason}), and cannot reconnect: {reason}"
+            )
+        else:
+            self.fail(
+                f"lost contact with {where} for {self.runtime.reconnect_timeout:g}s: {reason}"
+            )
 
     def reattach(self, remote):
         """Connected again (or after a reload): make sure remote_id is still
@@ -703,18 +719,7 @@ class DelegatedJob:
     def watch_again(self, remote):
         log(syslog.LOG_DEBUG, f"{self.name}: watching {self.remote_id.f58} on {self.uri} again")
         self.outcome = RemoteOutcome()  # the watch replays the whole eventlog
-        self.follow(remote)  # lost_since is cleared by the first event
-
-    def reattach_failed(self, message):
-        if self.phase != DELEGATED:
-            return
-        if time.time() - self.lost_since < self.runtime.reconnect_timeout:
-            self.schedule_reconnect()
-            return
-        self.fail(
-            f"lost contact with remote job {self.remote_id.f58} on {self.uri}"
-            f" ({self.lost_reason}), and cannot reconnect: {message}"
-        )
+        self.follow(remote)  # in contact again at its first event
 
     def on_remote_event(self, future):
         if self.phase != DELEGATED or self.watch is None or self.watch.future is not future:
@@ -741,7 +746,7 @@ class DelegatedJob:
                 # connection closes): follow again once it answers.
                 self.connection_lost(self.remote, exc.strerror or str(exc))
             return
-        self.lost_since = None  # in contact again
+        self.reconnecting.contact()
         if event is None:
             self.conclude()
             return
