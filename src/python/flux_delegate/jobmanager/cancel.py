@@ -13,6 +13,7 @@ from .connections import CONNECTION_ERRORS
 from .reactor import log
 from .remote import check_identity
 from .retry import Retrying
+from .watch import EventlogWatch
 
 
 class RemoteCancel:
@@ -33,6 +34,7 @@ class RemoteCancel:
         self.id = job.id  # for guard(), as a connection listener
         self.runtime = job.runtime
         self.remote = None  # where the canceled job is watched
+        self.watch = None
         self.reason = reason
         self.done = False
         # Deadline: reconnect-timeout from the cancel, however often the
@@ -113,34 +115,38 @@ class RemoteCancel:
             return
         remote.listeners.add(self)  # connection_lost() if it goes first
         self.remote = remote
-        remote.request(
-            1024,
-            lambda h: flux.job.event_watch_async(h, self.remote_id),
-            self.on_remote_event,
-        )
+        self.watch = EventlogWatch(
+            remote, self.remote_id, self.on_remote_event, self.on_watch_end
+        ).start()
 
     def connection_lost(self, remote, reason):
         remote.listeners.discard(self)
         if not self.done and remote is self.remote:
             self.remote = None
+            if self.watch is not None:
+                self.watch.cancel()
             self.retrying.failed(reason)
 
-    def on_remote_event(self, future):
+    def on_remote_event(self, event):
         """Until the remote job's clean event (or the end of its eventlog)."""
         if self.done:
             return
-        try:
-            event = future.get_event()
-        except OSError as exc:
-            if self.remote is not None:
-                self.remote.listeners.discard(self)
-                self.remote = None
-            if exc.errno not in (errno.ENOENT, errno.EPERM):  # not purged
-                self.retrying.failed(exc.strerror or str(exc))  # the target went away
-            return
-        if event is None or event.name == "clean":
+        if event.name == "clean":
             self.done = True
             if self.remote is not None:
                 self.remote.listeners.discard(self)
-            if event is not None and self.remote is not None:
-                self.remote.cancel_watch(future)
+            self.watch.cancel()
+
+    def on_watch_end(self, error):
+        if self.done:
+            return
+        if error is None:  # the end of the eventlog
+            self.done = True
+            if self.remote is not None:
+                self.remote.listeners.discard(self)
+            return
+        if self.remote is not None:
+            self.remote.listeners.discard(self)
+            self.remote = None
+        if error.errno not in (errno.ENOENT, errno.EPERM):  # not purged
+            self.retrying.failed(error.strerror or str(error))  # the target went away

@@ -63,9 +63,10 @@ from .phases import DELEGATED, ENDED, RECOVERING, RELEASING, SUBMITTING, WAITING
 from .preflight import Preflight
 from .reactor import Timer, answered, guard, log, then
 from .recovery import Recovery
-from .remote import FailedRequest, answer_of, check_identity, payload_size
+from .remote import answer_of, check_identity, payload_size
 from .resolve import resolve_target
 from .retry import Retrying
+from .watch import EventlogWatch
 
 
 class Submission:
@@ -572,42 +573,25 @@ class DelegatedJob:
             self.connection_lost(remote, remote.lost)
             return
         remote.listeners.add(self)
-        watch = remote.request(
-            1024,
-            lambda h: flux.job.event_watch_async(h, self.remote_id),
+        # A target answers a watch at once with the eventlog so far.  One
+        # that never does (a hung job-info, a request lost as the module
+        # was reloaded) would leave the job pending for ever: give up on
+        # that watch after submit-timeout and follow again, within
+        # reconnect-timeout.
+        watch = self.watch = EventlogWatch(
+            remote,
+            self.remote_id,
             self.on_remote_event,
+            self.on_watch_end,
             job=self,
+            answer_within=self.runtime.submit_timeout,
         )
-        if isinstance(watch.future, FailedRequest):
-            # Failed as it was sent, before self.watch was set: its answer
-            # was ignored.
-            self.connection_lost(remote, str(watch.future.error))
-            return
-        self.watch = watch
-        if not watch.sent:
+        watch.start()
+        if not watch.sent and not watch.over:
             log(
                 syslog.LOG_DEBUG,
                 f"{self.name}: watch queued: {remote.unanswered} bytes unanswered on {self.uri}",
             )
-        # A target answers a watch at once with the eventlog so far.  One
-        # that never does (a hung job-info, a request lost as the module
-        # was reloaded) would leave the job pending for ever: give up on
-        # that watch and follow again, within reconnect-timeout.
-        self.watch_timer = Timer(
-            self.runtime.submit_timeout, guard(lambda: self.watch_unanswered(watch), self)
-        )
-
-    def watch_unanswered(self, watch):
-        if self.phase != DELEGATED or self.watch is not watch:
-            return
-        if watch.sent:
-            answered(watch.future)  # given up: its bytes no longer count
-        remote = self.remote
-        self.stop_following()
-        self.connection_lost(
-            remote,
-            f"its job-info did not answer within {self.runtime.submit_timeout:g}s",
-        )
 
     def stop_watch_timer(self):
         timer, self.watch_timer = self.watch_timer, None
@@ -618,13 +602,14 @@ class DelegatedJob:
         self.stop_watch_timer()
         if self.reconnecting is not None:
             self.reconnecting.stop()
-        watch, self.watch = self.watch, None
+        self.stop_watch()
         if self.remote is not None:
             self.remote.listeners.discard(self)
-        if watch is None or watch.withdraw():  # not sent yet: dropped
-            return
-        if self.remote is not None:
-            self.remote.cancel_watch(watch.future)
+
+    def stop_watch(self):
+        watch, self.watch = self.watch, None
+        if watch is not None:
+            watch.cancel()
 
     def connection_lost(self, remote, reason):
         """The remote job cannot be followed for now (target restarting,
@@ -633,7 +618,7 @@ class DelegatedJob:
         if remote is not self.remote or self.phase != DELEGATED:
             return
         self.stop_watch_timer()
-        self.watch = None
+        self.stop_watch()
         remote.listeners.discard(self)
         self.lost_reason = reason
         if self.reconnecting.failed(reason):
@@ -721,35 +706,39 @@ class DelegatedJob:
         self.outcome = RemoteOutcome()  # the watch replays the whole eventlog
         self.follow(remote)  # in contact again at its first event
 
-    def on_remote_event(self, future):
-        if self.phase != DELEGATED or self.watch is None or self.watch.future is not future:
+    def on_watch_end(self, error):
+        """The watch ended: at the end of the eventlog (error None), or with
+        an error."""
+        if self.phase != DELEGATED:
+            log(syslog.LOG_DEBUG, f"{self.name}: end of a watch given up on, ignored")
+            return
+        self.watch = None
+        if error is None:
+            self.reconnecting.contact()
+            self.conclude()
+        elif error.errno == errno.ENOENT:
+            self.fail(
+                f"remote job {self.remote_id.f58} no longer exists on"
+                f" {self.uri} (purged, or the instance restarted without"
+                " its state)"
+            )
+        elif error.errno == errno.EPERM:
+            self.fail(
+                f"cannot follow remote job {self.remote_id.f58} on"
+                f" {self.uri}: {error.strerror or error}"
+            )
+        else:
+            # Anything else is the target going away or coming back (a
+            # target shutting down answers ENOSYS before its connection
+            # closes), or its job-info not answering: follow again once it
+            # answers.
+            self.connection_lost(self.remote, error.strerror or str(error))
+
+    def on_remote_event(self, event):
+        if self.phase != DELEGATED:
             log(syslog.LOG_DEBUG, f"{self.name}: answer to a watch given up on, ignored")
-            return  # a watch given up on (its late answers, its ENODATA)
-        self.stop_watch_timer()  # answered
-        try:
-            event = future.get_event()
-        except OSError as exc:
-            if exc.errno == errno.ENOENT:
-                self.fail(
-                    f"remote job {self.remote_id.f58} no longer exists on"
-                    f" {self.uri} (purged, or the instance restarted without"
-                    " its state)"
-                )
-            elif exc.errno == errno.EPERM:
-                self.fail(
-                    f"cannot follow remote job {self.remote_id.f58} on"
-                    f" {self.uri}: {exc.strerror or exc}"
-                )
-            else:
-                # Anything else is the target going away or coming back
-                # (a target shutting down answers ENOSYS before its
-                # connection closes): follow again once it answers.
-                self.connection_lost(self.remote, exc.strerror or str(exc))
             return
         self.reconnecting.contact()
-        if event is None:
-            self.conclude()
-            return
         self.outcome.update(event.name, event.context)
         if self.requeue() and not self.outcome.allocated:
             # The target cannot allocate: the remote job will never start,
