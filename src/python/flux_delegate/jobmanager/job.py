@@ -61,7 +61,7 @@ from .cancel import RemoteCancel
 from .connections import CONNECTION_ERRORS, HelperAnswer, submit_on_own_connection
 from .phases import DELEGATED, ENDED, RECOVERING, RELEASING, SUBMITTING, WAITING
 from .preflight import Preflight
-from .reactor import Timer, answered, guard, log, then
+from .reactor import Timer, Timers, answered, guard, log, then
 from .recovery import Recovery
 from .remote import answer_of, check_identity, payload_size
 from .resolve import resolve_target
@@ -186,7 +186,10 @@ class DelegatedJob:
         self.remote_id = None
         self.outcome = RemoteOutcome()
         self.watch = None
-        self.watch_timer = None
+        # Its timers: "identity" (the identity check's answer, when
+        # reattaching), "submit-retry" (a target still starting) and
+        # "alloc" (R given at SCHED): all canceled once it is inactive.
+        self.timers = Timers(runtime)
         self.reconnecting = None  # Retrying, while following
         self.lost_reason = None
         self.checking = False
@@ -446,7 +449,9 @@ class DelegatedJob:
             return
         if exc.errno == errno.ENOSYS and time.time() < self.submit_deadline:
             # The target is still starting (no job-ingest yet): try again.
-            self.retry_timer = Timer(1.0, guard(lambda: self.retry_submit(attempt), self))
+            self.timers.start(
+                "submit-retry", 1.0, guard(lambda: self.retry_submit(attempt), self)
+            )
             return
         if exc.errno in CONNECTION_ERRORS:
             # The request may have reached the target before the break:
@@ -593,13 +598,8 @@ class DelegatedJob:
                 f"{self.name}: watch queued: {remote.unanswered} bytes unanswered on {self.uri}",
             )
 
-    def stop_watch_timer(self):
-        timer, self.watch_timer = self.watch_timer, None
-        if timer is not None:
-            timer.cancel()
-
     def stop_following(self):
-        self.stop_watch_timer()
+        self.timers.cancel("identity")
         if self.reconnecting is not None:
             self.reconnecting.stop()
         self.stop_watch()
@@ -617,7 +617,7 @@ class DelegatedJob:
         again once its target answers, for up to reconnect-timeout."""
         if remote is not self.remote or self.phase != DELEGATED:
             return
-        self.stop_watch_timer()
+        self.timers.cancel("identity")
         self.stop_watch()
         remote.listeners.discard(self)
         self.lost_reason = reason
@@ -650,8 +650,8 @@ class DelegatedJob:
             return
         self.remote = remote
         remote.listeners.add(self)  # connection_lost() if it goes meanwhile
-        self.stop_watch_timer()
-        self.watch_timer = Timer(
+        self.timers.start(
+            "identity",
             self.runtime.submit_timeout,
             guard(lambda: self.identity_unanswered(remote), self),
         )
@@ -680,7 +680,7 @@ class DelegatedJob:
         ):
             return  # superseded, or connection_lost() takes it from here
         self.identity_check = None
-        self.stop_watch_timer()
+        self.timers.cancel("identity")
         where = f"remote job {self.remote_id.f58} on {self.uri}"
         if verdict == "same":
             self.verified = remote
@@ -849,7 +849,7 @@ class DelegatedJob:
             return None
         self.R_given = True
         if not self.releasing_now:
-            self.alloc_timer = Timer(0.0, guard(self.post_alloc, self))
+            self.timers.start("alloc", 0.0, guard(self.post_alloc, self))
         return {"R": self.R}
 
     def post_alloc(self):
@@ -870,6 +870,7 @@ class DelegatedJob:
 
     def on_inactive(self, args):
         self.stop_following()
+        self.timers.cancel()
         self.runtime.jobs.pop(self.id, None)
         self.runtime.admission.leave(self)
 
