@@ -84,10 +84,12 @@ class Submission:
         self.answered = False
 
     def send(self):
+        # Wall-clock: a search for what it made (Recovery) compares it
+        # with the target's t_submit.
         self.sent = time.time()
         spec = json.dumps(self.job.remote_spec)
         self.timer = Timer(
-            max(0.0, self.job.submit_deadline - time.time()),
+            max(0.0, self.job.submit_deadline - time.monotonic()),
             guard(lambda: self.job.on_submit_timeout(self), self.job, self.owner),
             self.owner,
         )
@@ -403,7 +405,9 @@ class DelegatedJob:
         self.uri = candidate.uri
         self.remote = candidate.remote
         self.outcome = RemoteOutcome()
-        self.submit_deadline = time.time() + self.runtime.submit_timeout
+        # Deadline: submit-timeout from the first send to this candidate
+        # (a target still starting is sent to again until then).
+        self.submit_deadline = time.monotonic() + self.runtime.submit_timeout
         self.send_submit()
 
     def send_submit(self):
@@ -447,7 +451,7 @@ class DelegatedJob:
             # Never sent (the connection broke first): try elsewhere.
             self.failover(f"submit to {self.uri} failed: {exc.strerror or exc}")
             return
-        if exc.errno == errno.ENOSYS and time.time() < self.submit_deadline:
+        if exc.errno == errno.ENOSYS and time.monotonic() < self.submit_deadline:
             # The target is still starting (no job-ingest yet): try again.
             self.timers.start(
                 "submit-retry", 1.0, guard(lambda: self.retry_submit(attempt), self)
