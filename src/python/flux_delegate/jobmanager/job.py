@@ -1,34 +1,42 @@
 """A delegated job: the state machine from submit to the end of its remote
 twin.
 
-The life of a delegated job (local job id L, remote job id R):
+A job taken on for delegation (local job id L; its remote job, R) goes
+through these phases (phases.py):
 
-  submit      job.dependency.delegate: the value is checked (a bad one is
-              rejected), the job is held with dependency "delegated".
-  wait        other dependencies (afterok:...) are honoured: the handler
-              reads the job's eventlog from the job-manager and waits until
-              "delegated" is the only dependency left.
-  submit R    the target URI is resolved, the remote instance connected
-              (one connection per URI, reused), and the jobspec submitted
-              there without the local dependencies and delegation
-              attributes, with L recorded in it (system.delegate-origin).
-              L gets a "delegated" event {jobid: R, uri}.  If that answer
-              is lost (restart or reload mid-submit), the target is
-              searched for R by its origin before submitting again.
-  follow      R's eventlog is watched.  L stays pending (DEPEND), so a
-              restart of this instance neither cancels nor forgets it: on
-              reload the "delegated" event is found again and R re-followed.
-  end         R failed with an exception: L gets a DelegationFailure
-              exception naming R and the exception.
-              R finished: L is released and run through to its end without
-              resources or processes (alloc-bypass, exec test mode) and
+  waiting     held with the dependency "delegated" (job.dependency.delegate:
+              a bad value is rejected at submit).  Other dependencies
+              (afterok:...) are honoured: the handler reads the job's
+              eventlog from the job-manager and waits until "delegated" is
+              the only dependency left.  An eventlog with a "delegated"
+              event (plugin reload, instance restart) goes on following R;
+              one with a submit whose answer was lost, recovering.
+  submitting  the target is resolved, the candidates asked (pre-flight) and
+              ordered (policy), the remote instance connected (one
+              connection per URI, reused), and the jobspec submitted there
+              without the local dependencies and delegation attributes, with
+              L recorded in it (system.delegate-origin).  A candidate that
+              fails for sure gives way to the next (delegate-failover).
+  recovering  a submit's answer was lost (restart, reload mid-submit, a
+              broken connection): the target is searched for R by its origin
+              before submitting again (Recovery).
+  following   R exists: L got a "delegated" event {jobid: R, uri}, and R's
+              eventlog is watched.  L stays pending (DEPEND), so a restart
+              of this instance neither cancels nor forgets it: on reload the
+              "delegated" event is found again and R followed again.  Contact
+              lost is sought again for up to reconnect-timeout.  R ended by
+              an allocation failure: the next candidate may take the job
+              (submitting again).
+  releasing   R finished: L is released and run through to its end without
+              resources or processes (alloc-bypass, exec test mode), and
               finishes with R's wait status, so 'flux job status L' gives
               R's exit code.
-  cancel      'flux cancel L' cancels R; R canceled in the target ends L
-              with DelegationFailure.
-
-Any failure before R exists ends L with a severity 0 DelegationFailure
-whose note says what went wrong and with which URI.
+  ended       nothing is left to do.  R failed with an exception: L got a
+              DelegationFailure exception naming R and the exception; any
+              failure before R exists: a severity 0 DelegationFailure whose
+              note says what went wrong and with which URI.  'flux cancel L'
+              cancels R (RemoteCancel); R canceled in the target ends L with
+              DelegationFailure.
 """
 
 import errno
@@ -59,7 +67,7 @@ from ..targets import SELF_DELEGATION
 from ..text import shown
 from .cancel import RemoteCancel
 from .connections import CONNECTION_ERRORS, HelperAnswer, submit_on_own_connection
-from .phases import DELEGATED, ENDED, RECOVERING, RELEASING, SUBMITTING, WAITING
+from .phases import ENDED, FOLLOWING, RECOVERING, RELEASING, SUBMITTING, WAITING
 from .preflight import Preflight
 from .reactor import Timer, Timers, answered, guard, log, then
 from .recovery import Recovery
@@ -183,7 +191,7 @@ class DelegatedJob:
         self.uri = None
         self.remote = None
         self.candidate = None
-        self.attempts = []
+        self.untried = []  # candidates left to submit to, in order
         self.failures = []
         self.remote_id = None
         self.outcome = RemoteOutcome()
@@ -216,7 +224,7 @@ class DelegatedJob:
     @phase.setter
     def phase(self, value):
         self._phase = value
-        if value in (DELEGATED, RELEASING, ENDED, RECOVERING):
+        if value in (FOLLOWING, RELEASING, ENDED, RECOVERING):
             # Its remote job exists, or never will; or it waits (Recovery)
             # for a target that may take minutes to answer.
             self.runtime.admission.leave(self)
@@ -239,7 +247,7 @@ class DelegatedJob:
         self.stop_following()
         if (
             cancel_remote
-            and previous == DELEGATED
+            and previous == FOLLOWING
             and not self.outcome.ended
             and self.remote is not None
             and not self.remote.lost
@@ -287,17 +295,17 @@ class DelegatedJob:
         elif interrupted_submit(eventlog) is not None:
             # A submit was sent and its answer lost (restart, reload): the
             # target may have the job.  Look before submitting again.  The
-            # attempt may have sent again for up to submit-timeout (a target
-            # still starting), each send pending up to submit-timeout.
-            attempt = interrupted_submit(eventlog)
+            # submission may have sent again for up to submit-timeout (a
+            # target still starting), each send pending up to submit-timeout.
+            interrupted = interrupted_submit(eventlog)
             self.phase = RECOVERING
             for uri, jobid in delegations(eventlog):
                 self.known_remote.setdefault(uri, set()).add(jobid)
             Recovery(
                 self,
-                attempt,
-                attempt["timestamp"] + 2 * self.runtime.submit_timeout,
-                known=self.known_remote.get(attempt["uri"], ()),
+                interrupted,
+                interrupted["timestamp"] + 2 * self.runtime.submit_timeout,
+                known=self.known_remote.get(interrupted["uri"], ()),
             ).start()
         elif self.doomed is not None:
             self.fail(self.doomed)
@@ -379,7 +387,7 @@ class DelegatedJob:
         if not usable:
             self.fail(no_target_message(candidates, order))
             return
-        self.attempts = usable
+        self.untried = usable
         self.failures = []
         self.try_next()
 
@@ -400,7 +408,7 @@ class DelegatedJob:
     # -- submitting remotely -----------------------------------------------
 
     def try_next(self):
-        candidate = self.attempts.pop(0)
+        candidate = self.untried.pop(0)
         self.candidate = candidate
         self.uri = candidate.uri
         self.remote = candidate.remote
@@ -414,17 +422,16 @@ class DelegatedJob:
         if self.remote.lost:
             self.failover(f"cannot connect to {self.uri}: {self.remote.lost}")
             return
-        attempt = Submission(self, self.remote, self.uri)
-        self.submission = attempt
-        attempt.send()
+        self.submission = Submission(self, self.remote, self.uri)
+        self.submission.send()
 
-    def on_submit_timeout(self, attempt):
+    def on_submit_timeout(self, submission):
         """No answer in time.  The target may yet create the job: trying
         another target could run it twice, so the job fails here, and a job
         created late is canceled (Submission.on_answer)."""
-        if attempt is not self.submission or self.phase != SUBMITTING:
+        if submission is not self.submission or self.phase != SUBMITTING:
             return
-        if attempt.outgoing.withdraw():
+        if submission.outgoing.withdraw():
             # Still queued behind requests the target has not read: nothing
             # was sent, so another target may take the job.
             self.failover(
@@ -438,12 +445,12 @@ class DelegatedJob:
             " still create the job, which would then be canceled)"
         )
 
-    def on_submit_error(self, attempt, exc, sent=True):
-        if attempt is not self.submission:
+    def on_submit_error(self, submission, exc, sent=True):
+        if submission is not self.submission:
             return
         if self.phase == ENDED and sent and exc.errno in CONNECTION_ERRORS:
             # Ended meanwhile (canceled): whatever the submit made must go.
-            self.recover_submit(attempt)
+            self.recover_submit(submission)
             return
         if self.phase != SUBMITTING:
             return
@@ -454,7 +461,7 @@ class DelegatedJob:
         if exc.errno == errno.ENOSYS and time.monotonic() < self.submit_deadline:
             # The target is still starting (no job-ingest yet): try again.
             self.timers.start(
-                "submit-retry", 1.0, guard(lambda: self.retry_submit(attempt), self)
+                "submit-retry", 1.0, guard(lambda: self.retry_submit(submission), self)
             )
             return
         if exc.errno in CONNECTION_ERRORS:
@@ -462,34 +469,38 @@ class DelegatedJob:
             # look for the job there once it answers again.
             log(syslog.LOG_INFO, f"{self.name}: submit to {self.uri}: {exc.strerror or exc}")
             self.phase = RECOVERING
-            self.recover_submit(attempt)
+            self.recover_submit(submission)
             return
         self.failover(f"submit to {self.uri} failed: {exc.strerror or exc}")
 
-    def recover_submit(self, attempt):
+    def recover_submit(self, submission):
         """Look on the target for what a submit cut off by a broken
         connection made; it was pending until submit-timeout after it was
         sent, at the most."""
-        interrupted = {"uri": attempt.uri, "label": self.candidate.label, "timestamp": attempt.sent}
+        interrupted = {
+            "uri": submission.uri,
+            "label": self.candidate.label,
+            "timestamp": submission.sent,
+        }
         Recovery(
             self,
             interrupted,
-            attempt.sent + self.runtime.submit_timeout,
-            known=self.known_remote.get(attempt.uri, ()),
+            submission.sent + self.runtime.submit_timeout,
+            known=self.known_remote.get(submission.uri, ()),
         ).start()
 
-    def retry_submit(self, attempt):
-        if attempt is self.submission and self.phase == SUBMITTING:
+    def retry_submit(self, submission):
+        if submission is self.submission and self.phase == SUBMITTING:
             self.send_submit()
 
     def failover(self, reason, started=None):
-        """This attempt failed for sure (no remote job runs): note it in the
-        eventlog and try the next candidate, or fail with all attempts.
-        started: whether the remote job of this attempt had started (None:
-        there was none)."""
+        """This candidate failed for sure (no remote job runs): note it in
+        the eventlog and try the next candidate, or fail with every
+        candidate's failure.  started: whether the remote job on this
+        candidate had started (None: there was none)."""
         candidate = self.candidate
         self.failures.append((candidate, reason))
-        if not self.attempts:
+        if not self.untried:
             if len(self.failures) == 1:
                 self.fail(reason)
             else:
@@ -498,7 +509,7 @@ class DelegatedJob:
                     + "; ".join(f"{c.describe()}: {r}" for c, r in self.failures)
                 )
             return
-        context = {"uri": candidate.uri, "reason": reason, "next": self.attempts[0].name}
+        context = {"uri": candidate.uri, "reason": reason, "next": self.untried[0].name}
         if candidate.label:
             context["label"] = candidate.label
         if started is not None:
@@ -508,7 +519,7 @@ class DelegatedJob:
         self.phase = SUBMITTING
         self.try_next()
 
-    def on_submitted(self, attempt, remote_id):
+    def on_submitted(self, submission, remote_id):
         """The target accepted the job as remote_id."""
         self.remote_id = JobID(remote_id)
         self.start_following()
@@ -561,7 +572,7 @@ class DelegatedJob:
         Contact lost is sought again every reconnect-interval; deadline:
         reconnect-timeout after contact was lost (the last event received,
         or the reload), counted afresh after each event."""
-        self.phase = DELEGATED
+        self.phase = FOLLOWING
         if self.reconnecting is not None:
             self.reconnecting.stop()
         reconnecting = Retrying(
@@ -569,13 +580,13 @@ class DelegatedJob:
             self.uri,
             self.reattach,
             self.out_of_contact,
-            wanted=lambda: self.phase == DELEGATED and self.reconnecting is reconnecting,
+            wanted=lambda: self.phase == FOLLOWING and self.reconnecting is reconnecting,
             job=self,
         )
         self.reconnecting = reconnecting
 
     def follow(self, remote):
-        if self.phase != DELEGATED:
+        if self.phase != FOLLOWING:
             return
         self.remote = remote
         if remote.lost:
@@ -619,7 +630,7 @@ class DelegatedJob:
         """The remote job cannot be followed for now (target restarting,
         ssh dropped, its job-info gone...).  It may well live on: follow it
         again once its target answers, for up to reconnect-timeout."""
-        if remote is not self.remote or self.phase != DELEGATED:
+        if remote is not self.remote or self.phase != FOLLOWING:
             return
         self.timers.cancel("identity")
         self.stop_watch()
@@ -647,7 +658,7 @@ class DelegatedJob:
     def reattach(self, remote):
         """Connected again (or after a reload): make sure remote_id is still
         this job's there, then watch it again."""
-        if self.phase != DELEGATED:
+        if self.phase != FOLLOWING:
             return
         if remote is self.verified:
             self.watch_again(remote)
@@ -669,7 +680,7 @@ class DelegatedJob:
         )
 
     def identity_unanswered(self, remote):
-        if self.phase == DELEGATED and self.remote is remote and self.verified is not remote:
+        if self.phase == FOLLOWING and self.remote is remote and self.verified is not remote:
             self.identity_check = None  # a late answer no longer counts
             self.connection_lost(
                 remote, f"it did not answer within {self.runtime.submit_timeout:g}s"
@@ -677,7 +688,7 @@ class DelegatedJob:
 
     def on_identity(self, remote, verdict, why, check):
         if (
-            self.phase != DELEGATED
+            self.phase != FOLLOWING
             or self.remote is not remote
             or remote.lost
             or check is not self.identity_check
@@ -713,7 +724,7 @@ class DelegatedJob:
     def on_watch_end(self, error):
         """The watch ended: at the end of the eventlog (error None), or with
         an error."""
-        if self.phase != DELEGATED:
+        if self.phase != FOLLOWING:
             log(syslog.LOG_DEBUG, f"{self.name}: end of a watch given up on, ignored")
             return
         self.watch = None
@@ -739,7 +750,7 @@ class DelegatedJob:
             self.connection_lost(self.remote, error.strerror or str(error))
 
     def on_remote_event(self, event):
-        if self.phase != DELEGATED:
+        if self.phase != FOLLOWING:
             log(syslog.LOG_DEBUG, f"{self.name}: answer to a watch given up on, ignored")
             return
         self.reconnecting.contact()
@@ -765,13 +776,13 @@ class DelegatedJob:
         a job on node failure; other exceptions (a cancel, a timeout, the
         job's own failure) end the job."""
         exception = self.outcome.exception
-        if exception is None or exception.get("type") != "alloc" or not self.attempts:
+        if exception is None or exception.get("type") != "alloc" or not self.untried:
             return False
         return not self.outcome.allocated or requeue_allowed(self.jobspec)
 
     def conclude(self):
         """The remote job has ended: end the local one the same way."""
-        if self.phase != DELEGATED:
+        if self.phase != FOLLOWING:
             return
         self.stop_following()
         exception = self.outcome.exception
@@ -788,7 +799,7 @@ class DelegatedJob:
             if (
                 exception.get("type") == "alloc"
                 and self.outcome.allocated
-                and self.attempts
+                and self.untried
                 and not requeue_allowed(self.jobspec)
             ):
                 note += "; not requeued: the job opted out (delegate-requeue=false)"
@@ -868,7 +879,7 @@ class DelegatedJob:
         reason = local_end_reason(args, self.name)
         previous, self.phase = self.phase, ENDED
         self.canceled_reason = reason
-        if previous == DELEGATED:
+        if previous == FOLLOWING:
             self.stop_following()
             self.cancel_remote(reason)
 

@@ -34,18 +34,18 @@ class Recovery:
     afresh.  Target unreachable or not answering for reconnect-timeout: the
     job fails, not submitted twice.
 
-    attempt: {"uri", "label", "timestamp"} of the submit; 'settled' is when
-    it can no longer be pending.  'known' are remote jobs this job had
-    before on that target (an earlier attempt): never adopted.
+    interrupted: {"uri", "label", "timestamp"} of the submit; 'settled' is
+    when it can no longer be pending.  'known' are remote jobs this job had
+    before on that target (an earlier submission): never adopted.
     """
 
-    def __init__(self, job, attempt, settled, known=()):
+    def __init__(self, job, interrupted, settled, known=()):
         self.job = job
         self.id = job.id  # guard() reports errors against it
         self.runtime = job.runtime  # and through its load
-        self.uri = attempt["uri"]
-        self.label = attempt["label"]
-        self.since = attempt["timestamp"]
+        self.uri = interrupted["uri"]
+        self.label = interrupted["label"]
+        self.since = interrupted["timestamp"]
         self.settled = settled
         self.known = {int(jobid) for jobid in known}
         self.remote = None
