@@ -24,14 +24,14 @@ def delegations(eventlog):
 
 
 def interrupted_submit(eventlog):
-    """The target of the last submit attempt the eventlog records without
+    """The target of the last submission the eventlog records without
     its outcome: {"uri", "label" (or None), "timestamp"}, or None.
 
     A "delegate-choice" event precedes the first submit, a
-    "delegate-failover" each next one; "delegated" records the answer.  An
-    attempt with neither a "delegated" nor a "delegate-failover" after it
+    "delegate-failover" each next one; "delegated" records the answer.  A
+    submission with neither a "delegated" nor a "delegate-failover" after it
     was interrupted: the target may or may not have created the job."""
-    attempt = None
+    submission = None
     candidates = {}
     for entry in eventlog:
         name = entry.get("name")
@@ -42,18 +42,18 @@ def interrupted_submit(eventlog):
                 for c in context.get("candidates") or []
                 if isinstance(c, dict)
             }
-            attempt = (context.get("choice"), entry.get("timestamp"))
+            submission = (context.get("choice"), entry.get("timestamp"))
         elif name == "delegate-failover":
-            attempt = (context.get("next"), entry.get("timestamp"))
+            submission = (context.get("next"), entry.get("timestamp"))
         elif name == "delegated":
-            attempt = None
-    if attempt is None or attempt[0] not in candidates:
+            submission = None
+    if submission is None or submission[0] not in candidates:
         return None
-    record = candidates[attempt[0]]
+    record = candidates[submission[0]]
     return {
         "uri": record.get("uri"),
         "label": record.get("label"),
-        "timestamp": float(attempt[1] or 0.0),
+        "timestamp": float(submission[1] or 0.0),
     }
 
 

@@ -1,5 +1,6 @@
-"""Admission: how many jobs may be between submit and delegated at once, so
-that a burst does not starve the job-manager.
+"""Admission: how many jobs may be on their way from the look at their
+eventlog to their remote job at once, so that a burst does not starve the
+job-manager.
 """
 
 import collections

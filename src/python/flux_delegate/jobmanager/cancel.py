@@ -10,8 +10,10 @@ import flux
 import flux.job
 
 from .connections import CONNECTION_ERRORS
-from .reactor import Timer, guard, log
+from .reactor import log
 from .remote import check_identity
+from .retry import Retrying
+from .watch import EventlogWatch
 
 
 class RemoteCancel:
@@ -32,9 +34,18 @@ class RemoteCancel:
         self.id = job.id  # for guard(), as a connection listener
         self.runtime = job.runtime
         self.remote = None  # where the canceled job is watched
+        self.watch = None
         self.reason = reason
-        self.deadline = time.time() + self.job.runtime.reconnect_timeout
         self.done = False
+        # Deadline: reconnect-timeout from the cancel, however often the
+        # target comes and goes meanwhile.
+        self.retrying = Retrying(
+            self.runtime,
+            self.uri,
+            self.send,
+            self.give_up,
+            deadline=time.monotonic() + self.runtime.reconnect_timeout,
+        )
 
     def start(self):
         log(syslog.LOG_INFO, f"{self.job.name}: canceling {self.remote_id.f58} on {self.uri}")
@@ -42,17 +53,9 @@ class RemoteCancel:
         if remote is not None and not remote.lost:
             self.send(remote)
         else:
-            self.connect()
+            self.retrying.start()
 
-    def connect(self, *unused):
-        self.runtime.connections.get(self.uri, self.send, self.retry)
-
-    def retry(self, message):
-        if time.time() < self.deadline:
-            self.timer = Timer(
-                self.runtime.reconnect_interval, guard(self.connect, owner=self.runtime), self.runtime
-            )
-            return
+    def give_up(self, message):
         self.runtime.log(
             syslog.LOG_ERR,
             f"{self.job.name}: could not cancel remote job {self.remote_id.f58}"
@@ -77,7 +80,7 @@ class RemoteCancel:
             self.job.verified = remote
             self.send_cancel(remote)
         elif verdict == "error":
-            self.retry(why)
+            self.retrying.failed(why)
         else:
             self.done = True
             self.runtime.log(
@@ -102,7 +105,7 @@ class RemoteCancel:
             future.get()
         except OSError as exc:
             if exc.errno in CONNECTION_ERRORS or exc.errno == errno.ENOSYS:
-                self.retry(exc.strerror or str(exc))
+                self.retrying.failed(exc.strerror or str(exc))
             else:  # e.g. the remote job is inactive already
                 self.runtime.log(
                     syslog.LOG_INFO,
@@ -112,34 +115,38 @@ class RemoteCancel:
             return
         remote.listeners.add(self)  # connection_lost() if it goes first
         self.remote = remote
-        remote.request(
-            1024,
-            lambda h: flux.job.event_watch_async(h, self.remote_id),
-            self.on_remote_event,
-        )
+        self.watch = EventlogWatch(
+            remote, self.remote_id, self.on_remote_event, self.on_watch_end
+        ).start()
 
     def connection_lost(self, remote, reason):
         remote.listeners.discard(self)
         if not self.done and remote is self.remote:
             self.remote = None
-            self.retry(reason)
+            if self.watch is not None:
+                self.watch.cancel()
+            self.retrying.failed(reason)
 
-    def on_remote_event(self, future):
+    def on_remote_event(self, event):
         """Until the remote job's clean event (or the end of its eventlog)."""
         if self.done:
             return
-        try:
-            event = future.get_event()
-        except OSError as exc:
-            if self.remote is not None:
-                self.remote.listeners.discard(self)
-                self.remote = None
-            if exc.errno not in (errno.ENOENT, errno.EPERM):  # not purged
-                self.retry(exc.strerror or str(exc))  # the target went away
-            return
-        if event is None or event.name == "clean":
+        if event.name == "clean":
             self.done = True
             if self.remote is not None:
                 self.remote.listeners.discard(self)
-            if event is not None and self.remote is not None:
-                self.remote.cancel_watch(future)
+            self.watch.cancel()
+
+    def on_watch_end(self, error):
+        if self.done:
+            return
+        if error is None:  # the end of the eventlog
+            self.done = True
+            if self.remote is not None:
+                self.remote.listeners.discard(self)
+            return
+        if self.remote is not None:
+            self.remote.listeners.discard(self)
+            self.remote = None
+        if error.errno not in (errno.ENOENT, errno.EPERM):  # not purged
+            self.retrying.failed(error.strerror or str(error))  # the target went away

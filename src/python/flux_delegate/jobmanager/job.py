@@ -1,34 +1,42 @@
 """A delegated job: the state machine from submit to the end of its remote
 twin.
 
-The life of a delegated job (local job id L, remote job id R):
+A job taken on for delegation (local job id L; its remote job, R) goes
+through these phases (phases.py):
 
-  submit      job.dependency.delegate: the value is checked (a bad one is
-              rejected), the job is held with dependency "delegated".
-  wait        other dependencies (afterok:...) are honoured: the handler
-              reads the job's eventlog from the job-manager and waits until
-              "delegated" is the only dependency left.
-  submit R    the target URI is resolved, the remote instance connected
-              (one connection per URI, reused), and the jobspec submitted
-              there without the local dependencies and delegation
-              attributes, with L recorded in it (system.delegate-origin).
-              L gets a "delegated" event {jobid: R, uri}.  If that answer
-              is lost (restart or reload mid-submit), the target is
-              searched for R by its origin before submitting again.
-  follow      R's eventlog is watched.  L stays pending (DEPEND), so a
-              restart of this instance neither cancels nor forgets it: on
-              reload the "delegated" event is found again and R re-followed.
-  end         R failed with an exception: L gets a DelegationFailure
-              exception naming R and the exception.
-              R finished: L is released and run through to its end without
-              resources or processes (alloc-bypass, exec test mode) and
+  waiting     held with the dependency "delegated" (job.dependency.delegate:
+              a bad value is rejected at submit).  Other dependencies
+              (afterok:...) are honoured: the handler reads the job's
+              eventlog from the job-manager and waits until "delegated" is
+              the only dependency left.  An eventlog with a "delegated"
+              event (plugin reload, instance restart) goes on following R;
+              one with a submit whose answer was lost, recovering.
+  submitting  the target is resolved, the candidates asked (pre-flight) and
+              ordered (policy), the remote instance connected (one
+              connection per URI, reused), and the jobspec submitted there
+              without the local dependencies and delegation attributes, with
+              L recorded in it (system.delegate-origin).  A candidate that
+              fails for sure gives way to the next (delegate-failover).
+  recovering  a submit's answer was lost (restart, reload mid-submit, a
+              broken connection): the target is searched for R by its origin
+              before submitting again (Recovery).
+  following   R exists: L got a "delegated" event {jobid: R, uri}, and R's
+              eventlog is watched.  L stays pending (DEPEND), so a restart
+              of this instance neither cancels nor forgets it: on reload the
+              "delegated" event is found again and R followed again.  Contact
+              lost is sought again for up to reconnect-timeout.  R ended by
+              an allocation failure: the next candidate may take the job
+              (submitting again).
+  releasing   R finished: L is released and run through to its end without
+              resources or processes (alloc-bypass, exec test mode), and
               finishes with R's wait status, so 'flux job status L' gives
               R's exit code.
-  cancel      'flux cancel L' cancels R; R canceled in the target ends L
-              with DelegationFailure.
-
-Any failure before R exists ends L with a severity 0 DelegationFailure
-whose note says what went wrong and with which URI.
+  ended       nothing is left to do.  R failed with an exception: L got a
+              DelegationFailure exception naming R and the exception; any
+              failure before R exists: a severity 0 DelegationFailure whose
+              note says what went wrong and with which URI.  'flux cancel L'
+              cancels R (RemoteCancel); R canceled in the target ends L with
+              DelegationFailure.
 """
 
 import errno
@@ -59,12 +67,14 @@ from ..targets import SELF_DELEGATION
 from ..text import shown
 from .cancel import RemoteCancel
 from .connections import CONNECTION_ERRORS, HelperAnswer, submit_on_own_connection
-from .phases import DELEGATED, ENDED, RECOVERING, RELEASING, SUBMITTING, WAITING
+from .phases import ENDED, FOLLOWING, RECOVERING, RELEASING, SUBMITTING, WAITING
 from .preflight import Preflight
-from .reactor import Timer, answered, guard, log, then
+from .reactor import Timer, Timers, answered, guard, log, then
 from .recovery import Recovery
-from .remote import FailedRequest, answer_of, check_identity, payload_size
+from .remote import answer_of, check_identity, payload_size
 from .resolve import resolve_target
+from .retry import Retrying
+from .watch import EventlogWatch
 
 
 class Submission:
@@ -82,10 +92,12 @@ class Submission:
         self.answered = False
 
     def send(self):
+        # Wall-clock: a search for what it made (Recovery) compares it
+        # with the target's t_submit.
         self.sent = time.time()
         spec = json.dumps(self.job.remote_spec)
         self.timer = Timer(
-            max(0.0, self.job.submit_deadline - time.time()),
+            max(0.0, self.job.submit_deadline - time.monotonic()),
             guard(lambda: self.job.on_submit_timeout(self), self.job, self.owner),
             self.owner,
         )
@@ -179,13 +191,16 @@ class DelegatedJob:
         self.uri = None
         self.remote = None
         self.candidate = None
-        self.attempts = []
+        self.untried = []  # candidates left to submit to, in order
         self.failures = []
         self.remote_id = None
         self.outcome = RemoteOutcome()
         self.watch = None
-        self.watch_timer = None
-        self.lost_since = None
+        # Its timers: "identity" (the identity check's answer, when
+        # reattaching), "submit-retry" (a target still starting) and
+        # "alloc" (R given at SCHED): all canceled once it is inactive.
+        self.timers = Timers(runtime)
+        self.reconnecting = None  # Retrying, while following
         self.lost_reason = None
         self.checking = False
         self.recheck = False
@@ -209,7 +224,7 @@ class DelegatedJob:
     @phase.setter
     def phase(self, value):
         self._phase = value
-        if value in (DELEGATED, RELEASING, ENDED, RECOVERING):
+        if value in (FOLLOWING, RELEASING, ENDED, RECOVERING):
             # Its remote job exists, or never will; or it waits (Recovery)
             # for a target that may take minutes to answer.
             self.runtime.admission.leave(self)
@@ -232,7 +247,7 @@ class DelegatedJob:
         self.stop_following()
         if (
             cancel_remote
-            and previous == DELEGATED
+            and previous == FOLLOWING
             and not self.outcome.ended
             and self.remote is not None
             and not self.remote.lost
@@ -280,17 +295,17 @@ class DelegatedJob:
         elif interrupted_submit(eventlog) is not None:
             # A submit was sent and its answer lost (restart, reload): the
             # target may have the job.  Look before submitting again.  The
-            # attempt may have sent again for up to submit-timeout (a target
-            # still starting), each send pending up to submit-timeout.
-            attempt = interrupted_submit(eventlog)
+            # submission may have sent again for up to submit-timeout (a
+            # target still starting), each send pending up to submit-timeout.
+            interrupted = interrupted_submit(eventlog)
             self.phase = RECOVERING
             for uri, jobid in delegations(eventlog):
                 self.known_remote.setdefault(uri, set()).add(jobid)
             Recovery(
                 self,
-                attempt,
-                attempt["timestamp"] + 2 * self.runtime.submit_timeout,
-                known=self.known_remote.get(attempt["uri"], ()),
+                interrupted,
+                interrupted["timestamp"] + 2 * self.runtime.submit_timeout,
+                known=self.known_remote.get(interrupted["uri"], ()),
             ).start()
         elif self.doomed is not None:
             self.fail(self.doomed)
@@ -372,7 +387,7 @@ class DelegatedJob:
         if not usable:
             self.fail(no_target_message(candidates, order))
             return
-        self.attempts = usable
+        self.untried = usable
         self.failures = []
         self.try_next()
 
@@ -393,29 +408,30 @@ class DelegatedJob:
     # -- submitting remotely -----------------------------------------------
 
     def try_next(self):
-        candidate = self.attempts.pop(0)
+        candidate = self.untried.pop(0)
         self.candidate = candidate
         self.uri = candidate.uri
         self.remote = candidate.remote
         self.outcome = RemoteOutcome()
-        self.submit_deadline = time.time() + self.runtime.submit_timeout
+        # Deadline: submit-timeout from the first send to this candidate
+        # (a target still starting is sent to again until then).
+        self.submit_deadline = time.monotonic() + self.runtime.submit_timeout
         self.send_submit()
 
     def send_submit(self):
         if self.remote.lost:
             self.failover(f"cannot connect to {self.uri}: {self.remote.lost}")
             return
-        attempt = Submission(self, self.remote, self.uri)
-        self.submission = attempt
-        attempt.send()
+        self.submission = Submission(self, self.remote, self.uri)
+        self.submission.send()
 
-    def on_submit_timeout(self, attempt):
+    def on_submit_timeout(self, submission):
         """No answer in time.  The target may yet create the job: trying
         another target could run it twice, so the job fails here, and a job
         created late is canceled (Submission.on_answer)."""
-        if attempt is not self.submission or self.phase != SUBMITTING:
+        if submission is not self.submission or self.phase != SUBMITTING:
             return
-        if attempt.outgoing.withdraw():
+        if submission.outgoing.withdraw():
             # Still queued behind requests the target has not read: nothing
             # was sent, so another target may take the job.
             self.failover(
@@ -429,12 +445,12 @@ class DelegatedJob:
             " still create the job, which would then be canceled)"
         )
 
-    def on_submit_error(self, attempt, exc, sent=True):
-        if attempt is not self.submission:
+    def on_submit_error(self, submission, exc, sent=True):
+        if submission is not self.submission:
             return
         if self.phase == ENDED and sent and exc.errno in CONNECTION_ERRORS:
             # Ended meanwhile (canceled): whatever the submit made must go.
-            self.recover_submit(attempt)
+            self.recover_submit(submission)
             return
         if self.phase != SUBMITTING:
             return
@@ -442,43 +458,49 @@ class DelegatedJob:
             # Never sent (the connection broke first): try elsewhere.
             self.failover(f"submit to {self.uri} failed: {exc.strerror or exc}")
             return
-        if exc.errno == errno.ENOSYS and time.time() < self.submit_deadline:
+        if exc.errno == errno.ENOSYS and time.monotonic() < self.submit_deadline:
             # The target is still starting (no job-ingest yet): try again.
-            self.retry_timer = Timer(1.0, guard(lambda: self.retry_submit(attempt), self))
+            self.timers.start(
+                "submit-retry", 1.0, guard(lambda: self.retry_submit(submission), self)
+            )
             return
         if exc.errno in CONNECTION_ERRORS:
             # The request may have reached the target before the break:
             # look for the job there once it answers again.
             log(syslog.LOG_INFO, f"{self.name}: submit to {self.uri}: {exc.strerror or exc}")
             self.phase = RECOVERING
-            self.recover_submit(attempt)
+            self.recover_submit(submission)
             return
         self.failover(f"submit to {self.uri} failed: {exc.strerror or exc}")
 
-    def recover_submit(self, attempt):
+    def recover_submit(self, submission):
         """Look on the target for what a submit cut off by a broken
         connection made; it was pending until submit-timeout after it was
         sent, at the most."""
-        interrupted = {"uri": attempt.uri, "label": self.candidate.label, "timestamp": attempt.sent}
+        interrupted = {
+            "uri": submission.uri,
+            "label": self.candidate.label,
+            "timestamp": submission.sent,
+        }
         Recovery(
             self,
             interrupted,
-            attempt.sent + self.runtime.submit_timeout,
-            known=self.known_remote.get(attempt.uri, ()),
+            submission.sent + self.runtime.submit_timeout,
+            known=self.known_remote.get(submission.uri, ()),
         ).start()
 
-    def retry_submit(self, attempt):
-        if attempt is self.submission and self.phase == SUBMITTING:
+    def retry_submit(self, submission):
+        if submission is self.submission and self.phase == SUBMITTING:
             self.send_submit()
 
     def failover(self, reason, started=None):
-        """This attempt failed for sure (no remote job runs): note it in the
-        eventlog and try the next candidate, or fail with all attempts.
-        started: whether the remote job of this attempt had started (None:
-        there was none)."""
+        """This candidate failed for sure (no remote job runs): note it in
+        the eventlog and try the next candidate, or fail with every
+        candidate's failure.  started: whether the remote job on this
+        candidate had started (None: there was none)."""
         candidate = self.candidate
         self.failures.append((candidate, reason))
-        if not self.attempts:
+        if not self.untried:
             if len(self.failures) == 1:
                 self.fail(reason)
             else:
@@ -487,7 +509,7 @@ class DelegatedJob:
                     + "; ".join(f"{c.describe()}: {r}" for c, r in self.failures)
                 )
             return
-        context = {"uri": candidate.uri, "reason": reason, "next": self.attempts[0].name}
+        context = {"uri": candidate.uri, "reason": reason, "next": self.untried[0].name}
         if candidate.label:
             context["label"] = candidate.label
         if started is not None:
@@ -497,10 +519,10 @@ class DelegatedJob:
         self.phase = SUBMITTING
         self.try_next()
 
-    def on_submitted(self, attempt, remote_id):
+    def on_submitted(self, submission, remote_id):
         """The target accepted the job as remote_id."""
         self.remote_id = JobID(remote_id)
-        self.phase = DELEGATED
+        self.start_following()
         self.known_remote.setdefault(self.uri, set()).add(int(self.remote_id))
         context = {"jobid": int(self.remote_id), "uri": self.uri}
         if self.candidate.label:
@@ -517,7 +539,7 @@ class DelegatedJob:
         """The job an interrupted submit made was found: follow it."""
         self.remote_id = JobID(remote_id)
         self.uri = recovery.uri
-        self.phase = DELEGATED
+        self.start_following()
         self.known_remote.setdefault(self.uri, set()).add(int(self.remote_id))
         context = {"jobid": int(self.remote_id), "uri": self.uri, "recovered": True}
         if recovery.label:
@@ -533,124 +555,118 @@ class DelegatedJob:
 
     def resume(self, delegation):
         """Follow again a remote job delegated before a reload/restart."""
-        self.phase = DELEGATED
         self.uri = delegation.get("uri")
+        self.start_following()
         self.remote_id = JobID(delegation.get("jobid"))
         log(
             syslog.LOG_INFO,
             f"{self.name}: following {self.remote_id.f58} on {self.uri} again",
         )
-        self.lost_since = time.time()
         self.lost_reason = "the source reloaded"
-        self.runtime.connections.get(self.uri, self.reattach, self.reattach_failed, job=self)
+        self.reconnecting.start()
 
     # -- following the remote job ------------------------------------------
 
+    def start_following(self):
+        """The remote job exists (on self.uri): follow it from now on.
+        Contact lost is sought again every reconnect-interval; deadline:
+        reconnect-timeout after contact was lost (the last event received,
+        or the reload), counted afresh after each event."""
+        self.phase = FOLLOWING
+        if self.reconnecting is not None:
+            self.reconnecting.stop()
+        reconnecting = Retrying(
+            self.runtime,
+            self.uri,
+            self.reattach,
+            self.out_of_contact,
+            wanted=lambda: self.phase == FOLLOWING and self.reconnecting is reconnecting,
+            job=self,
+        )
+        self.reconnecting = reconnecting
+
     def follow(self, remote):
-        if self.phase != DELEGATED:
+        if self.phase != FOLLOWING:
             return
         self.remote = remote
         if remote.lost:
             self.connection_lost(remote, remote.lost)
             return
         remote.listeners.add(self)
-        watch = remote.request(
-            1024,
-            lambda h: flux.job.event_watch_async(h, self.remote_id),
+        # A target answers a watch at once with the eventlog so far.  One
+        # that never does (a hung job-info, a request lost as the module
+        # was reloaded) would leave the job pending for ever: give up on
+        # that watch after submit-timeout and follow again, within
+        # reconnect-timeout.
+        watch = self.watch = EventlogWatch(
+            remote,
+            self.remote_id,
             self.on_remote_event,
+            self.on_watch_end,
             job=self,
+            answer_within=self.runtime.submit_timeout,
         )
-        if isinstance(watch.future, FailedRequest):
-            # Failed as it was sent, before self.watch was set: its answer
-            # was ignored.
-            self.connection_lost(remote, str(watch.future.error))
-            return
-        self.watch = watch
-        if not watch.sent:
+        watch.start()
+        if not watch.sent and not watch.over:
             log(
                 syslog.LOG_DEBUG,
                 f"{self.name}: watch queued: {remote.unanswered} bytes unanswered on {self.uri}",
             )
-        # A target answers a watch at once with the eventlog so far.  One
-        # that never does (a hung job-info, a request lost as the module
-        # was reloaded) would leave the job pending for ever: give up on
-        # that watch and follow again, within reconnect-timeout.
-        self.watch_timer = Timer(
-            self.runtime.submit_timeout, guard(lambda: self.watch_unanswered(watch), self)
-        )
-
-    def watch_unanswered(self, watch):
-        if self.phase != DELEGATED or self.watch is not watch:
-            return
-        if watch.sent:
-            answered(watch.future)  # given up: its bytes no longer count
-        remote = self.remote
-        self.stop_following()
-        self.connection_lost(
-            remote,
-            f"its job-info did not answer within {self.runtime.submit_timeout:g}s",
-        )
-
-    def stop_watch_timer(self):
-        timer, self.watch_timer = self.watch_timer, None
-        if timer is not None:
-            timer.cancel()
 
     def stop_following(self):
-        self.stop_watch_timer()
-        watch, self.watch = self.watch, None
+        self.timers.cancel("identity")
+        if self.reconnecting is not None:
+            self.reconnecting.stop()
+        self.stop_watch()
         if self.remote is not None:
             self.remote.listeners.discard(self)
-        if watch is None or watch.withdraw():  # not sent yet: dropped
-            return
-        if self.remote is not None:
-            self.remote.cancel_watch(watch.future)
+
+    def stop_watch(self):
+        watch, self.watch = self.watch, None
+        if watch is not None:
+            watch.cancel()
 
     def connection_lost(self, remote, reason):
         """The remote job cannot be followed for now (target restarting,
         ssh dropped, its job-info gone...).  It may well live on: follow it
         again once its target answers, for up to reconnect-timeout."""
-        if remote is not self.remote or self.phase != DELEGATED:
+        if remote is not self.remote or self.phase != FOLLOWING:
             return
-        self.stop_watch_timer()
-        self.watch = None
+        self.timers.cancel("identity")
+        self.stop_watch()
         remote.listeners.discard(self)
-        self.lost_since = self.lost_since or time.time()
         self.lost_reason = reason
-        if time.time() - self.lost_since >= self.runtime.reconnect_timeout:
-            self.fail(
-                f"lost contact with remote job {self.remote_id.f58} on {self.uri}"
-                f" for {self.runtime.reconnect_timeout:g}s: {reason}"
+        if self.reconnecting.failed(reason):
+            log(
+                syslog.LOG_INFO,
+                f"{self.name}: lost contact with {self.remote_id.f58} on {self.uri}"
+                f" ({reason}); reconnecting",
             )
-            return
-        log(
-            syslog.LOG_INFO,
-            f"{self.name}: lost contact with {self.remote_id.f58} on {self.uri}"
-            f" ({reason}); reconnecting",
-        )
-        self.schedule_reconnect()
 
-    def schedule_reconnect(self):
-        self.reconnect_timer = Timer(
-            self.runtime.reconnect_interval, guard(self.reconnect, self)
-        )
-
-    def reconnect(self, *unused):
-        if self.phase == DELEGATED:
-            self.runtime.connections.get(self.uri, self.reattach, self.reattach_failed, job=self)
+    def out_of_contact(self, reason):
+        """No contact for reconnect-timeout (Retrying gave up)."""
+        where = f"remote job {self.remote_id.f58} on {self.uri}"
+        if self.reconnecting.connect_failed:
+            self.fail(
+                f"lost contact with {where} ({self.lost_reason}), and cannot reconnect: {reason}"
+            )
+        else:
+            self.fail(
+                f"lost contact with {where} for {self.runtime.reconnect_timeout:g}s: {reason}"
+            )
 
     def reattach(self, remote):
         """Connected again (or after a reload): make sure remote_id is still
         this job's there, then watch it again."""
-        if self.phase != DELEGATED:
+        if self.phase != FOLLOWING:
             return
         if remote is self.verified:
             self.watch_again(remote)
             return
         self.remote = remote
         remote.listeners.add(self)  # connection_lost() if it goes meanwhile
-        self.stop_watch_timer()
-        self.watch_timer = Timer(
+        self.timers.start(
+            "identity",
             self.runtime.submit_timeout,
             guard(lambda: self.identity_unanswered(remote), self),
         )
@@ -664,7 +680,7 @@ class DelegatedJob:
         )
 
     def identity_unanswered(self, remote):
-        if self.phase == DELEGATED and self.remote is remote and self.verified is not remote:
+        if self.phase == FOLLOWING and self.remote is remote and self.verified is not remote:
             self.identity_check = None  # a late answer no longer counts
             self.connection_lost(
                 remote, f"it did not answer within {self.runtime.submit_timeout:g}s"
@@ -672,14 +688,14 @@ class DelegatedJob:
 
     def on_identity(self, remote, verdict, why, check):
         if (
-            self.phase != DELEGATED
+            self.phase != FOLLOWING
             or self.remote is not remote
             or remote.lost
             or check is not self.identity_check
         ):
             return  # superseded, or connection_lost() takes it from here
         self.identity_check = None
-        self.stop_watch_timer()
+        self.timers.cancel("identity")
         where = f"remote job {self.remote_id.f58} on {self.uri}"
         if verdict == "same":
             self.verified = remote
@@ -703,48 +719,41 @@ class DelegatedJob:
     def watch_again(self, remote):
         log(syslog.LOG_DEBUG, f"{self.name}: watching {self.remote_id.f58} on {self.uri} again")
         self.outcome = RemoteOutcome()  # the watch replays the whole eventlog
-        self.follow(remote)  # lost_since is cleared by the first event
+        self.follow(remote)  # in contact again at its first event
 
-    def reattach_failed(self, message):
-        if self.phase != DELEGATED:
+    def on_watch_end(self, error):
+        """The watch ended: at the end of the eventlog (error None), or with
+        an error."""
+        if self.phase != FOLLOWING:
+            log(syslog.LOG_DEBUG, f"{self.name}: end of a watch given up on, ignored")
             return
-        if time.time() - self.lost_since < self.runtime.reconnect_timeout:
-            self.schedule_reconnect()
-            return
-        self.fail(
-            f"lost contact with remote job {self.remote_id.f58} on {self.uri}"
-            f" ({self.lost_reason}), and cannot reconnect: {message}"
-        )
-
-    def on_remote_event(self, future):
-        if self.phase != DELEGATED or self.watch is None or self.watch.future is not future:
-            log(syslog.LOG_DEBUG, f"{self.name}: answer to a watch given up on, ignored")
-            return  # a watch given up on (its late answers, its ENODATA)
-        self.stop_watch_timer()  # answered
-        try:
-            event = future.get_event()
-        except OSError as exc:
-            if exc.errno == errno.ENOENT:
-                self.fail(
-                    f"remote job {self.remote_id.f58} no longer exists on"
-                    f" {self.uri} (purged, or the instance restarted without"
-                    " its state)"
-                )
-            elif exc.errno == errno.EPERM:
-                self.fail(
-                    f"cannot follow remote job {self.remote_id.f58} on"
-                    f" {self.uri}: {exc.strerror or exc}"
-                )
-            else:
-                # Anything else is the target going away or coming back
-                # (a target shutting down answers ENOSYS before its
-                # connection closes): follow again once it answers.
-                self.connection_lost(self.remote, exc.strerror or str(exc))
-            return
-        self.lost_since = None  # in contact again
-        if event is None:
+        self.watch = None
+        if error is None:
+            self.reconnecting.contact()
             self.conclude()
+        elif error.errno == errno.ENOENT:
+            self.fail(
+                f"remote job {self.remote_id.f58} no longer exists on"
+                f" {self.uri} (purged, or the instance restarted without"
+                " its state)"
+            )
+        elif error.errno == errno.EPERM:
+            self.fail(
+                f"cannot follow remote job {self.remote_id.f58} on"
+                f" {self.uri}: {error.strerror or error}"
+            )
+        else:
+            # Anything else is the target going away or coming back (a
+            # target shutting down answers ENOSYS before its connection
+            # closes), or its job-info not answering: follow again once it
+            # answers.
+            self.connection_lost(self.remote, error.strerror or str(error))
+
+    def on_remote_event(self, event):
+        if self.phase != FOLLOWING:
+            log(syslog.LOG_DEBUG, f"{self.name}: answer to a watch given up on, ignored")
             return
+        self.reconnecting.contact()
         self.outcome.update(event.name, event.context)
         if self.requeue() and not self.outcome.allocated:
             # The target cannot allocate: the remote job will never start,
@@ -767,13 +776,13 @@ class DelegatedJob:
         a job on node failure; other exceptions (a cancel, a timeout, the
         job's own failure) end the job."""
         exception = self.outcome.exception
-        if exception is None or exception.get("type") != "alloc" or not self.attempts:
+        if exception is None or exception.get("type") != "alloc" or not self.untried:
             return False
         return not self.outcome.allocated or requeue_allowed(self.jobspec)
 
     def conclude(self):
         """The remote job has ended: end the local one the same way."""
-        if self.phase != DELEGATED:
+        if self.phase != FOLLOWING:
             return
         self.stop_following()
         exception = self.outcome.exception
@@ -790,7 +799,7 @@ class DelegatedJob:
             if (
                 exception.get("type") == "alloc"
                 and self.outcome.allocated
-                and self.attempts
+                and self.untried
                 and not requeue_allowed(self.jobspec)
             ):
                 note += "; not requeued: the job opted out (delegate-requeue=false)"
@@ -855,7 +864,7 @@ class DelegatedJob:
             return None
         self.R_given = True
         if not self.releasing_now:
-            self.alloc_timer = Timer(0.0, guard(self.post_alloc, self))
+            self.timers.start("alloc", 0.0, guard(self.post_alloc, self))
         return {"R": self.R}
 
     def post_alloc(self):
@@ -870,12 +879,13 @@ class DelegatedJob:
         reason = local_end_reason(args, self.name)
         previous, self.phase = self.phase, ENDED
         self.canceled_reason = reason
-        if previous == DELEGATED:
+        if previous == FOLLOWING:
             self.stop_following()
             self.cancel_remote(reason)
 
     def on_inactive(self, args):
         self.stop_following()
+        self.timers.cancel()
         self.runtime.jobs.pop(self.id, None)
         self.runtime.admission.leave(self)
 

@@ -126,6 +126,38 @@ class Timer:
             free_watcher(watcher)
 
 
+class Timers:
+    """The one-shot timers of one object, by name, in one place: starting
+    a name again replaces its timer, and cancel() with no name cancels them
+    all (the object is done)."""
+
+    def __init__(self, owner=None):
+        self.owner = owner  # the Runtime whose handle they go on
+        self.pending = {}  # name -> Timer
+
+    def start(self, name, seconds, callback):
+        """callback() in seconds (guarded by the caller: see guard())."""
+        self.cancel(name)
+
+        def fire():
+            if self.pending.get(name) is timer:
+                del self.pending[name]
+            callback()
+
+        timer = Timer(seconds, fire, self.owner)
+        self.pending[name] = timer
+        return timer
+
+    def cancel(self, name=None):
+        for key in list(self.pending) if name is None else [name]:
+            timer = self.pending.pop(key, None)
+            if timer is not None:
+                timer.cancel()
+
+    def __contains__(self, name):
+        return name in self.pending
+
+
 def free_watcher(watcher):
     """Stop a watcher and destroy it (also from its own callback: libev no
     longer looks at a watcher once its callback runs)."""
@@ -133,17 +165,20 @@ def free_watcher(watcher):
     watcher.destroy()
 
 
-def then(future, callback, job=None):
-    """future.then(callback), guarded (see guard()); the first answer of a
+def then(future, callback, job=None, guarded=True):
+    """future.then(callback): the one way a continuation is attached, to a
+    local future or (through RemoteInstance.request()) a remote one.
+    Guarded (see guard()) unless guarded=False (a callback that must run
+    even after an unload, and guards itself).  The first answer of a
     request to a target also releases its bytes (RemoteInstance.request).
     No libflux timeouts: a remote future's timer would sit on its
     connection's reactor, which runs only when a message arrives; timeouts
     are job-manager timers."""
-    guarded = guard(callback, job)
+    call = guard(callback, job) if guarded else callback
 
     def continuation(fut):
         answered(fut)
-        guarded(fut)
+        call(fut)
 
     future.then(continuation)
     return future

@@ -14,6 +14,7 @@ from flux.job import JobID
 from ..jobspec import job_name, origin_of, same_origin
 from .phases import ENDED, RECOVERING
 from .reactor import Timer, guard, log
+from .retry import Retrying
 
 #: Seconds by which a target's clock may lag the source's when looking for
 #: a job submitted before an interruption.
@@ -33,55 +34,58 @@ class Recovery:
     afresh.  Target unreachable or not answering for reconnect-timeout: the
     job fails, not submitted twice.
 
-    attempt: {"uri", "label", "timestamp"} of the submit; 'settled' is when
-    it can no longer be pending.  'known' are remote jobs this job had
-    before on that target (an earlier attempt): never adopted.
+    interrupted: {"uri", "label", "timestamp"} of the submit; 'settled' is
+    when it can no longer be pending.  'known' are remote jobs this job had
+    before on that target (an earlier submission): never adopted.
     """
 
-    def __init__(self, job, attempt, settled, known=()):
+    def __init__(self, job, interrupted, settled, known=()):
         self.job = job
         self.id = job.id  # guard() reports errors against it
         self.runtime = job.runtime  # and through its load
-        self.uri = attempt["uri"]
-        self.label = attempt["label"]
-        self.since = attempt["timestamp"]
+        self.uri = interrupted["uri"]
+        self.label = interrupted["label"]
+        self.since = interrupted["timestamp"]
         self.settled = settled
         self.known = {int(jobid) for jobid in known}
         self.remote = None
         self.generation = 0  # answers of an abandoned search are ignored
-        self.timer = None
-        self.deadline = None
+        self.watchdog = None  # of the request in progress
+        self.retrying = None
 
     def start(self):
-        wait = self.settled - time.time()
+        # Wall-clock: 'settled' comes from eventlog timestamps.
+        wait = max(self.settled - time.time(), 0.0)
         log(
             syslog.LOG_INFO,
             f"{self.job.name}: a submit to {self.uri} was interrupted; looking"
             " for its job there" + (f" in {wait:.1f}s" if wait > 0 else ""),
         )
-        self.deadline = time.time() + max(wait, 0.0) + self.job.runtime.reconnect_timeout
-        self.wait(max(wait, 0.0), self.connect)
-
-    def wait(self, seconds, then_call):
-        if self.timer is not None:
-            self.timer.cancel()
-        self.timer = Timer(seconds, guard(then_call, self))
+        # Deadline: reconnect-timeout after the submit can no longer be
+        # pending in the target.
+        self.retrying = Retrying(
+            self.runtime,
+            self.uri,
+            self.search,
+            self.give_up,
+            deadline=time.monotonic() + wait + self.runtime.reconnect_timeout,
+            wanted=lambda: self.wanted,
+            job=self,
+        )
+        self.retrying.start(wait)
 
     @property
     def wanted(self):
         return self.job.phase in (RECOVERING, ENDED)
 
-    def connect(self):
-        if self.wanted:
-            self.job.runtime.connections.get(self.uri, self.search, self.retry, job=self)
-
     def retry(self, message):
         """Something failed or did not answer: search again from the start
         after reconnect-interval, until the deadline."""
         self.generation += 1
-        if time.time() < self.deadline:
-            self.wait(self.job.runtime.reconnect_interval, self.connect)
-            return
+        self.stop_watchdog()
+        self.retrying.failed(message)
+
+    def give_up(self, message):
         if self.job.phase == RECOVERING:
             self.job.fail(
                 f"a submit to {self.uri} was interrupted, and whether it made a"
@@ -109,11 +113,21 @@ class Recovery:
     def arm(self):
         """(Re)start the watchdog of the request in progress."""
         generation = self.generation
-        self.wait(
-            self.job.runtime.submit_timeout,
-            lambda: generation == self.generation
-            and self.retry(f"no answer within {self.job.runtime.submit_timeout:g}s"),
+        self.stop_watchdog()
+        self.watchdog = Timer(
+            self.runtime.submit_timeout,
+            guard(
+                lambda: generation == self.generation
+                and self.retry(f"no answer within {self.runtime.submit_timeout:g}s"),
+                self,
+            ),
+            self.runtime,
         )
+
+    def stop_watchdog(self):
+        watchdog, self.watchdog = self.watchdog, None
+        if watchdog is not None:
+            watchdog.cancel()
 
     def search(self, remote):
         if not self.wanted:
@@ -165,8 +179,7 @@ class Recovery:
 
     def check_next(self):
         if not self.candidates:
-            if self.timer is not None:
-                self.timer.cancel()
+            self.stop_watchdog()
             self.not_found()
             return
         jobid = self.candidates.pop(0)
@@ -185,7 +198,7 @@ class Recovery:
                 self.retry(f"looking up job {JobID(jobid).f58}: {exc.strerror or exc}")
             return
         if same_origin(origin_of(jobspec), self.job.origin):
-            self.timer.cancel()
+            self.stop_watchdog()
             self.found(jobid)
         else:
             self.check_next()

@@ -309,10 +309,7 @@ class Outgoing:
         self.remote.unanswered += self.nbytes
         self.remote.in_flight.add(self)
         future.delegate_unanswered = self
-        if self.guarded:
-            then(future, self.callback, job=self.job)
-        else:
-            future.then(self.callback)
+        then(future, self.callback, job=self.job, guarded=self.guarded)
 
     def withdraw(self):
         """Withdraw the request if it is still queued; True if it was."""

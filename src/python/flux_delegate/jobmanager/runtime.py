@@ -122,7 +122,7 @@ class Runtime:
         most once a second (force: now), since it runs on the job-manager's
         thread; read only when the stat differs from the last read's.  A
         file with errors is reported and its previous content kept."""
-        now = time.time()
+        now = time.monotonic()
         if not force and now - self.user_registry_checked < 1.0:
             return
         self.user_registry_checked = now
