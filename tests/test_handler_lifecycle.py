@@ -277,10 +277,11 @@ def test_a_late_continuation_cannot_act_through_the_next_load(fresh_source, targ
     error instead of acting through the load that replaced it."""
     path = tmp_path / "lingering.py"
     path.write_text(
+        "import sys\n"
         "import syslog\n"
         "from flux_delegate.jobmanager import entry\n"
         "from flux_delegate.jobmanager.entry import *\n"
-        "kept = []\n"
+
         "def plugin_load(conf, jobtap):\n"
         "    conf = dict(conf)\n"
         "    marker = conf.pop('marker-job')\n"
@@ -295,7 +296,7 @@ def test_a_late_continuation_cannot_act_through_the_next_load(fresh_source, targ
         "        runtime.handle.log(syslog.LOG_INFO, f'late continuation {what}')\n"
         "    watcher = runtime.handle.timer_watcher_create(2.0, late)\n"
         "    watcher.start()\n"
-        "    kept.append(watcher)\n"
+        "    sys.delegate_test_lingering = watcher  # outlives this load's modules\n"
         "def plugin_unload():\n"
         "    entry.plugin_unload()\n"
     )
