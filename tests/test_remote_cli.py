@@ -301,6 +301,13 @@ def test_list_without_an_instance_shows_the_users_file(site, tmp_path):
     assert (row["label"], row["state"], row["origin"]) == ("elsewhere", "up", "user")
 
 
+def test_the_file_edited_is_the_one_the_plugin_reads(site, tmp_path):
+    other = str(tmp_path / "other.yaml")
+    proc = remote(site, "list", "-o", "uri", env={"FLUX_DELEGATE_REGISTRY": other})
+    assert f"the delegate plugin of this instance reads {site.registry}" in proc.stderr
+    assert "gone" in proc.stdout and not os.path.exists(other)
+
+
 # -- add, show, remove -----------------------------------------------------------
 
 

@@ -211,8 +211,12 @@ def fail(message):
     sys.exit(1)
 
 
-def say_warnings(site):
+def say_warnings(site, editing=False):
+    """What the site found wrong, on stderr.  When editing the user's file,
+    its own errors are left to the edit, which fails with them."""
     for warning in site.warnings:
+        if editing and site.user_error and warning == f"user registry: {site.user_error}":
+            continue
         LOGGER.warning(warning)
 
 
@@ -312,9 +316,7 @@ def target_uri(site, value):
 
 def add_remote(args):
     site = Site.connect()
-    for warning in site.warnings:
-        if site.user_error is None or warning != f"user registry: {site.user_error}":
-            LOGGER.warning(warning)
+    say_warnings(site, editing=True)
     label = args.label
     try:
         check_label(label, site.policy_names())
@@ -347,6 +349,7 @@ def add_remote(args):
 
 def remove_remote(args):
     site = Site.connect()
+    say_warnings(site, editing=True)
     name = args.label
     config = [c for c in site.config_clusters if c.label == name or c.uri == name]
 

@@ -137,7 +137,14 @@ class Site:
         else $FLUX_DELEGATE_REGISTRY or ~/.config/flux/delegate.yaml, the
         plugin's default."""
         if self.plugin and isinstance(self.plugin.get("user-registry"), str):
-            return self.plugin["user-registry"]
+            path = self.plugin["user-registry"]
+            mine = self.environ.get("FLUX_DELEGATE_REGISTRY")
+            if mine and os.path.abspath(mine) != os.path.abspath(path):
+                self.warnings.append(
+                    f"the delegate plugin of this instance reads {path}, not"
+                    f" $FLUX_DELEGATE_REGISTRY ({mine}): using {path}"
+                )
+            return path
         return default_user_registry_path(self.environ)
 
     # -- questions -------------------------------------------------------------
