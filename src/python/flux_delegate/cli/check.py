@@ -168,6 +168,8 @@ class Check:
             outstanding = set(plugin_questions) & probe.outstanding
             if outstanding:
                 c.verdict, c.reason = expired_verdict(c, outstanding, len(plugin_questions), wait)
+            if c.verdict is None:  # the connection failed in a way not foreseen
+                c.verdict, c.reason = "unreachable", probe.error or "no answer"
         return self.candidates
 
     # -- the choice --------------------------------------------------------------
