@@ -495,3 +495,23 @@ def test_check_dry_run_shows_what_candidates_are_asked(site):
     assert spec["attributes"] == {"system": {"duration": 300.0}}
     assert spec["tasks"][0]["command"] == ["hostname"]  # the command's name only
     assert "SECRET" not in out.stdout
+
+
+def test_other_schedulers_and_none(request, site):
+    """sched-simple is named as such; a target with no scheduler answers no
+    feasibility check: 'no' in list, and "unknown" in check, which the
+    plugin still tries (exit 0)."""
+    other = start_instance(request, name="other-sched")
+    other.use_sched_simple()
+    with added(site, "other", other.uri):
+        row = listing(site)["other"]
+        assert (row["scheduler"], row["feasibility"]) == ("sched-simple", True)
+        rc, record = check_json(site, "--to", "other", "-N2", "true")
+        assert rc == 1 and "unsatisfiable request" in record["candidates"][0]["reason"]
+        other.remove_scheduler()
+        row = listing(site)["other"]
+        assert (row["state"], row["scheduler"], row["feasibility"]) == ("up", "none", False)
+        rc, record = check_json(site, "--to", "other", "-N2", "true")
+        assert rc == 0 and record["candidates"][0]["verdict"] == "unknown"
+        assert record["candidates"][0]["reason"] == "no feasibility service"
+        assert record["choice"] == "other"
