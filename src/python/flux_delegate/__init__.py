@@ -13,6 +13,10 @@ tests) can use them outside the broker:
     options    the plugin's options and their defaults
     names      names delegation writes into jobs and eventlogs
     text       user and remote text as it appears in messages
+    userfile   editing the user's registry file (flux remote add, remove)
+
+flux_delegate.cli is what the 'flux remote' command runs (blocking, on
+handles of its own): it uses the modules above, never the jobmanager layer.
 
 flux_delegate.jobmanager is the layer that runs inside the job-manager
 (the only importer of delegate.so's own module): nothing here imports it.

@@ -2,7 +2,11 @@
 it (the resources and limits of the job, never its environment).
 """
 
+import errno
+
 from .jobspec import lookup
+from .targets import SELF_DELEGATION
+from .text import brief
 
 #: What a feasibility check needs of attributes.system: what schedulers
 #: decide with.
@@ -23,3 +27,79 @@ def feasibility_jobspec(jobspec):
         tasks.append(task)
     spec["tasks"] = tasks
     return spec
+
+
+# -- Answers to verdicts ------------------------------------------------------
+#
+# What the job-manager's pre-flight (jobmanager/preflight.py) and the 'flux
+# remote check' command both decide from a candidate's answers, so that they
+# give the same verdicts.
+
+#: The questions a pre-flight may ask a candidate: name -> RPC topic.  The
+#: feasibility check (with feasibility_jobspec()) is always asked; the
+#: others when the policy needs them (policies.POLICY_METRICS).
+QUESTIONS = {
+    "feasibility": "feasibility.check",
+    "pending": "job-list.job-stats",
+    "match_time": "sched-fluxion-resource.stats-get",
+}
+
+#: Why a candidate that is the source instance itself is infeasible.
+THIS_INSTANCE = "this instance itself"
+
+
+def this_instance_verdict():
+    """(verdict, reason) of a candidate that is the instance the job was
+    submitted to."""
+    return "infeasible", f"{THIS_INSTANCE}: {SELF_DELEGATION}"
+
+
+def record_answer(candidate, name, result=None, error=None):
+    """Record on candidate (a policies.Candidate: verdict, reason, pending,
+    match_time) the answer to question 'name': its payload (result) or the
+    OSError it failed with (error).  feasibility.check: no error is
+    "feasible", ENOSYS (no scheduler there answers it) "unknown", any other
+    error "infeasible" with the scheduler's words as the reason."""
+    if name == "feasibility":
+        if error is None:
+            candidate.verdict = "feasible"
+        elif error.errno == errno.ENOSYS:
+            candidate.verdict = "unknown"
+            candidate.reason = "no feasibility service"
+        else:
+            candidate.verdict = "infeasible"
+            candidate.reason = brief(error.strerror or str(error))
+    elif name == "pending" and error is None:
+        states = (result or {}).get("job_states", {})
+        candidate.pending = sum(int(states.get(k, 0)) for k in ("depend", "priority", "sched"))
+    elif name == "match_time":
+        if error is None:
+            stats = (result or {}).get("match", {}).get("succeeded", {}).get("stats", {})
+            candidate.match_time = float(stats.get("max", 0.0))
+        elif error.errno == errno.ENOSYS:
+            candidate.reason = candidate.reason or "runs no Fluxion (no sched-fluxion-resource)"
+    if error is not None and name != "feasibility" and not candidate.reason:
+        candidate.reason = f"{name}: {error.strerror or error}"
+
+
+def unsent_verdict(error):
+    """(verdict, reason) of a candidate whose feasibility question could not
+    even be sent (the connection broke)."""
+    return "unreachable", error.strerror or str(error)
+
+
+def expired_verdict(candidate, outstanding, asked, wait):
+    """(verdict, reason) of a connected candidate when its time to answer
+    is up, with the questions in 'outstanding' still unanswered out of
+    'asked' questions (wait: the time it had, as text).  A target that
+    answered something is alive, so a feasibility check still unanswered
+    is "unknown" (Fluxion's, for one, answers nothing while it loads its
+    resource graph); a target that answered nothing is unreachable."""
+    if "feasibility" in outstanding and len(outstanding) < asked:
+        return "unknown", f"feasibility.check did not answer within {wait}"
+    if "feasibility" in outstanding:
+        return (
+            "unreachable",
+            f"connected, but it answered nothing within {wait} (stopped, hung or overloaded)",
+        )
+    return candidate.verdict, candidate.reason

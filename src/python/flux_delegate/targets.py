@@ -3,6 +3,7 @@ the job id of an instance running as a job here, a registry label, a
 policy.  Parsed here, before any lookup or connection.
 """
 
+import os
 import urllib.parse
 
 try:
@@ -161,6 +162,31 @@ def check_local_or_ssh(value):
     if not path or path == "/":
         raise ValueError(f"the URI names no socket path: {shown(value)}")
     return value
+
+
+def same_instance(uri, local_uri, hostname):
+    """Whether uri names the instance whose own socket is local_uri (its
+    local-uri attribute), on the host hostname: that socket, directly or
+    through ssh to this host.  What the plugin checks so that a job is never
+    sent to the instance it was submitted to."""
+    if not uri or not local_uri or flux is None:
+        return False
+    try:
+        theirs = flux.uri.JobURI(uri)
+        mine = flux.uri.JobURI(local_uri)
+        if theirs.scheme not in ("local", "ssh"):
+            return False
+        if theirs.scheme == "ssh":
+            host = theirs.netloc.rpartition("@")[2]
+            host = host.rpartition(":")[0] or host
+            here = {hostname, hostname.split(".")[0], "localhost", "127.0.0.1", "::1"}
+            if host not in here:
+                return False
+        if os.path.normpath(theirs.path) == os.path.normpath(mine.path):
+            return True
+        return os.path.samefile(theirs.path, mine.path)
+    except Exception:  # pylint: disable=broad-except
+        return False
 
 
 # -- The registry: targets known by label ------------------------------------

@@ -1,0 +1,306 @@
+"""Unit tests of what 'flux remote' is built on, without a broker: the
+pre-flight's verdicts, editing the user's registry file, asking targets
+concurrently."""
+
+import errno
+import os
+import stat
+import threading
+import time
+
+import pytest
+from unit import needs_flux
+
+from flux_delegate import userfile
+from flux_delegate.policies import Candidate
+from flux_delegate.preflight import (
+    expired_verdict,
+    record_answer,
+    this_instance_verdict,
+    unsent_verdict,
+)
+from flux_delegate.registry import Cluster, read_user_registry
+from flux_delegate.userfile import UserFileError
+
+# -- verdicts ------------------------------------------------------------------
+
+
+def candidate():
+    return Candidate(Cluster("local:///t", "t", "user"))
+
+
+def oserror(code, text=None):
+    return OSError(code, text or os.strerror(code))
+
+
+def test_feasibility_answers_become_verdicts():
+    c = candidate()
+    record_answer(c, "feasibility", None)
+    assert (c.verdict, c.reason) == ("feasible", None)
+    c = candidate()
+    record_answer(c, "feasibility", error=oserror(errno.ENOSYS))
+    assert (c.verdict, c.reason) == ("unknown", "no feasibility service")
+    c = candidate()
+    record_answer(c, "feasibility", error=oserror(errno.EOVERFLOW, "unsatisfiable request"))
+    assert (c.verdict, c.reason) == ("infeasible", "unsatisfiable request")
+    c = candidate()
+    record_answer(c, "feasibility", error=oserror(errno.EINVAL, "x" * 1000))
+    assert c.verdict == "infeasible" and len(c.reason) < 400  # capped, as in events
+
+
+def test_pending_and_match_time_answers():
+    c = candidate()
+    states = {"depend": 1, "priority": 2, "sched": 3, "run": 7, "cleanup": 1}
+    record_answer(c, "pending", {"job_states": states})
+    assert c.pending == 6
+    record_answer(c, "match_time", {"match": {"succeeded": {"stats": {"max": 0.25}}}})
+    assert c.match_time == 0.25
+    c = candidate()
+    record_answer(c, "match_time", error=oserror(errno.ENOSYS))
+    assert c.match_time is None and "runs no Fluxion" in c.reason
+    c = candidate()
+    record_answer(c, "pending", error=oserror(errno.EPERM))
+    assert c.pending is None and c.reason.startswith("pending: ")
+
+
+def test_expired_and_unsent_verdicts():
+    c = candidate()
+    # Answered pending, not feasibility: alive, so "unknown".
+    assert expired_verdict(c, {"feasibility"}, 2, "3s") == (
+        "unknown",
+        "feasibility.check did not answer within 3s",
+    )
+    # Answered nothing: unreachable.
+    verdict, reason = expired_verdict(c, {"feasibility", "pending"}, 2, "3s")
+    assert verdict == "unreachable" and "answered nothing within 3s" in reason
+    # Feasibility answered, a metric late: the verdict stands.
+    record_answer(c, "feasibility", None)
+    assert expired_verdict(c, {"pending"}, 2, "3s") == ("feasible", None)
+    assert unsent_verdict(oserror(errno.ECONNRESET)) == (
+        "unreachable",
+        os.strerror(errno.ECONNRESET),
+    )
+    assert this_instance_verdict()[0] == "infeasible"
+
+
+# -- the user's registry file ----------------------------------------------------
+
+
+def test_add_and_remove_keep_other_entries_and_their_keys(tmp_path):
+    path = str(tmp_path / "flux" / "delegate.yaml")  # the directory is made
+    userfile.edit(path, lambda e: (userfile.add_entry(e, "a", "local:///a"), None))
+    userfile.edit(
+        path,
+        lambda e: (userfile.add_entry(e, "b", "ssh://h/b", {"allowed-projects": ["chem"]}), None),
+    )
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    clusters = read_user_registry(path)  # as the plugin reads it
+    assert [(c.label, c.uri, c.extra) for c in clusters] == [
+        ("a", "local:///a", {}),
+        ("b", "ssh://h/b", {"allowed-projects": ["chem"]}),
+    ]
+    removed = userfile.edit(path, lambda e: userfile.remove_entry(e, "a"))
+    assert removed == {"label": "a", "uri": "local:///a"}
+    clusters = read_user_registry(path)
+    assert [(c.label, c.extra) for c in clusters] == [("b", {"allowed-projects": ["chem"]})]
+
+
+def test_a_hand_written_file_keeps_its_unlabelled_entries_and_extra_keys(tmp_path):
+    path = tmp_path / "delegate.yaml"
+    path.write_text(
+        "delegate:\n"
+        "  - local:///old/form\n"
+        "  - label: x\n"
+        "    uri: ssh://x/y\n"
+        "    users: [alice, bob]\n"
+        "    weight: 3\n"
+    )
+    os.chmod(path, 0o640)
+    userfile.edit(str(path), lambda e: (userfile.add_entry(e, "new", "local:///n"), None))
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o640
+    entries = userfile.read_entries(str(path))
+    assert entries == [
+        "local:///old/form",
+        {"label": "x", "uri": "ssh://x/y", "users": ["alice", "bob"], "weight": 3},
+        {"label": "new", "uri": "local:///n"},
+    ]
+    # An entry without a label is removed by its URI.
+    left, removed = userfile.remove_entry(entries, "local:///old/form")
+    assert removed == "local:///old/form" and len(left) == 2
+
+
+def test_duplicates_are_refused():
+    entries = [{"label": "a", "uri": "local:///tmp/a"}, "ssh://h/x"]
+    with pytest.raises(UserFileError, match="remote 'a' already exists"):
+        userfile.add_entry(entries, "a", "local:///other")
+    with pytest.raises(UserFileError, match="already in the registry as 'a'"):
+        userfile.add_entry(entries, "b", "local:///tmp//a/")
+    with pytest.raises(UserFileError, match="without a label"):
+        userfile.add_entry(entries, "b", "ssh://h/x")
+
+
+@pytest.mark.parametrize(
+    "label, message",
+    [
+        ("a b", "white space"),
+        ("a:b", "':' or '/'"),
+        ("a/b", "':' or '/'"),
+        ("a\x01", "control characters"),
+        ("", "non-empty"),
+        ("least_pending", "the name of a policy"),
+        ("mine", "the name of a policy"),
+    ],
+)
+def test_labels_the_plugin_would_refuse(label, message):
+    with pytest.raises(UserFileError, match=message):
+        userfile.check_label(label, ("random", "least_pending", "mine"))
+
+
+def test_settings():
+    assert userfile.parse_settings(["a=1", "b=[\"x\"]", "c=text", "d=", "e=true"]) == {
+        "a": 1,
+        "b": ["x"],
+        "c": "text",
+        "d": "",
+        "e": True,
+    }
+    for bad in ("novalue", "=x", "uri=local:///x", "label=y"):
+        with pytest.raises(UserFileError):
+            userfile.parse_settings([bad])
+
+
+def test_a_broken_file_is_not_edited(tmp_path):
+    path = tmp_path / "delegate.yaml"
+    path.write_text("delegate: [ {label: a, uri: http://x} ]\n")
+    before = path.read_text()
+    with pytest.raises(UserFileError, match="not a local:// or ssh:// URI"):
+        userfile.edit(str(path), lambda e: (userfile.add_entry(e, "b", "local:///b"), None))
+    assert path.read_text() == before
+    path.write_text("delegate: [\n")
+    with pytest.raises(UserFileError, match="not valid YAML"):
+        userfile.read_entries(str(path))
+
+
+def test_a_symlinked_file_stays_a_symlink(tmp_path):
+    real = tmp_path / "real.yaml"
+    real.write_text("delegate: []\n")
+    link = tmp_path / "delegate.yaml"
+    link.symlink_to(real)
+    userfile.edit(str(link), lambda e: (userfile.add_entry(e, "a", "local:///a"), None))
+    assert link.is_symlink()
+    assert "label: a" in real.read_text()
+
+
+def test_concurrent_edits_lose_nothing(tmp_path):
+    path = str(tmp_path / "delegate.yaml")
+
+    def add(i):
+        userfile.edit(path, lambda e: (userfile.add_entry(e, f"t{i}", f"local:///t{i}"), None))
+
+    threads = [threading.Thread(target=add, args=(i,)) for i in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(c.label for c in read_user_registry(path)) == sorted(f"t{i}" for i in range(20))
+    assert [n for n in os.listdir(tmp_path) if n.endswith(".tmp")] == []
+
+
+def test_a_failed_write_leaves_the_old_file(tmp_path, monkeypatch):
+    path = tmp_path / "delegate.yaml"
+    path.write_text("delegate:\n- label: a\n  uri: local:///a\n")
+    before = path.read_text()
+
+    def broken(src, dst):
+        raise OSError(errno.EIO, "I/O error")
+
+    monkeypatch.setattr(userfile.os, "replace", broken)
+    with pytest.raises(UserFileError, match="I/O error"):
+        userfile.edit(str(path), lambda e: (userfile.add_entry(e, "b", "local:///b"), None))
+    assert path.read_text() == before
+    assert [n for n in os.listdir(tmp_path) if n.endswith(".tmp")] == []
+
+
+# -- asking targets concurrently -------------------------------------------------
+
+
+class FakeFuture:
+    def __init__(self, delay, value=None, error=None):
+        self.ready_at = time.monotonic() + delay
+        self.value, self.error = value, error
+
+    def is_ready(self):
+        return time.monotonic() >= self.ready_at
+
+    def wait_for(self, timeout):
+        wait = self.ready_at - time.monotonic()
+        if wait > timeout:
+            time.sleep(max(0.0, timeout))
+            raise OSError(errno.ETIMEDOUT, "Connection timed out")
+        time.sleep(max(0.0, wait))
+        return self
+
+    def get(self):
+        if self.error:
+            raise self.error
+        return self.value
+
+
+@needs_flux
+def test_one_slow_target_does_not_hold_up_the_others():
+    from flux_delegate.cli import probe
+
+    def open_handle(uri):
+        if uri == "local:///hung":
+            time.sleep(30)  # never connects in time
+        if uri == "local:///refused":
+            raise OSError(errno.ECONNREFUSED, "Connection refused")
+        return uri
+
+    def questions(delay):
+        return {
+            "fast": lambda h: FakeFuture(0.0, {"ok": h}),
+            "slow": lambda h: FakeFuture(delay, {"late": h}),
+            "no": lambda h: FakeFuture(0.0, error=OSError(errno.ENOSYS, "no")),
+        }
+
+    start = time.monotonic()
+    found = probe.ask(
+        [
+            ("local:///hung", questions(0)),
+            ("local:///quick", questions(0.1)),
+            ("local:///silent", questions(30)),
+            ("local:///refused", questions(0)),
+        ],
+        timeout=1.0,
+        open_handle=open_handle,
+    )
+    elapsed = time.monotonic() - start
+    assert elapsed < 2.5, elapsed  # not 1s per target, nor 30s
+    hung, quick, silent, refused = found
+    assert not hung.connected and hung.error == "could not connect within 1s"
+    assert quick.connected and quick.answers == {
+        "fast": {"ok": "local:///quick"},
+        "slow": {"late": "local:///quick"},
+    }
+    assert quick.errors["no"].errno == errno.ENOSYS and quick.asked == 3
+    assert silent.connected and silent.outstanding == {"slow"} and "fast" in silent.answers
+    assert not refused.connected and refused.error == "Connection refused"
+
+
+def test_the_command_layer_never_imports_the_job_manager_layer():
+    import ast
+
+    package = os.path.join(os.path.dirname(userfile.__file__), "cli")
+    command = os.path.join(os.path.dirname(__file__), "..", "src", "cmd", "flux-remote.py")
+    paths = [os.path.join(package, n) for n in os.listdir(package) if n.endswith(".py")]
+    for path in paths + [command]:
+        with open(path) as fp:
+            tree = ast.parse(fp.read(), path)
+        for node in ast.walk(tree):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""] + [a.name for a in node.names]
+            assert not any("jobmanager" in n or n == "delegate_jobtap" for n in names), path
