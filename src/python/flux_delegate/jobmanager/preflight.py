@@ -2,12 +2,16 @@
 concurrently, answers turned into a choice.
 """
 
-import errno
 import syslog
 
-from ..preflight import feasibility_jobspec
-from ..targets import SELF_DELEGATION
-from ..text import brief
+from ..preflight import (
+    QUESTIONS,
+    expired_verdict,
+    feasibility_jobspec,
+    record_answer,
+    this_instance_verdict,
+    unsent_verdict,
+)
 from .reactor import Timer, guard, log
 from .remote import FailedRequest, payload_size
 
@@ -30,7 +34,7 @@ class Preflight:
     def start(self):
         for c in self.candidates:
             if self.job.runtime.is_this_instance(c.uri):
-                c.verdict, c.reason = "infeasible", f"this instance itself: {SELF_DELEGATION}"
+                c.verdict, c.reason = this_instance_verdict()
         asked = [c for c in self.candidates if c.verdict is None]
         if not asked:
             self.finish()
@@ -57,12 +61,15 @@ class Preflight:
             c.reason = f"jobspec too large to check ({nbytes} bytes)"
         else:
             wanted.append(
-                ("feasibility", nbytes, lambda h: h.rpc("feasibility.check", {"jobspec": spec}))
+                (
+                    "feasibility",
+                    nbytes,
+                    lambda h: h.rpc(QUESTIONS["feasibility"], {"jobspec": spec}),
+                )
             )
-        if "pending" in self.metrics:
-            wanted.append(("pending", 1024, lambda h: h.rpc("job-list.job-stats", {})))
-        if "match_time" in self.metrics:
-            wanted.append(("match_time", 1024, lambda h: h.rpc("sched-fluxion-resource.stats-get")))
+        for name in ("pending", "match_time"):
+            if name in self.metrics:
+                wanted.append((name, 1024, lambda h, name=name: h.rpc(QUESTIONS[name], {})))
         if not wanted:
             self.settle(c, c.verdict, c.reason)
             return
@@ -82,43 +89,22 @@ class Preflight:
         if id(c) not in self.waiting:
             return
         if isinstance(future, FailedRequest) and name == "feasibility":
-            self.settle(c, "unreachable", future.error.strerror or str(future.error))
+            self.settle(c, *unsent_verdict(future.error))
             return
         try:
             result = future.get()
             error = None
         except OSError as exc:
             result, error = None, exc
-        if name == "feasibility":
-            if error is None:
-                c.verdict = "feasible"
-            elif error.errno == errno.ENOSYS:
-                c.verdict = "unknown"
-                c.reason = "no feasibility service"
-            else:
-                c.verdict = "infeasible"
-                c.reason = brief(error.strerror or str(error))
-        elif name == "pending" and error is None:
-            states = result.get("job_states", {})
-            c.pending = sum(int(states.get(k, 0)) for k in ("depend", "priority", "sched"))
-        elif name == "match_time":
-            if error is None:
-                stats = result.get("match", {}).get("succeeded", {}).get("stats", {})
-                c.match_time = float(stats.get("max", 0.0))
-            elif error.errno == errno.ENOSYS:
-                c.reason = c.reason or "runs no Fluxion (no sched-fluxion-resource)"
-        if error is not None and name != "feasibility" and not c.reason:
-            c.reason = f"{name}: {error.strerror or error}"
+        record_answer(c, name, result, error)
         outstanding = self.waiting[id(c)][0]
         outstanding.discard(name)
         if not outstanding:
             self.settle(c, c.verdict, c.reason)
 
     def expire(self, c):
-        """preflight-timeout: a target that answered something is alive, so
-        a feasibility check still unanswered is "unknown" (Fluxion's, for
-        one, answers nothing while it loads its resource graph); a target
-        that answered nothing is unreachable."""
+        """preflight-timeout: the verdict from what it did answer
+        (flux_delegate.preflight.expired_verdict)."""
         entry = self.waiting.get(id(c))
         if entry is None:
             return
@@ -130,17 +116,7 @@ class Preflight:
             f"{self.job.name}: pre-flight of {c.describe()}: no answer within {wait}"
             f" to {sorted(outstanding)}" + (f" ({unsent} not sent yet)" if unsent else ""),
         )
-        if "feasibility" in outstanding and len(outstanding) < len(outgoing):
-            self.settle(c, "unknown", f"feasibility.check did not answer within {wait}")
-        elif "feasibility" in outstanding:
-            self.settle(
-                c,
-                "unreachable",
-                f"connected, but it answered nothing within {wait}"
-                " (stopped, hung or overloaded)",
-            )
-        else:
-            self.settle(c, c.verdict, c.reason)
+        self.settle(c, *expired_verdict(c, outstanding, len(outgoing), wait))
 
     def settle(self, c, verdict, reason):
         entry = self.waiting.pop(id(c), None)

@@ -26,6 +26,7 @@ from ..registry import (
     read_user_registry,
 )
 from ..jobspec import remote_jobspec as default_remote_jobspec
+from ..targets import same_instance
 from .admission import Admission
 from .connections import Connections, Helpers
 from .reactor import log_text, then
@@ -159,25 +160,7 @@ class Runtime:
     def is_this_instance(self, uri):
         """Whether uri names this instance: its own socket, directly or
         through ssh to this host."""
-        if not self.local_uri:
-            return False
-        try:
-            theirs = flux.uri.JobURI(uri)
-            mine = flux.uri.JobURI(self.local_uri)
-            if theirs.scheme not in ("local", "ssh"):
-                return False
-            if theirs.scheme == "ssh":
-                host = theirs.netloc.rpartition("@")[2].rpartition(":")[0] or (
-                    theirs.netloc.rpartition("@")[2]
-                )
-                here = {self.hostname, self.hostname.split(".")[0], "localhost", "127.0.0.1", "::1"}
-                if host not in here:
-                    return False
-            if os.path.normpath(theirs.path) == os.path.normpath(mine.path):
-                return True
-            return os.path.samefile(theirs.path, mine.path)
-        except Exception:  # pylint: disable=broad-except
-            return False
+        return same_instance(uri, self.local_uri, self.hostname)
 
     def policy_metrics(self, policy):
         """What the pre-flight must ask for a policy: a site policy gets
