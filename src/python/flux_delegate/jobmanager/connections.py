@@ -19,7 +19,7 @@ from flux.constants import FLUX_POLLIN
 
 from . import current
 from .reactor import Timer, free_watcher, guard
-from .remote import NotSent, RemoteInstance
+from .remote import NotSent, RemoteInstance, close_handle
 
 #: Errors after which a connection is not reused.
 CONNECTION_ERRORS = {
@@ -257,9 +257,9 @@ class Connections:
         self.open = {}  # uri -> RemoteInstance
         self.waiters = {}  # uri -> [Waiter]
         self.opening = {}  # uri -> HelperTask of the attempt in progress
-        # Connections dropped after an error stay referenced: futures still
-        # in flight on them must not see their handle closed under them.
-        self.retired = []
+        # A connection lost is closed (RemoteInstance.close()), not kept:
+        # its futures keep its handle (flux_future_set_flux() takes a
+        # reference) for as long as they need it.
 
     def get(self, uri, on_open, on_error, job=None):
         """Call on_open(remote) with the connection to uri, once open, or
@@ -297,7 +297,8 @@ class Connections:
         waiters = self.waiters.pop(uri, [])
         if uri in self.open:
             # Two attempts both got through (one was given up on): keep
-            # the connection in use; this handle closes when collected.
+            # the connection in use.
+            close_handle(result)
             for waiter in waiters:
                 waiter.finish(self.open[uri], None)
             return
@@ -333,7 +334,6 @@ class Connections:
     def forget(self, remote, reason):
         if self.open.get(remote.uri) is remote:
             del self.open[remote.uri]
-        self.retired.append(remote)
         self.runtime.log(syslog.LOG_INFO, f"connection to {remote.uri} closed: {reason}")
 
     def close(self):

@@ -15,6 +15,7 @@ import time
 import weakref
 
 import flux
+import flux.future
 import flux.job
 from flux.constants import FLUX_POLLERR, FLUX_POLLIN, FLUX_POLLOUT
 from flux.core.inner import ffi, lib
@@ -78,6 +79,12 @@ class RemoteInstance:
     job-manager's thread as before.  No timers go on the handle's reactor
     (they would only run when a message arrives): timeouts are job-manager
     timers.
+
+    What it holds in the broker (the handle's socket and poll fds, its
+    reactor, a watcher on the job-manager's reactor) is let go by close(),
+    when the connection is lost: never left to the garbage collector,
+    which a future still awaiting an answer (flux's bindings keep those
+    for ever) would stop.
     """
 
     def __init__(self, uri, handle, runtime):
@@ -86,9 +93,12 @@ class RemoteInstance:
         self.runtime = runtime
         self.lost = None  # why the connection is gone, once it is
         self.listeners = set()  # jobs to tell if it is lost
-        self.reactor = lib.flux_reactor_create(0)
-        if self.reactor == ffi.NULL or lib.flux_set_reactor(handle.handle, self.reactor) < 0:
-            raise OSError(ffi.errno, f"cannot set up a reactor for {uri}")
+        # The handle's own reactor, made now (a handle opened by flux_open()
+        # has none yet) and destroyed with the handle: its last reference
+        # may be a future's, after the connection is closed.
+        self.reactor = lib.flux_get_reactor(handle.handle)
+        if self.reactor == ffi.NULL or self.reactor == lib.flux_get_reactor(runtime.handle.handle):
+            raise OSError(ffi.errno or errno.EINVAL, f"cannot set up a reactor for {uri}")
         fd = lib.flux_pollfd(handle.handle)
         if fd < 0:
             raise OSError(ffi.errno, f"cannot poll the connection to {uri}")
@@ -106,9 +116,11 @@ class RemoteInstance:
         # or to ssh), to see how much room its buffer has left.
         self.socket = SendBuffer.of_handle(fd)
         self.writable = None  # POLLOUT watcher while requests wait for room
-        # Watches (streaming futures) made on this connection: once it is
-        # lost, none may try to send its cancel when it is collected.
-        self.watches = weakref.WeakSet()
+        # Every future made on this connection, while it lives: once the
+        # connection is closed, none is answered any more (close()).
+        self.futures = weakref.WeakSet()
+        # Every request sent on it whose Outgoing lives (close()).
+        self.sent = weakref.WeakSet()
 
     def request(self, nbytes, send, callback, job=None, guarded=True):
         """Send a request: send(handle) -> future, whose answers go to
@@ -157,6 +169,8 @@ class RemoteInstance:
         outside request(), and would wait for room); otherwise, or on a
         lost connection, the watch is dropped without one (the target
         ends it when the connection goes, or the job's eventlog does)."""
+        if isinstance(future, FailedRequest):
+            return  # let go of already (its connection is closed)
         if not self.lost and self.fits(1024):
             try:
                 future.cancel(stop=True)
@@ -206,6 +220,8 @@ class RemoteInstance:
             if self.more is not None:
                 self.more.cancel()
                 self.more = None
+            if self.lost:
+                return  # closed: the handle is no longer ours
             extra = 2
             received = self.received()
             # A bounded turn: other events of the job-manager's reactor
@@ -218,6 +234,8 @@ class RemoteInstance:
                     return
                 if lib.flux_reactor_run(self.reactor, lib.FLUX_REACTOR_NOWAIT) < 0:
                     self.close("the connection was lost")
+                    return
+                if self.lost:
                     return
                 events = lib.flux_pollevents(self.handle.handle)
                 if events < 0 or events & FLUX_POLLERR:
@@ -243,20 +261,13 @@ class RemoteInstance:
         return c.response_rx + c.request_rx + c.event_rx + c.control_rx
 
     def close(self, reason):
-        """The connection is gone: stop watching it, fail what was asked of
-        it (no answer can come any more), and tell its jobs.  The handle
-        stays referenced (futures still point at it)."""
+        """The connection is gone: stop watching it, let go of its handle,
+        fail what was asked of it (no answer can come any more), and tell
+        its jobs."""
         if self.lost:
             return
         self.lost = reason
-        free_watcher(self.watcher)
-        self.stop_waiting_for_room()
-        for watch in list(self.watches):
-            # Its cancel request could only fail (a BrokenPipeError
-            # printed on the broker's stderr when the future is collected).
-            watch.needs_cancel = False
-        if self.more is not None:
-            self.more.cancel()
+        self.let_go()
         self.runtime.connections.forget(self, reason)
         queued, self.queue = self.queue, []
         in_flight, self.in_flight = list(self.in_flight), set()
@@ -269,6 +280,62 @@ class RemoteInstance:
             )
         for job in list(self.listeners):
             guard(job.connection_lost, job, self.runtime)(self, reason)
+        # Answered requests too: a job keeps its requests (a submit, long
+        # after its answer), and their futures would keep the handle.
+        for outgoing in list(self.sent):
+            outgoing.drop(reason)
+
+    def let_go(self):
+        """Stop watching the connection and close it: its watchers on the
+        job-manager's reactor are destroyed, then every future made on it
+        (forget(): each holds a reference to the handle), and the handle is
+        closed, which destroys it and its reactor."""
+        free_watcher(self.watcher)
+        self.stop_waiting_for_room()
+        if self.more is not None:
+            self.more.cancel()
+            self.more = None
+        for future in list(self.futures):
+            forget(future)
+        handle, self.handle = self.handle, None
+        self.reactor = None  # the handle's: not to be run any more
+        self.socket = None  # its fd number may be another file's soon
+        close_handle(handle)
+
+
+def forget(future):
+    """A future made on a connection being closed: destroyed now (its
+    answers, if any are still to come, are never read; no callback runs).
+
+    flux's bindings would keep it for ever: they hold every future with a
+    continuation until its last answer (flux.future._THEN_HANDLES), which
+    on a closed connection never comes; and, as each refers to itself
+    (the handle its continuation gets), even one let go of waits for the
+    garbage collector.  Meanwhile it would keep its connection's handle
+    (flux_future_set_flux() takes a reference) and with it the socket and
+    reactor.  So it is taken out of that table, marked as needing no
+    cancel request (one sent when it is collected would go to a closed
+    connection and fail on the broker's stderr), and destroyed
+    (flux_future_destroy(), what leaving 'with future:' does): no
+    continuation runs for it any more, and libflux drops answers that
+    still come for it."""
+    if hasattr(future, "needs_cancel"):
+        future.needs_cancel = False
+    future.stop()
+    future.delegate_unanswered = None
+    pending = getattr(flux.future, "_THEN_HANDLES", None)
+    if pending is not None:
+        pending.pop(future, None)
+    future.__exit__(None, None, None)
+
+
+def close_handle(handle):
+    """Close a handle this plugin opened (flux_close(): it is destroyed
+    with its last reference).  flux's Flux.close() refuses, lest the handle
+    be closed again when the wrapper is collected; leaving the wrapper's
+    context (what 'with flux.Flux(uri) as h:' does) closes it once and
+    marks it closed."""
+    handle.__exit__(None, None, None)
 
 
 class Outgoing:
@@ -304,8 +371,8 @@ class Outgoing:
             self.fail(exc)  # not sent (e.g. the connection broke)
             return
         self.future = future
-        if hasattr(future, "needs_cancel"):
-            self.remote.watches.add(future)
+        self.remote.futures.add(future)
+        self.remote.sent.add(self)
         self.remote.unanswered += self.nbytes
         self.remote.in_flight.add(self)
         future.delegate_unanswered = self
@@ -313,6 +380,18 @@ class Outgoing:
             then(future, self.callback, job=self.job)
         else:
             future.then(self.callback)
+
+    def drop(self, reason):
+        """Its connection is closed (lost, or the plugin unloaded): let go
+        of the request's future, answered or not (a future keeps its
+        handle); what is left answers as a lost connection would."""
+        self.remote.in_flight.discard(self)
+        future = self.future
+        if future is not None and not isinstance(future, FailedRequest):
+            forget(future)
+            self.future = FailedRequest(
+                OSError(errno.ECONNRESET, f"the connection was lost: {reason}"), sent=True
+            )
 
     def withdraw(self):
         """Withdraw the request if it is still queued; True if it was."""
