@@ -11,6 +11,7 @@ import signal
 import socket
 import syslog
 import threading
+import weakref
 
 import flux
 import flux.job
@@ -257,9 +258,10 @@ class Connections:
         self.open = {}  # uri -> RemoteInstance
         self.waiters = {}  # uri -> [Waiter]
         self.opening = {}  # uri -> HelperTask of the attempt in progress
-        # A connection lost is closed (RemoteInstance.close()), not kept:
-        # its futures keep its handle (flux_future_set_flux() takes a
-        # reference) for as long as they need it.
+        # Every connection this load made, while referenced (a lost one,
+        # by the jobs that used it): closed at unload, if not already.  A
+        # lost one is closed (RemoteInstance.close()), not kept.
+        self.made = weakref.WeakSet()
 
     def get(self, uri, on_open, on_error, job=None):
         """Call on_open(remote) with the connection to uri, once open, or
@@ -312,6 +314,7 @@ class Connections:
                 waiter.finish(None, message)
             return
         self.open[uri] = remote
+        self.made.add(remote)
         self.runtime.log(syslog.LOG_INFO, f"connected to {uri}")
         for waiter in waiters:
             waiter.finish(remote, None)
@@ -337,8 +340,22 @@ class Connections:
         self.runtime.log(syslog.LOG_INFO, f"connection to {remote.uri} closed: {reason}")
 
     def close(self):
+        """Unload: no more connects (Helpers.close() ends those started),
+        and every connection closed (RemoteInstance.shutdown())."""
         for attempt in self.opening.values():
             attempt.withdraw()
+        self.opening.clear()
+        for waiters in self.waiters.values():
+            for waiter in waiters:
+                waiter.timer.cancel()
+        self.waiters.clear()
+        self.open.clear()
+        for remote in list(self.made):
+            remote.shutdown()
+
+    def draining(self):
+        """Connections still open after the unload (RemoteInstance.shutdown())."""
+        return [remote for remote in self.made if remote.draining is not None]
 
 
 class Waiter:

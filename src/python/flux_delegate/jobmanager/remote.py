@@ -82,9 +82,9 @@ class RemoteInstance:
 
     What it holds in the broker (the handle's socket and poll fds, its
     reactor, a watcher on the job-manager's reactor) is let go by close(),
-    when the connection is lost: never left to the garbage collector,
-    which a future still awaiting an answer (flux's bindings keep those
-    for ever) would stop.
+    when the connection is lost, and shutdown(), when the plugin is
+    unloaded: never left to the garbage collector, which a future still
+    awaiting an answer (flux's bindings keep those for ever) would stop.
     """
 
     def __init__(self, uri, handle, runtime):
@@ -116,10 +116,12 @@ class RemoteInstance:
         # or to ssh), to see how much room its buffer has left.
         self.socket = SendBuffer.of_handle(fd)
         self.writable = None  # POLLOUT watcher while requests wait for room
+        self.draining = None  # Timer: unloaded, closed once answered (shutdown())
+        self.drain_check = None
         # Every future made on this connection, while it lives: once the
         # connection is closed, none is answered any more (close()).
         self.futures = weakref.WeakSet()
-        # Every request sent on it whose Outgoing lives (close()).
+        # Every request sent on it whose Outgoing lives (shutdown()).
         self.sent = weakref.WeakSet()
 
     def request(self, nbytes, send, callback, job=None, guarded=True):
@@ -203,6 +205,7 @@ class RemoteInstance:
     def release(self, nbytes):
         self.unanswered = max(0, self.unanswered - nbytes)
         self.flush()
+        self.check_drained()
 
     def on_ready(self, *unused):
         """Run the handle's reactor until it has nothing more to do now;
@@ -284,6 +287,86 @@ class RemoteInstance:
         # after its answer), and their futures would keep the handle.
         for outgoing in list(self.sent):
             outgoing.drop(reason)
+        if self.draining is not None:  # unloaded: nothing more to await
+            self.drained()
+
+    def shutdown(self):
+        """The plugin is unloaded: close the connection (the target then
+        ends the watches made on it) and let go of every future made on it.
+
+        Requests whose answer is acted on even after an unload (a submit:
+        a remote job created for a local job that has ended meanwhile is
+        canceled, one for a job still waiting is logged for the next load
+        to find) keep the connection open until they are answered, for at
+        most twice submit-timeout: by then the next load looks on the
+        target for that job itself (Recovery).  Nothing else is answered:
+        no callback of an unloaded plugin runs, requests still queued are
+        never sent (the next load submits or follows again), and the next
+        load follows its jobs on a connection of its own."""
+        self.listeners.clear()
+        for outgoing in self.queue:
+            outgoing.canceled = True
+        self.queue = []
+        self.stop_waiting_for_room()
+        for outgoing in list(self.sent):
+            if outgoing.guarded:
+                outgoing.drop(UNLOADED)
+        if not self.lost and self.awaited():
+            # Not guard()ed: these run after the unload, on purpose.
+            self.draining = Timer(
+                2 * self.runtime.submit_timeout, self.safely(self.drained), self.runtime
+            )
+            return
+        self.drained()
+
+    def awaited(self):
+        """Whether a request acted on after an unload is still unanswered."""
+        return any(not outgoing.guarded for outgoing in self.in_flight)
+
+    def check_drained(self):
+        """After an answer, while draining (see shutdown()): closed once
+        nothing awaited is left.  Checked on the next pass of the reactor,
+        never in the answer's callback: that callback may send another
+        request (a withdraw) that must get out first."""
+        if self.draining is not None and self.drain_check is None:
+            self.drain_check = Timer(0.0, self.safely(self.after_answer), self.runtime)
+
+    def after_answer(self):
+        self.drain_check = None
+        if self.draining is not None and (self.lost or not self.awaited()):
+            self.drained()
+
+    def drained(self):
+        """Unloaded, and nothing more awaited: close the connection now."""
+        for timer in (self.draining, self.drain_check):
+            if timer is not None:
+                timer.cancel()
+        self.draining = self.drain_check = None
+        if not self.lost:
+            self.lost = UNLOADED
+            self.let_go()
+        self.queue, self.in_flight = [], set()
+        for outgoing in list(self.sent):
+            outgoing.drop(UNLOADED)
+
+    def safely(self, callback):
+        """callback, for a timer of a connection that outlives its
+        plugin's unload: an error is logged, and goes no further."""
+
+        def run(*unused):
+            try:
+                callback()
+            except Exception:  # pylint: disable=broad-except
+                self.runtime.log_exception(f"connection to {self.uri}")
+
+        return run
+
+    def watchers(self):
+        """Its watchers on the job-manager's reactor (the fd watcher, and
+        timers: see Runtime.unload())."""
+        timers = (self.more, self.draining, self.drain_check)
+        found = [self.watcher, self.writable] + [t.watcher for t in timers if t is not None]
+        return {w for w in found if w is not None}
 
     def let_go(self):
         """Stop watching the connection and close it: its watchers on the
@@ -318,7 +401,7 @@ def forget(future):
     connection and fail on the broker's stderr), and destroyed
     (flux_future_destroy(), what leaving 'with future:' does): no
     continuation runs for it any more, and libflux drops answers that
-    still come for it."""
+    still come for it (while a connection drains: see shutdown())."""
     if hasattr(future, "needs_cancel"):
         future.needs_cancel = False
     future.stop()
@@ -417,6 +500,10 @@ class FailedRequest:
 
     def cancel(self, stop=False):
         pass
+
+
+#: Why a connection closed at unload is closed.
+UNLOADED = "the plugin was unloaded"
 
 
 #: Where the socket of a connection cannot be found: bytes of requests a
