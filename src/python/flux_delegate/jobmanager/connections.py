@@ -59,7 +59,8 @@ class Helpers:
         self.waiting = collections.deque()  # HelperTasks not started yet
         self.running = set()  # started, result not handled yet
         self.results = queue.SimpleQueue()
-        self.lock = threading.Lock()  # running, closed, the pipe's write end
+        self.lock = threading.Lock()  # threads, closed, the pipe's write end
+        self.threads_alive = 0  # threads that may still write to the pipe
         self.closed = False
         self.rfd, self.wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.watcher = runtime.handle.fd_watcher_create(
@@ -81,6 +82,7 @@ class Helpers:
                 continue
             with self.lock:
                 self.running.add(task)
+                self.threads_alive += 1
             task.launched = True  # no withdrawing it from now on
             thread = threading.Thread(target=task.run, name=f"delegate-{task.name}")
             thread.daemon = True
@@ -113,7 +115,9 @@ class Helpers:
     def close(self):
         """Unload: no more results.  Threads still running finish on their
         own; the last one closes the pipe's write end (closing it under
-        them would let a write land in whatever file reuses its number)."""
+        them would let a write land in whatever file reuses its number).
+        A result already posted and not handled yet (a connection opened)
+        is closed here: nobody takes it any more."""
         self.waiting.clear()
         free_watcher(self.watcher)
         for task in list(self.running):
@@ -121,8 +125,15 @@ class Helpers:
         with self.lock:
             self.closed = True
             os.close(self.rfd)
-            if not self.running:
+            if not self.threads_alive:
                 os.close(self.wfd)
+        while True:
+            try:
+                unused, result = self.results.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(result, flux.Flux):
+                close_handle(result)
 
 
 class HelperTask:
@@ -161,10 +172,13 @@ class HelperTask:
             result = exc
         helpers = self.helpers
         with helpers.lock:
+            helpers.threads_alive -= 1
             if helpers.closed:
                 helpers.running.discard(self)
-                if not helpers.running:
+                if not helpers.threads_alive:
                     os.close(helpers.wfd)
+                if isinstance(result, flux.Flux):
+                    close_handle(result)  # here: no reactor has it
                 return
             helpers.results.put((self, result))
             try:
