@@ -2,8 +2,11 @@
 jobtap load delegate.so', again and again with connections open and jobs
 followed across it, does not make the broker hold more open files."""
 
+import time
+
 import pytest
 from flux_instance import fds_grown, settled_fds
+from test_recovery import SUBMIT_TIMEOUT, SlowTarget
 
 pytestmark = pytest.mark.integration
 
@@ -65,3 +68,29 @@ def test_reloads_leave_no_open_files_behind(quiet_source, target):
     # nothing, not even where no one would see it but the broker's stderr.
     assert "Traceback" not in source.dmesg()
     assert "Exception ignored" not in source.broker_log()
+
+
+def test_a_connection_kept_for_a_late_answer_is_closed_once_answered(request, quiet_source):
+    """Unloaded while a submit is in flight for a job canceled meanwhile:
+    the connection stays open for the answer (the job the target makes
+    anyway is canceled there), then is closed."""
+    source = quiet_source
+    pid = int(source.run("getattr", "broker.pid").stdout)
+    target = SlowTarget(request)
+    target.set(sleep=6, reject=0)  # to accept a job: time to look meanwhile
+    source.load_plugin(None, f"submit-timeout={SUBMIT_TIMEOUT}")
+    before = settled_fds(pid)
+    jobid = source.submit(f"--dependency=delegate:{target.instance.uri}", "sleep", "300")
+    source.wait_event(jobid, "delegate-choice")
+    source.run("cancel", jobid)
+    source.wait_event(jobid, "clean")
+    source.remove_plugin()
+    assert fds_grown(before, settled_fds(pid)).get("socket") == 1  # kept open
+    source.load_plugin(None, f"submit-timeout={SUBMIT_TIMEOUT}")
+
+    deadline = time.time() + 30
+    while not (target.jobs() and target.jobs()[0][1] == "CANCELED"):
+        assert time.time() < deadline, target.jobs()
+        time.sleep(0.2)
+    after = settled_fds(pid, at_most=before)
+    assert not fds_grown(before, after), f"{dict(before)} -> {dict(after)}"
