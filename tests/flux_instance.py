@@ -232,12 +232,15 @@ class FluxInstance(FluxClient):
         self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
 
-    def broker_log(self):
+    def broker_log(self, tail=4000):
+        """The broker's stdout and stderr: its last 'tail' characters, or
+        all of it (tail=None)."""
         try:
             with open(os.path.join(self.dir, "broker.log")) as fp:
-                return fp.read()[-4000:]
+                text = fp.read()
         except OSError:
             return ""
+        return text if tail is None else text[-tail:]
 
     # -- the plugin under test -------------------------------------------------
 
