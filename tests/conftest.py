@@ -99,3 +99,14 @@ def source(request):
 def fresh_source(request):
     """A source instance of its own for one test, plugin not loaded."""
     return start_instance(request, name="fresh-source")
+
+
+@pytest.fixture
+def quiet_source(request):
+    """A source instance of its own, plugin not loaded, whose broker opens
+    and closes no files by itself after a submit: its job-ingest runs no
+    validator (a process it keeps, with three sockets to it, for 5 s after
+    the last submit).  For tests that count the broker's open files."""
+    return start_instance(
+        request, name="quiet-source", config="[ingest.validator]\ndisable = true\n"
+    )

@@ -6,6 +6,7 @@ program that writes the instance's URI to a file and then waits until a
 it needs and stop it cleanly.  Commands are run against it with FLUX_URI.
 """
 
+import collections
 import json
 import os
 import shlex
@@ -231,12 +232,15 @@ class FluxInstance(FluxClient):
         self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
 
-    def broker_log(self):
+    def broker_log(self, tail=4000):
+        """The broker's stdout and stderr: its last 'tail' characters, or
+        all of it (tail=None)."""
         try:
             with open(os.path.join(self.dir, "broker.log")) as fp:
-                return fp.read()[-4000:]
+                text = fp.read()
         except OSError:
             return ""
+        return text if tail is None else text[-tail:]
 
     # -- the plugin under test -------------------------------------------------
 
@@ -248,3 +252,44 @@ class FluxInstance(FluxClient):
 
     def remove_plugin(self):
         return self.run("jobtap", "remove", "delegate.so")
+
+
+def broker_fds(pid):
+    """The broker's open files by kind: pipe, socket, anon_inode:[eventpoll],
+    anon_inode:[eventfd], ... and file (everything else)."""
+    kinds = collections.Counter()
+    for name in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            link = os.readlink(f"/proc/{pid}/fd/{name}")
+        except FileNotFoundError:  # closed while listed
+            continue
+        if link.startswith(("pipe:", "socket:")):
+            kinds[link.split(":")[0]] += 1
+        elif link.startswith("anon_inode:"):
+            kinds[link] += 1
+        else:
+            kinds["file"] += 1
+    return kinds
+
+
+def fds_grown(before, after):
+    """{kind: how many more} of what after has more of than before."""
+    return {kind: after[kind] - before[kind] for kind in after if after[kind] > before[kind]}
+
+
+def settled_fds(pid, at_most=None, timeout=10):
+    """broker_fds() once it is steady: three reads 0.2 s apart agree and,
+    given at_most, nothing has grown from it, if it comes to that within
+    timeout (a leak stays, a late close does not).  For counts that mean
+    something, the broker's job-ingest must run no validator (see
+    conftest.quiet_source): it keeps the validator's process, and sockets
+    to it, for 5 s after the last submit."""
+    deadline = time.time() + timeout
+    reads = [broker_fds(pid)]
+    while time.time() < deadline:
+        time.sleep(0.2)
+        reads.append(broker_fds(pid))
+        steady = len(reads) >= 3 and reads[-1] == reads[-2] == reads[-3]
+        if steady and (at_most is None or not fds_grown(at_most, reads[-1])):
+            break
+    return reads[-1]

@@ -8,7 +8,7 @@ import tempfile
 
 import pytest
 from conftest import start_instance
-from flux_instance import FluxInstance
+from flux_instance import FluxInstance, fds_grown, settled_fds
 
 pytestmark = pytest.mark.integration
 
@@ -32,6 +32,35 @@ def test_target_killed_while_running_a_job(fresh_source):
     assert "cannot reconnect" in exc["note"]
     assert fresh_source.status(fresh_source.submit("true"), timeout=10) == 0
     assert fresh_source.run("jobtap", "list").stdout.strip() == "delegate.so"
+
+
+def test_lost_connections_are_not_kept(quiet_source):
+    """A connection lost with its target is closed at once: its socket,
+    poll fds and reactor are not kept for as long as the broker runs, and a
+    target lost again and again does not make the broker hold more."""
+    pid = int(quiet_source.run("getattr", "broker.pid").stdout)
+    quiet_source.load_plugin(None, "reconnect-timeout=1", "reconnect-interval=0.5")
+    assert quiet_source.status(quiet_source.submit("true")) == 0
+    before = settled_fds(pid)
+    for i in range(3):
+        target = FluxInstance(name=f"lost-{i}").start()
+        try:
+            tpid = int(target.run("getattr", "broker.pid").stdout)
+            jobid = quiet_source.submit(f"--dependency=delegate:{target.uri}", "sleep", "300")
+            rid = str(quiet_source.wait_event(jobid, "delegated")["context"]["jobid"])
+            target.wait_event(rid, "start")
+            os.kill(tpid, signal.SIGKILL)
+        finally:
+            target.cleanup()
+        quiet_source.wait_event(jobid, "clean", timeout=30)
+        assert "lost contact" in quiet_source.exception(jobid)["note"]
+    after = settled_fds(pid, at_most=before)
+    grown = fds_grown(before, after)
+    assert not grown, f"3 lost connections: {dict(before)} -> {dict(after)}"
+    assert quiet_source.dmesg().count("connection to local://") >= 3
+    # Destroying the futures on them raised nothing, even on stderr.
+    assert "Traceback" not in quiet_source.dmesg()
+    assert "Exception ignored" not in quiet_source.broker_log(tail=None)
 
 
 def test_target_restart_is_followed_through(request, fresh_source):

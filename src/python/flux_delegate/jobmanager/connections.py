@@ -11,6 +11,7 @@ import signal
 import socket
 import syslog
 import threading
+import weakref
 
 import flux
 import flux.job
@@ -18,7 +19,7 @@ import flux.uri
 from flux.constants import FLUX_POLLIN
 
 from .reactor import Timer, free_watcher, guard
-from .remote import NotSent, RemoteInstance
+from .remote import NotSent, RemoteInstance, close_handle
 
 #: Errors after which a connection is not reused.
 CONNECTION_ERRORS = {
@@ -57,7 +58,8 @@ class Helpers:
         self.waiting = collections.deque()  # HelperTasks not started yet
         self.running = set()  # started, result not handled yet
         self.results = queue.SimpleQueue()
-        self.lock = threading.Lock()  # running, closed, the pipe's write end
+        self.lock = threading.Lock()  # threads, closed, the pipe's write end
+        self.threads_alive = 0  # threads that may still write to the pipe
         self.closed = False
         self.rfd, self.wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.watcher = runtime.handle.fd_watcher_create(
@@ -79,6 +81,7 @@ class Helpers:
                 continue
             with self.lock:
                 self.running.add(task)
+                self.threads_alive += 1
             task.launched = True  # no withdrawing it from now on
             thread = threading.Thread(target=task.run, name=f"delegate-{task.name}")
             thread.daemon = True
@@ -111,7 +114,9 @@ class Helpers:
     def close(self):
         """Unload: no more results.  Threads still running finish on their
         own; the last one closes the pipe's write end (closing it under
-        them would let a write land in whatever file reuses its number)."""
+        them would let a write land in whatever file reuses its number).
+        A result already posted and not handled yet (a connection opened)
+        is closed here: nobody takes it any more."""
         self.waiting.clear()
         free_watcher(self.watcher)
         for task in list(self.running):
@@ -119,8 +124,15 @@ class Helpers:
         with self.lock:
             self.closed = True
             os.close(self.rfd)
-            if not self.running:
+            if not self.threads_alive:
                 os.close(self.wfd)
+        while True:
+            try:
+                unused, result = self.results.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(result, flux.Flux):
+                close_handle(result)
 
 
 class HelperTask:
@@ -159,10 +171,13 @@ class HelperTask:
             result = exc
         helpers = self.helpers
         with helpers.lock:
+            helpers.threads_alive -= 1
             if helpers.closed:
                 helpers.running.discard(self)
-                if not helpers.running:
+                if not helpers.threads_alive:
                     os.close(helpers.wfd)
+                if isinstance(result, flux.Flux):
+                    close_handle(result)  # here: no reactor has it
                 return
             helpers.results.put((self, result))
             try:
@@ -256,9 +271,10 @@ class Connections:
         self.open = {}  # uri -> RemoteInstance
         self.waiters = {}  # uri -> [Waiter]
         self.opening = {}  # uri -> HelperTask of the attempt in progress
-        # Connections dropped after an error stay referenced: futures still
-        # in flight on them must not see their handle closed under them.
-        self.retired = []
+        # Every connection this load made, while referenced (a lost one,
+        # by the jobs that used it): closed at unload, if not already.  A
+        # lost one is closed (RemoteInstance.close()), not kept.
+        self.made = weakref.WeakSet()
 
     def get(self, uri, on_open, on_error, job=None):
         """Call on_open(remote) with the connection to uri, once open, or
@@ -296,7 +312,8 @@ class Connections:
         waiters = self.waiters.pop(uri, [])
         if uri in self.open:
             # Two attempts both got through (one was given up on): keep
-            # the connection in use; this handle closes when collected.
+            # the connection in use.
+            close_handle(result)
             for waiter in waiters:
                 waiter.finish(self.open[uri], None)
             return
@@ -310,6 +327,7 @@ class Connections:
                 waiter.finish(None, message)
             return
         self.open[uri] = remote
+        self.made.add(remote)
         self.runtime.log(syslog.LOG_INFO, f"connected to {uri}")
         for waiter in waiters:
             waiter.finish(remote, None)
@@ -332,12 +350,25 @@ class Connections:
     def forget(self, remote, reason):
         if self.open.get(remote.uri) is remote:
             del self.open[remote.uri]
-        self.retired.append(remote)
         self.runtime.log(syslog.LOG_INFO, f"connection to {remote.uri} closed: {reason}")
 
     def close(self):
+        """Unload: no more connects (Helpers.close() ends those started),
+        and every connection closed (RemoteInstance.shutdown())."""
         for attempt in self.opening.values():
             attempt.withdraw()
+        self.opening.clear()
+        for waiters in self.waiters.values():
+            for waiter in waiters:
+                waiter.timer.cancel()
+        self.waiters.clear()
+        self.open.clear()
+        for remote in list(self.made):
+            remote.shutdown()
+
+    def draining(self):
+        """Connections still open after the unload (RemoteInstance.shutdown())."""
+        return [remote for remote in self.made if remote.draining is not None]
 
 
 class Waiter:

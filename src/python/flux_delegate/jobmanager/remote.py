@@ -15,6 +15,7 @@ import time
 import weakref
 
 import flux
+import flux.future
 import flux.job
 from flux.constants import FLUX_POLLERR, FLUX_POLLIN, FLUX_POLLOUT
 from flux.core.inner import ffi, lib
@@ -78,6 +79,12 @@ class RemoteInstance:
     job-manager's thread as before.  No timers go on the handle's reactor
     (they would only run when a message arrives): timeouts are job-manager
     timers.
+
+    What it holds in the broker (the handle's socket and poll fds, its
+    reactor, a watcher on the job-manager's reactor) is let go by close(),
+    when the connection is lost, and shutdown(), when the plugin is
+    unloaded: never left to the garbage collector, which a future still
+    awaiting an answer (flux's bindings keep those for ever) would stop.
     """
 
     def __init__(self, uri, handle, runtime):
@@ -86,9 +93,12 @@ class RemoteInstance:
         self.runtime = runtime
         self.lost = None  # why the connection is gone, once it is
         self.listeners = set()  # jobs to tell if it is lost
-        self.reactor = lib.flux_reactor_create(0)
-        if self.reactor == ffi.NULL or lib.flux_set_reactor(handle.handle, self.reactor) < 0:
-            raise OSError(ffi.errno, f"cannot set up a reactor for {uri}")
+        # The handle's own reactor, made now (a handle opened by flux_open()
+        # has none yet) and destroyed with the handle: its last reference
+        # may be a future's, after the connection is closed.
+        self.reactor = lib.flux_get_reactor(handle.handle)
+        if self.reactor == ffi.NULL or self.reactor == lib.flux_get_reactor(runtime.handle.handle):
+            raise OSError(ffi.errno or errno.EINVAL, f"cannot set up a reactor for {uri}")
         fd = lib.flux_pollfd(handle.handle)
         if fd < 0:
             raise OSError(ffi.errno, f"cannot poll the connection to {uri}")
@@ -106,9 +116,13 @@ class RemoteInstance:
         # or to ssh), to see how much room its buffer has left.
         self.socket = SendBuffer.of_handle(fd)
         self.writable = None  # POLLOUT watcher while requests wait for room
-        # Watches (streaming futures) made on this connection: once it is
-        # lost, none may try to send its cancel when it is collected.
-        self.watches = weakref.WeakSet()
+        self.draining = None  # Timer: unloaded, closed once answered (shutdown())
+        self.drain_check = None
+        # Every future made on this connection, while it lives: once the
+        # connection is closed, none is answered any more (close()).
+        self.futures = weakref.WeakSet()
+        # Every request sent on it whose Outgoing lives (shutdown()).
+        self.sent = weakref.WeakSet()
 
     def request(self, nbytes, send, callback, job=None, guarded=True):
         """Send a request: send(handle) -> future, whose answers go to
@@ -157,6 +171,8 @@ class RemoteInstance:
         outside request(), and would wait for room); otherwise, or on a
         lost connection, the watch is dropped without one (the target
         ends it when the connection goes, or the job's eventlog does)."""
+        if isinstance(future, FailedRequest):
+            return  # let go of already (its connection is closed)
         if not self.lost and self.fits(1024):
             try:
                 future.cancel(stop=True)
@@ -189,6 +205,7 @@ class RemoteInstance:
     def release(self, nbytes):
         self.unanswered = max(0, self.unanswered - nbytes)
         self.flush()
+        self.check_drained()
 
     def on_ready(self, *unused):
         """Run the handle's reactor until it has nothing more to do now;
@@ -206,6 +223,8 @@ class RemoteInstance:
             if self.more is not None:
                 self.more.cancel()
                 self.more = None
+            if self.lost:
+                return  # closed: the handle is no longer ours
             extra = 2
             received = self.received()
             # A bounded turn: other events of the job-manager's reactor
@@ -218,6 +237,8 @@ class RemoteInstance:
                     return
                 if lib.flux_reactor_run(self.reactor, lib.FLUX_REACTOR_NOWAIT) < 0:
                     self.close("the connection was lost")
+                    return
+                if self.lost:
                     return
                 events = lib.flux_pollevents(self.handle.handle)
                 if events < 0 or events & FLUX_POLLERR:
@@ -243,20 +264,13 @@ class RemoteInstance:
         return c.response_rx + c.request_rx + c.event_rx + c.control_rx
 
     def close(self, reason):
-        """The connection is gone: stop watching it, fail what was asked of
-        it (no answer can come any more), and tell its jobs.  The handle
-        stays referenced (futures still point at it)."""
+        """The connection is gone: stop watching it, let go of its handle,
+        fail what was asked of it (no answer can come any more), and tell
+        its jobs."""
         if self.lost:
             return
         self.lost = reason
-        free_watcher(self.watcher)
-        self.stop_waiting_for_room()
-        for watch in list(self.watches):
-            # Its cancel request could only fail (a BrokenPipeError
-            # printed on the broker's stderr when the future is collected).
-            watch.needs_cancel = False
-        if self.more is not None:
-            self.more.cancel()
+        self.let_go()
         self.runtime.connections.forget(self, reason)
         queued, self.queue = self.queue, []
         in_flight, self.in_flight = list(self.in_flight), set()
@@ -269,6 +283,142 @@ class RemoteInstance:
             )
         for job in list(self.listeners):
             guard(job.connection_lost, job, self.runtime)(self, reason)
+        # Answered requests too: a job keeps its requests (a submit, long
+        # after its answer), and their futures would keep the handle.
+        for outgoing in list(self.sent):
+            outgoing.drop(reason)
+        if self.draining is not None:  # unloaded: nothing more to await
+            self.drained()
+
+    def shutdown(self):
+        """The plugin is unloaded: close the connection (the target then
+        ends the watches made on it) and let go of every future made on it.
+
+        Requests whose answer is acted on even after an unload (a submit:
+        a remote job created for a local job that has ended meanwhile is
+        canceled, one for a job still waiting is logged for the next load
+        to find) keep the connection open until they are answered, for at
+        most twice submit-timeout: by then the next load looks on the
+        target for that job itself (Recovery).  Nothing else is answered:
+        no callback of an unloaded plugin runs, requests still queued are
+        never sent (the next load submits or follows again), and the next
+        load follows its jobs on a connection of its own."""
+        self.listeners.clear()
+        for outgoing in self.queue:
+            outgoing.canceled = True
+        self.queue = []
+        self.stop_waiting_for_room()
+        for outgoing in list(self.sent):
+            if outgoing.guarded:
+                outgoing.drop(UNLOADED)
+        if not self.lost and self.awaited():
+            # Not guard()ed: these run after the unload, on purpose.
+            self.draining = Timer(
+                2 * self.runtime.submit_timeout, self.safely(self.drained), self.runtime
+            )
+            return
+        self.drained()
+
+    def awaited(self):
+        """Whether a request acted on after an unload is still unanswered."""
+        return any(not outgoing.guarded for outgoing in self.in_flight)
+
+    def check_drained(self):
+        """After an answer, while draining (see shutdown()): closed once
+        nothing awaited is left.  Checked on the next pass of the reactor,
+        never in the answer's callback: that callback may send another
+        request (a withdraw) that must get out first."""
+        if self.draining is not None and self.drain_check is None:
+            self.drain_check = Timer(0.0, self.safely(self.after_answer), self.runtime)
+
+    def after_answer(self):
+        self.drain_check = None
+        if self.draining is not None and (self.lost or not self.awaited()):
+            self.drained()
+
+    def drained(self):
+        """Unloaded, and nothing more awaited: close the connection now."""
+        for timer in (self.draining, self.drain_check):
+            if timer is not None:
+                timer.cancel()
+        self.draining = self.drain_check = None
+        if not self.lost:
+            self.lost = UNLOADED
+            self.let_go()
+        self.queue, self.in_flight = [], set()
+        for outgoing in list(self.sent):
+            outgoing.drop(UNLOADED)
+
+    def safely(self, callback):
+        """callback, for a timer of a connection that outlives its
+        plugin's unload: an error is logged, and goes no further."""
+
+        def run(*unused):
+            try:
+                callback()
+            except Exception:  # pylint: disable=broad-except
+                self.runtime.log_exception(f"connection to {self.uri}")
+
+        return run
+
+    def watchers(self):
+        """Its watchers on the job-manager's reactor (the fd watcher, and
+        timers: see Runtime.unload())."""
+        timers = (self.more, self.draining, self.drain_check)
+        found = [self.watcher, self.writable] + [t.watcher for t in timers if t is not None]
+        return {w for w in found if w is not None}
+
+    def let_go(self):
+        """Stop watching the connection and close it: its watchers on the
+        job-manager's reactor are destroyed, then every future made on it
+        (forget(): each holds a reference to the handle), and the handle is
+        closed, which destroys it and its reactor."""
+        free_watcher(self.watcher)
+        self.stop_waiting_for_room()
+        if self.more is not None:
+            self.more.cancel()
+            self.more = None
+        for future in list(self.futures):
+            forget(future)
+        handle, self.handle = self.handle, None
+        self.reactor = None  # the handle's: not to be run any more
+        self.socket = None  # its fd number may be another file's soon
+        close_handle(handle)
+
+
+def forget(future):
+    """A future made on a connection being closed: destroyed now (its
+    answers, if any are still to come, are never read; no callback runs).
+
+    flux's bindings would keep it for ever: they hold every future with a
+    continuation until its last answer (flux.future._THEN_HANDLES), which
+    on a closed connection never comes; and, as each refers to itself
+    (the handle its continuation gets), even one let go of waits for the
+    garbage collector.  Meanwhile it would keep its connection's handle
+    (flux_future_set_flux() takes a reference) and with it the socket and
+    reactor.  So it is taken out of that table, marked as needing no
+    cancel request (one sent when it is collected would go to a closed
+    connection and fail on the broker's stderr), and destroyed
+    (flux_future_destroy(), what leaving 'with future:' does): no
+    continuation runs for it any more, and libflux drops answers that
+    still come for it (while a connection drains: see shutdown())."""
+    if hasattr(future, "needs_cancel"):
+        future.needs_cancel = False
+    future.stop()
+    future.delegate_unanswered = None
+    pending = getattr(flux.future, "_THEN_HANDLES", None)
+    if pending is not None:
+        pending.pop(future, None)
+    future.__exit__(None, None, None)
+
+
+def close_handle(handle):
+    """Close a handle this plugin opened (flux_close(): it is destroyed
+    with its last reference).  flux's Flux.close() refuses, lest the handle
+    be closed again when the wrapper is collected; leaving the wrapper's
+    context (what 'with flux.Flux(uri) as h:' does) closes it once and
+    marks it closed."""
+    handle.__exit__(None, None, None)
 
 
 class Outgoing:
@@ -304,12 +454,24 @@ class Outgoing:
             self.fail(exc)  # not sent (e.g. the connection broke)
             return
         self.future = future
-        if hasattr(future, "needs_cancel"):
-            self.remote.watches.add(future)
+        self.remote.futures.add(future)
+        self.remote.sent.add(self)
         self.remote.unanswered += self.nbytes
         self.remote.in_flight.add(self)
         future.delegate_unanswered = self
         then(future, self.callback, job=self.job, guarded=self.guarded)
+
+    def drop(self, reason):
+        """Its connection is closed (lost, or the plugin unloaded): let go
+        of the request's future, answered or not (a future keeps its
+        handle); what is left answers as a lost connection would."""
+        self.remote.in_flight.discard(self)
+        future = self.future
+        if future is not None and not isinstance(future, FailedRequest):
+            forget(future)
+            self.future = FailedRequest(
+                OSError(errno.ECONNRESET, f"the connection was lost: {reason}"), sent=True
+            )
 
     def withdraw(self):
         """Withdraw the request if it is still queued; True if it was."""
@@ -335,6 +497,10 @@ class FailedRequest:
 
     def cancel(self, stop=False):
         pass
+
+
+#: Why a connection closed at unload is closed.
+UNLOADED = "the plugin was unloaded"
 
 
 #: Where the socket of a connection cannot be found: bytes of requests a

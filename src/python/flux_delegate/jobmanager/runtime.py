@@ -29,7 +29,7 @@ from ..jobspec import remote_jobspec as default_remote_jobspec
 from ..targets import same_instance
 from .admission import Admission
 from .connections import Connections, Helpers
-from .reactor import log_text, then
+from .reactor import free_watcher, log_text, then
 
 
 class Runtime:
@@ -220,8 +220,22 @@ class Runtime:
         }
 
     def unload(self):
+        """Leave nothing behind: no connection open (but those that await
+        an answer acted on after the unload, see RemoteInstance.shutdown()),
+        no helper's pipe, no watcher on the job-manager's reactor.  The
+        jobs are left as they are, for the next load to follow."""
         self.unloaded = True
+        for job in list(self.jobs.values()):
+            job.stop_following()  # its watch's cancel, while it can be sent
         self.connections.close()
         self.helpers.close()
-        for job in list(self.jobs.values()):
-            job.stop_following()
+        # Timers still pending (timeouts, retries) would only fire to find
+        # the plugin unloaded (guard()); until then they would keep this
+        # load, and the garbage it refers to, alive.  Every watcher this
+        # handle wrapper made is this load's.
+        keep = set()
+        for remote in self.connections.draining():
+            keep |= remote.watchers()
+        for watcher in list(self.handle._active_watchers):
+            if watcher not in keep:
+                free_watcher(watcher)
