@@ -38,6 +38,10 @@ def feasibility_jobspec(jobspec):
 #: The questions a pre-flight may ask a candidate: name -> RPC topic.  The
 #: feasibility check (with feasibility_jobspec()) is always asked; the
 #: others when the policy needs them (policies.POLICY_METRICS).
+#: ("pending" is the RPC flux.job.JobStats wraps; it is sent as a plain
+#: request because in the job-manager every request to a target goes
+#: through RemoteInstance.request(), which holds it back while the
+#: connection's socket has no room: JobStats would send it itself.)
 QUESTIONS = {
     "feasibility": "feasibility.check",
     "pending": "job-list.job-stats",
