@@ -9,5 +9,6 @@ flux_delegate.jobmanager (which only works inside the job-manager).
     status     what 'flux remote list' and 'show' ask a target and show
     check      the plugin's pre-flight and choice, without submitting
     delegated  what a local job's eventlog says of its delegation
+    jobs       the delegated jobs and their remote jobs ('flux remote jobs')
     follow     a delegated job's output and exit code ('flux remote attach')
 """
