@@ -381,6 +381,28 @@ def remove_remote(args):
 # -- flux remote check ---------------------------------------------------------
 
 
+def parse_submit_options(cmd, argv):
+    """Parse argv as flux submit's run_command() does, with the options of
+    the CLI plugins (cmd: a flux.cli.base.MiniCmd); --help and
+    --list-plugins exit 0, usage errors 2."""
+    parser = cmd.get_parser()
+    group = parser.add_argument_group(
+        "Options provided by plugins (--help=OPTION for extended plugin documentation)"
+    )
+    for option in cmd.plugins.options:
+        group.add_argument(option.name, **option.kwargs)
+    args = parser.parse_args(argv)
+    if args.help == "default":
+        parser.print_help()
+        sys.exit(0)
+    elif args.help is not None:
+        cmd.plugins.print_help(args.help)
+    if args.list_plugins:
+        cmd.plugins.print_plugins()
+        sys.exit(0)
+    return parser, args
+
+
 class CheckCmd(SubmitBaseCmd):
     """flux remote check takes flux submit's own options (flux-core's
     parser and jobspec builder) and never submits."""
@@ -425,23 +447,8 @@ class CheckCmd(SubmitBaseCmd):
         group.add_argument("--no-header", action="store_true", help="Suppress header output")
 
     def parse(self, argv):
-        """As flux submit's run_command() parses (with the CLI plugins'
-        options), then the job's jobspec; usage errors exit 2."""
-        parser = self.get_parser()
-        group = parser.add_argument_group(
-            "Options provided by plugins (--help=OPTION for extended plugin documentation)"
-        )
-        for option in self.plugins.options:
-            group.add_argument(option.name, **option.kwargs)
-        args = parser.parse_args(argv)
-        if args.help == "default":
-            parser.print_help()
-            sys.exit(0)
-        elif args.help is not None:
-            self.plugins.print_help(args.help)
-        if args.list_plugins:
-            self.plugins.print_plugins()
-            sys.exit(0)
+        """As flux submit parses, then the job's jobspec; usage errors exit 2."""
+        parser, args = parse_submit_options(self, argv)
         try:
             jobspec = self.jobspec_create(args)
         except (ValueError, TypeError, OSError) as exc:
