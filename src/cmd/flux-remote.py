@@ -11,16 +11,22 @@
 import argparse
 import json
 import logging
+import os
 import sys
+import threading
 
 import flux
 import flux.util
 from flux.cli.argparse import FluxArgumentParser
 from flux.cli.base import SubmitBaseCmd
+from flux.job import JobID, JobList
 from flux.util import OutputFormat, UtilConfig
 
 from flux_delegate.cli import probe as probes
 from flux_delegate.cli.check import Check, CheckError, delegate_value, resolve_uri
+from flux_delegate.cli.follow import AttachError, Follower, Sink
+from flux_delegate.cli.jobs import Row as JobRow
+from flux_delegate.cli.jobs import delegated_jobs
 from flux_delegate.cli.site import Site
 from flux_delegate.cli.status import Status, status_questions
 from flux_delegate.preflight import feasibility_jobspec
@@ -67,6 +73,29 @@ class FluxRemoteConfig(UtilConfig):
             "uri": {
                 "description": "Label, origin and URI only (no target is asked)",
                 "format": "{label:<10.10h+} {origin:<6} {uri}",
+            },
+        },
+        "jobs": {
+            "default": {
+                "description": "Each delegated job: target, remote id, state and result there",
+                "format": (
+                    "{id.f58:>12} +:{name:<10.10+} +:{target:<6.20h+} {remote_id.f58:>12h} "
+                    "{remote_status:>9.9h} {exitcode:>3h} {runtime!F:>8h} {nnodes:>6h} "
+                    "+:{nodelist:<8h} ?:{note}"
+                ),
+            },
+            "long": {
+                "description": "As default, with the user, the local status, the URI and failovers",
+                "format": (
+                    "{id.f58:>12} +:{username:<8} +:{name:<10.10+} {status:>9.9} "
+                    "+:{target:<6.20h+} {remote_id.f58:>12h} {remote_status:>9.9h} "
+                    "{exitcode:>3h} {runtime!F:>8h} {nnodes:>6h} +:{nodelist:<8h} "
+                    "+:{uri:<4h} ?:{failovers:>9h} ?:{note}"
+                ),
+            },
+            "ids": {
+                "description": "Local id, target, remote id and URI only",
+                "format": "{id.f58:>12} +:{target:<6h} {remote_id.f58:>12h} {uri:h}",
             },
         },
         "check": {
@@ -508,6 +537,95 @@ def check_remotes(argv):
     CheckCmd().main(argv)
 
 
+# -- flux remote attach ----------------------------------------------------------
+
+#: Seconds attach (and submit --watch) waits for a connection to a target.
+ATTACH_TIMEOUT = 30.0
+
+
+def follow_jobs(jobids, timeout, quiet=False):
+    """Follow jobs to their end (one thread each if several), their output
+    on stdout and stderr; the highest exit code.  quiet: no word on
+    waiting for a job to be delegated."""
+    sink = Sink(sys.stdout, sys.stderr, several=len(jobids) > 1)
+
+    def follow(jobid):
+        try:
+            return Follower(jobid, sink, timeout=timeout, quiet=quiet).run()
+        except (AttachError, OSError) as exc:
+            LOGGER.error("%s", follow_error(exc))
+            return 1
+
+    if len(jobids) == 1:
+        return follow(jobids[0])
+    codes = [1] * len(jobids)
+
+    def run(i, jobid):
+        codes[i] = follow(jobid)
+
+    threads = [threading.Thread(target=run, args=(i, j), daemon=True) for i, j in enumerate(jobids)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return max(codes)
+
+
+def follow_error(exc):
+    return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+
+
+def attach_job(args):
+    sys.exit(follow_jobs([args.jobid], args.timeout))
+
+
+# -- flux remote jobs ------------------------------------------------------------
+
+
+def filter_names(value):
+    """--filter: job-list's state and result names, comma separated."""
+    names = [n.strip().lower() for n in value.split(",") if n.strip()]
+    for name in names:
+        if name not in JobList.STATES and name not in JobList.RESULTS:
+            raise argparse.ArgumentTypeError(
+                f"invalid filter '{name}' (states: {', '.join(JobList.STATES)};"
+                f" results: {', '.join(JobList.RESULTS)})"
+            )
+    return names
+
+
+def list_jobs(args):
+    fmt = formatter("jobs", args.format, JobRow.headings)
+    filters = set()
+    for names in args.filter or ():
+        filters.update(names)
+    if args.a:
+        if filters:
+            LOGGER.warning("Both -a and --filter specified, ignoring -a")
+        else:
+            filters = {"pending", "running", "inactive"}
+    if not filters:
+        filters = {"pending", "running"}
+    user = args.user
+    if args.A:
+        user = "all"
+    try:
+        handle = flux.Flux()
+        rows, errors = delegated_jobs(
+            handle, filters, user=user, count=args.count, ids=args.jobids, timeout=args.timeout
+        )
+    except ValueError as exc:
+        args.parser.error(str(exc))
+    for error in errors:
+        LOGGER.error("%s", error)
+    if args.json:
+        print(json.dumps({"jobs": [r.as_dict() for r in rows]}))
+    else:
+        fmt.print_items(rows, no_header=args.no_header)
+    if args.jobids and not rows:
+        sys.exit(1)
+
+
 # -- the command ---------------------------------------------------------------
 
 #: Subcommands that take flux submit's options: they parse their own
@@ -613,9 +731,95 @@ def register_check(subparsers):
     )
 
 
+def register_jobs(subparsers):
+    parser = subparsers.add_parser(
+        "jobs",
+        help="list the delegated jobs of this instance and how they are on their targets",
+        description=(
+            "List the delegated jobs of this instance (jobs the delegate plugin"
+            " took on): each with its target, the remote job id, and how the"
+            " remote job is there (state, result, exit code, runtime, nodes),"
+            " every target asked at once.  A job whose target does not answer"
+            " is listed with what is known here.  Filters apply to the job"
+            " where it runs: the remote job when known, else the local one."
+        ),
+    )
+    parser.add_argument("-a", action="store_true", help="List jobs in all states")
+    parser.add_argument("-A", action="store_true", help="List jobs of all users (as -u all)")
+    parser.add_argument(
+        "-u",
+        "--user",
+        default=str(os.getuid()),
+        metavar="USER|UID",
+        help='Limit output to jobs of USER ("all" for all users)',
+    )
+    parser.add_argument(
+        "-f",
+        "--filter",
+        action="append",
+        type=filter_names,
+        metavar="STATE|RESULT",
+        help="List jobs in these states or with these results (comma separated:"
+        " pending, running, inactive, completed, failed, canceled, timeout...)",
+    )
+    parser.add_argument(
+        "-c",
+        "--count",
+        type=int,
+        default=1000,
+        metavar="N",
+        help="Look at the N newest jobs of this instance (default 1000)",
+    )
+    parser.add_argument(
+        "-o",
+        "--format",
+        default="default",
+        metavar="FORMAT",
+        help="Output format: a name, or Python's format syntax ('help' lists names)",
+    )
+    parser.add_argument("--json", action="store_true", help="Output JSON instead of a table")
+    parser.add_argument("-n", "--no-header", action="store_true", help="Suppress header output")
+    add_timeout(parser)
+    parser.add_argument("jobids", metavar="JOBID", type=JobID, nargs="*", help="These jobs only")
+    parser.set_defaults(func=list_jobs, parser=parser)
+
+
+def register_attach(subparsers):
+    parser = subparsers.add_parser(
+        "attach",
+        help="stream a delegated job's output from its target, then exit with its exit code",
+        description=(
+            "Show the output of the remote job of the delegated job JOBID, live"
+            " while it runs on its target, then exit with its exit code, as"
+            " 'flux job attach' would had the job run here.  A job not"
+            " delegated yet is waited for; a job that fails over is followed"
+            " to its next target.  A job that failed before it was delegated"
+            " exits 1 with its DelegationFailure note.  Interrupting the"
+            " command leaves the job running."
+        ),
+    )
+    parser.add_argument("jobid", metavar="JOBID", type=JobID, help="The local job id")
+    parser.add_argument(
+        "--timeout",
+        type=positive_seconds,
+        default=ATTACH_TIMEOUT,
+        metavar="SECONDS",
+        help=f"Seconds to wait for a connection to the target (default {ATTACH_TIMEOUT:g})",
+    )
+    parser.set_defaults(func=attach_job)
+
+
 #: Each subcommand registers its parser here, in the order 'flux remote
-#: --help' lists them.  (jobs, attach and submit go here too.)
-SUBCOMMANDS = [register_list, register_show, register_add, register_remove, register_check]
+#: --help' lists them.
+SUBCOMMANDS = [
+    register_list,
+    register_show,
+    register_add,
+    register_remove,
+    register_check,
+    register_jobs,
+    register_attach,
+]
 
 
 def parser_create():
@@ -635,6 +839,7 @@ def parser_create():
 @flux.util.CLIMain(LOGGER)
 def main():
     sys.stdout = open(sys.stdout.fileno(), "w", encoding="utf8", errors="surrogateescape")
+    sys.stderr.reconfigure(encoding="utf8", errors="surrogateescape")
     argv = sys.argv[1:]
     if argv and argv[0] in SUBMIT_STYLE:
         SUBMIT_STYLE[argv[0]](argv[1:])
