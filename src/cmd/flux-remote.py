@@ -18,7 +18,8 @@ import threading
 import flux
 import flux.util
 from flux.cli.argparse import FluxArgumentParser
-from flux.cli.base import SubmitBaseCmd
+from flux.cli.base import SubmitBaseCmd, Xcmd
+from flux.cli.submit import SubmitCmd
 from flux.job import JobID, JobList
 from flux.util import OutputFormat, UtilConfig
 
@@ -537,6 +538,188 @@ def check_remotes(argv):
     CheckCmd().main(argv)
 
 
+# -- flux remote submit --------------------------------------------------------
+
+
+class SubmitRemoteCmd(SubmitCmd):
+    """flux submit (flux-core's parser, jobspec builder and submission), with
+    the delegate dependency added and the plugin's pre-flight run first:
+    when no target can run the job, nothing is submitted."""
+
+    def __init__(self):
+        super().__init__(
+            "flux remote submit",
+            usage="flux remote submit [--to=TARGET] [OPTIONS...] COMMAND [ARGS...]",
+            description=(
+                "Submit a job to this instance for delegation"
+                " (--dependency=delegate:TARGET) and print its job id, once the"
+                " pre-flight 'flux remote check' runs says a target can run it."
+                " When none can, nothing is submitted: the reasons of each"
+                " target go to stderr, and the exit status is 1."
+            ),
+        )
+        group = self.parser.add_argument_group("flux remote submit options")
+        group.add_argument(
+            "--to",
+            metavar="LABEL|URI|POLICY",
+            help="Where to: a registry label, a URI or job id, or a policy"
+            " (default: the job's own delegate dependency, else the default policy)",
+        )
+        group.add_argument(
+            "--timeout",
+            type=positive_seconds,
+            default=DEFAULT_TIMEOUT,
+            metavar="SECONDS",
+            help=f"Seconds each candidate has to connect, and then to answer the"
+            f" pre-flight; with --watch, to connect to the target"
+            f" (default {DEFAULT_TIMEOUT:g})",
+        )
+        helps = {
+            "--wait": "Wait for the job(s) to end and exit with the exit code of the"
+            " remote job (the local job's status mirrors it)",
+            "--watch": "Stream the remote job's output while it runs, as 'flux remote"
+            " attach' does, then exit with its exit code (implies --wait)",
+        }
+        for action in self.parser._actions:  # pylint: disable=protected-access
+            for option in action.option_strings:
+                if option in helps:
+                    action.help = helps[option]
+        self.submitted = []
+
+    def submit_cb(self, future, args, label=""):
+        """As flux submit's, with errors in flux-remote's words."""
+        try:
+            jobid = future.get_id()
+        except OSError as exc:
+            LOGGER.error("%s%s", label, exc.strerror or exc)
+            self.exitcode = 1
+            self.progress_update(submit_failed=True)
+            return
+        self.submitted.append(jobid)
+        if not args.quiet:
+            print(jobid, file=args.stdout, flush=True)
+        if self.watcher:
+            self.watcher.add_jobid(jobid, args.stdout, args.stderr, args.wait)
+        elif self.progress:
+            self.progress.update(jps=self.jobs_per_sec())
+
+    def jobspecs(self, parser, args):
+        """[(args, jobspec, label)]: one job, or one per --cc/--bcc member,
+        built by flux-core (usage errors exit 2)."""
+        jobs = []
+        try:
+            for i in self.cc_list(args):
+                xargs = Xcmd(args, cc=i) if isinstance(i, int) else args
+                jobspec = self.jobspec_create(xargs)
+                label = ""
+                if args.cc or args.bcc:
+                    label = f"cc={i}: "
+                    if not args.bcc:
+                        jobspec.environment["FLUX_JOB_CC"] = str(i)
+                jobs.append((xargs, jobspec, label))
+        except (ValueError, TypeError, OSError) as exc:
+            parser.error(str(exc))
+        return jobs
+
+    def delegate(self, parser, args, jobs):
+        """The value of the job's delegate dependency: its own, or --to, or
+        empty (the default policy), added to each jobspec if it has none."""
+        named, value = delegate_value(jobs[0][1].jobspec)
+        if args.to is not None:
+            if named and value != args.to:
+                parser.error(
+                    f"--to={args.to} and the job's own delegate:{value} name different targets"
+                )
+            value = args.to
+        if not named:
+            value = value or ""
+            for _, jobspec, _ in jobs:
+                system = jobspec.jobspec.setdefault("attributes", {}).setdefault("system", {})
+                deps = list(system.get("dependencies") or [])
+                deps.append({"scheme": "delegate", "value": value})
+                jobspec.setattr("system.dependencies", deps)
+        return value
+
+    def preflight(self, args, jobs, value):
+        """The plugin's pre-flight of each different job (--cc may make
+        several); exits 1, having submitted nothing, when no target can run
+        one of them."""
+        site = Site.connect()
+        say_warnings(site)
+        if site.handle is None:
+            fail("cannot submit: no Flux instance to submit to")
+        seen = set()
+        for _, jobspec, _ in jobs:
+            check = Check(site, jobspec.jobspec, value, args.timeout)
+            key = json.dumps(check.spec, sort_keys=True)
+            if key in seen:
+                continue
+            seen.add(key)
+            try:
+                check.run()
+            except CheckError as exc:
+                fail(f"{exc} (nothing was submitted)")
+            if not check.usable:
+                refuse(check)
+            if args.verbose:
+                LOGGER.info("%s", summary(check))
+        self.flux_handle = site.handle
+
+    def main(self, argv):  # pylint: disable=arguments-renamed
+        parser, args = parse_submit_options(self, argv)
+        jobs = self.jobspecs(parser, args)
+        value = self.delegate(parser, args, jobs)
+        if args.dry_run:
+            print(jobs[0][1].dumps())
+            sys.exit(0)
+        self.preflight(args, jobs, value)
+        watch = args.watch
+        if watch:
+            # Not flux-core's watch: the local job has no output of its own.
+            args.watch, args.wait = False, None
+        args.stdout, args.stderr = sys.stdout, sys.stderr
+        if args.wait:
+            # The local job ends as the remote one did: flux-core's watcher
+            # of the local job gives the remote exit code.
+            self.watcher_start(args)
+        elif args.progress:
+            self.progress_start(args, len(jobs))
+        for xargs, jobspec, label in jobs:
+            if xargs.log:
+                xargs.stdout = self.openlog(xargs.log)
+                xargs.stderr = xargs.stdout
+            if xargs.log_stderr:
+                xargs.stderr = self.openlog(xargs.log_stderr)
+            self.submit_async(xargs, jobspec).then(self.submit_cb, xargs, label)
+        self.flux_handle.reactor_run()
+        code = self.exitcode
+        if self.watcher:
+            code = max(code, self.watcher.exitcode)
+        if watch and self.submitted:
+            quiet = not args.verbose
+            code = max(code, follow_jobs(self.submitted, args.timeout, quiet=quiet))
+        sys.exit(code)
+
+
+def refuse(check):
+    """No target can run the job: say why each cannot, and exit 1."""
+    if check.policy_error or not check.candidates:
+        fail(f"{check.message()} (nothing was submitted)")
+    LOGGER.error("no target can run this job; nothing was submitted:")
+    listed = {id(c) for c in check.order}
+    for c in check.candidates:
+        if c.usable and id(c) not in listed:
+            why_not = "not chosen by the policy"
+        else:
+            why_not = f"{c.verdict}: {c.reason}" if c.reason else c.verdict
+        print(f"  {c.describe()}: {why_not}", file=sys.stderr)
+    sys.exit(1)
+
+
+def submit_remote(argv):
+    SubmitRemoteCmd().main(argv)
+
+
 # -- flux remote attach ----------------------------------------------------------
 
 #: Seconds attach (and submit --watch) waits for a connection to a target.
@@ -546,7 +729,7 @@ ATTACH_TIMEOUT = 30.0
 def follow_jobs(jobids, timeout, quiet=False):
     """Follow jobs to their end (one thread each if several), their output
     on stdout and stderr; the highest exit code.  quiet: no word on
-    waiting for a job to be delegated."""
+    waiting for a job to be delegated (it was just submitted)."""
     sink = Sink(sys.stdout, sys.stderr, several=len(jobids) > 1)
 
     def follow(jobid):
@@ -632,6 +815,7 @@ def list_jobs(args):
 #: arguments (flux-core's submission parser), everything after their name.
 SUBMIT_STYLE = {
     "check": check_remotes,
+    "submit": submit_remote,
 }
 
 
@@ -731,6 +915,15 @@ def register_check(subparsers):
     )
 
 
+def register_submit(subparsers):
+    """Listed only: 'submit' parses its own arguments (SUBMIT_STYLE)."""
+    subparsers.add_parser(
+        "submit",
+        add_help=False,
+        help="submit a job for delegation, once a target is found that can run it",
+    )
+
+
 def register_jobs(subparsers):
     parser = subparsers.add_parser(
         "jobs",
@@ -817,6 +1010,7 @@ SUBCOMMANDS = [
     register_add,
     register_remove,
     register_check,
+    register_submit,
     register_jobs,
     register_attach,
 ]
