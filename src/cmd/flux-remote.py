@@ -12,6 +12,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 import threading
 
@@ -739,18 +740,29 @@ def follow_jobs(jobids, timeout, quiet=False):
             LOGGER.error("%s", follow_error(exc))
             return 1
 
-    if len(jobids) == 1:
-        return follow(jobids[0])
     codes = [1] * len(jobids)
 
     def run(i, jobid):
         codes[i] = follow(jobid)
 
-    threads = [threading.Thread(target=run, args=(i, j), daemon=True) for i, j in enumerate(jobids)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    try:
+        if len(jobids) == 1:
+            return follow(jobids[0])
+        threads = [
+            threading.Thread(target=run, args=(i, j), daemon=True) for i, j in enumerate(jobids)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    except KeyboardInterrupt:
+        # Detach: the jobs go on, here and there.
+        names = [JobID(j).f58 for j in jobids]
+        if len(names) == 1:
+            sink.say(f"detached: the job goes on ('flux remote attach {names[0]}' follows it again)")
+        else:
+            sink.say(f"detached: the jobs go on ({' '.join(names)})")
+        return 128 + signal.SIGINT
     return max(codes)
 
 
