@@ -11,6 +11,9 @@ import json
 
 from ..names import DEPENDENCY, EXCEPTION_TYPE
 
+#: Why a remote job may be missing on its target.
+GONE = "purged there, or a new instance at that URI"
+
 
 def parse_eventlog(text):
     """The entries of an eventlog as job-info.lookup returns it (RFC 18:

@@ -23,7 +23,7 @@ from flux.job.output import output_watch_async
 from ..eventlog import describe_origin
 from ..jobspec import origin_of, same_origin
 from .check import delegate_value
-from .delegated import Delegation, describe_failover
+from .delegated import GONE, Delegation, describe_failover
 
 
 class AttachError(Exception):
@@ -222,7 +222,11 @@ class Follower:
             found = lookup(remote, rid, ["jobspec"])
             theirs = origin_of(json.loads(found["jobspec"]))
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            self.sink.say(f"remote job {rid.f58} on {uri}: {why(exc)}: {wait_here}")
+            if getattr(exc, "errno", None) == errno.ENOENT:
+                text = f"remote job {rid.f58} is not on {uri} any more ({GONE})"
+            else:
+                text = f"remote job {rid.f58} on {uri}: {why(exc)}"
+            self.sink.say(f"{text}: {wait_here}")
             return Outcome(lost=True)
         if not same_origin(theirs, record.origin(self.jobid)):
             whose = describe_origin(theirs) if theirs else "no job of ours"

@@ -20,7 +20,7 @@ from flux.job import JobID, JobInfo, JobList
 from ..jobspec import origin_of, same_origin
 from ..text import brief
 from . import probe as probes
-from .delegated import Delegation
+from .delegated import GONE, Delegation
 
 #: What is asked of job-list about the remote jobs.
 REMOTE_ATTRS = ["all"]
@@ -320,7 +320,7 @@ def record_remote(row, probe, timeout):
     for payload, error in (listed, spec):
         if error is not None:
             if error.errno == errno.ENOENT:
-                row.problem = f"not found on {row.target} (purged there?)"
+                row.problem = f"not on {row.target} any more ({GONE})"
             else:
                 row.problem = f"{row.target}: {error.strerror or error}"
             return
