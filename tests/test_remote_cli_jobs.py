@@ -244,6 +244,37 @@ def test_attach_waits_for_the_delegation(site):
     assert any(line.startswith(f"flux-remote: {jobid} runs on far ") for line in shown), shown
 
 
+def test_attach_follows_the_job_to_its_next_target(site):
+    """near cannot allocate the job after all: the plugin fails it over to
+    far, and attach follows it there."""
+    blocker = site.near.submit("-N1", "-x", "sleep", "300")
+    site.near.wait_event(blocker, "start")
+    try:
+        jobid = remote(site, "submit", "sh", "-c", "echo on the next one; exit 7", check=True)
+        jobid = jobid.stdout.strip()
+        first = delegated(site, jobid)
+        assert first["label"] == "near"  # least_pending: a tie keeps registry order
+        argv, env = command(site, "attach", jobid)
+        proc = subprocess.Popen(
+            argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        time.sleep(1)
+        site.near.run("job", "raise", "--type=alloc", str(first["jobid"]), "no room after all")
+        out, err = proc.communicate(timeout=60)
+    finally:
+        site.near.run("cancel", blocker)
+    assert proc.returncode == 7, err
+    assert out == "on the next one\n"
+    lines = err.splitlines()
+    assert lines[0] == "job.exception: type=alloc severity=0 no room after all"
+    assert lines[1].startswith(f"flux-remote: {jobid}: near: remote job ")
+    assert lines[1].endswith("alloc exception: no room after all; trying far")
+    assert lines[2].startswith(f"flux-remote: {jobid} runs on far ")
+    assert lines[-1] == "flux-remote: task(s) exited with exit code 7"
+    row = jobs_json(site, "-a", jobid)[jobid]
+    assert row["label"] == "far" and len(row["failovers"]) == 1 and row["exitcode"] == 7
+
+
 def test_attach_to_a_job_that_failed_before_delegation(site, tmp_path):
     gone = f"local://{tmp_path}/local-0"
     jobid = site.submit(f"--dependency=delegate:{gone}", "true")
