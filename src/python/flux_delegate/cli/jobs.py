@@ -223,7 +223,6 @@ class Row:
         if self.remote is not None:
             remote = self.remote.to_dict(filtered=True)
             remote.pop("annotations", None)
-        delegated = self.delegated
         return {
             "id": int(self.id),
             "jobid": self.id.f58,
@@ -233,7 +232,7 @@ class Row:
             "status": str(self.status),
             "label": self.label or None,
             "uri": self.uri or None,
-            "remote_id": int(delegated["jobid"]) if delegated else None,
+            "remote_id": None if self.remote_id == "" else int(self.remote_id),
             "remote_jobid": self.remote_id.f58 or None,
             "target_state": self.target_state or None,
             "remote": remote,
