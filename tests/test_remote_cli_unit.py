@@ -1,8 +1,10 @@
 """Unit tests of what 'flux remote' is built on, without a broker: editing
-the user's registry file, asking targets concurrently.  (The pre-flight's
-verdicts: test_preflight.py.)"""
+the user's registry file, asking targets concurrently, reading a job's
+delegation, the rows of flux remote jobs.  (The pre-flight's verdicts:
+test_preflight.py.)"""
 
 import errno
+import json
 import os
 import stat
 import threading
@@ -236,3 +238,103 @@ def test_the_command_layer_never_imports_the_job_manager_layer():
             elif isinstance(node, ast.ImportFrom):
                 names = [node.module or ""] + [a.name for a in node.names]
             assert not any("jobmanager" in n or n == "delegate_jobtap" for n in names), path
+
+
+# -- a local job's delegation, exit codes, flux remote jobs' rows ----------------
+
+
+def entry(name, timestamp=1.0, **context):
+    return {"timestamp": timestamp, "name": name, "context": context}
+
+
+def test_delegation_read_from_an_eventlog():
+    from flux_delegate.cli.delegated import Delegation, describe_failover
+
+    near = {"jobid": 11, "uri": "local:///near", "label": "near"}
+    far = {"jobid": 22, "uri": "local:///far"}
+    log = [
+        entry("submit", 5.0),
+        entry("dependency-add", description="delegated"),
+        entry("delegate-choice", candidates=[], order=["near", "far"], choice="near"),
+        entry("delegated", **near),
+    ]
+    record = Delegation.from_entries(log)
+    assert record.taken and record.current == near and record.target == near
+    assert record.t_submit == 5.0 and record.origin(7) == {"jobid": 7, "t_submit": 5.0}
+    log.append(entry("delegate-failover", uri="local:///near", label="near", reason="gone", next="far"))
+    record = Delegation.from_entries(log)
+    assert record.current is None and record.target == near  # shown until the next one
+    assert describe_failover(record.failovers[0]) == "near: gone; trying far"
+    log += [entry("delegated", **far), entry("finish", status=768), entry("clean")]
+    record = Delegation.from_entries(log)
+    assert record.current == far and record.delegations == [near, far]
+    assert (record.status, record.ended, record.failure) == (768, True, None)
+    # A failure before delegation; and text as job-info.lookup returns it.
+    text = "\n".join(
+        json.dumps(e)
+        for e in (
+            entry("submit"),
+            entry("dependency-add", description="delegated"),
+            entry("exception", type="DelegationFailure", severity=0, note="delegate: no"),
+            entry("clean"),
+        )
+    )
+    record = Delegation.from_text(text + "\nnot json\n")
+    assert record.taken and record.target is None and record.failure == "delegate: no"
+    # A job the plugin never took on; a non-fatal exception is not its end.
+    record = Delegation.from_entries(
+        [entry("submit"), entry("exception", type="x", severity=1, note="")]
+    )
+    assert not record.taken and record.exception is None
+
+
+@needs_flux
+def test_exit_codes_as_flux_job_attach_reports_them():
+    from flux_delegate.cli.follow import exit_code
+
+    assert exit_code(0) == (0, None)
+    assert exit_code(3 << 8) == (3, "task(s) exited with exit code 3")
+    assert exit_code(143 << 8) == (143, "task(s) Terminated")
+    assert exit_code(9) == (137, "job shell Killed")
+
+
+@needs_flux
+def test_jobs_rows_and_filters():
+    import flux.constants
+    from flux.job import JobInfo
+
+    from flux_delegate.cli.delegated import Delegation
+    from flux_delegate.cli.jobs import NoJobID, Row, matches, state_masks
+
+    states, results = state_masks(["running", "failed"])
+    inactive = flux.constants.FLUX_JOB_STATE_INACTIVE
+    run = flux.constants.FLUX_JOB_STATE_RUN
+    failed = flux.constants.FLUX_JOB_RESULT_FAILED
+    completed = flux.constants.FLUX_JOB_RESULT_COMPLETED
+    assert matches(JobInfo({"id": 1, "state": run}), states, results)
+    assert matches(JobInfo({"id": 1, "state": inactive, "result": failed}), states, results)
+    assert not matches(JobInfo({"id": 1, "state": inactive, "result": completed}), states, results)
+    with pytest.raises(ValueError):
+        state_masks(["bogus"])
+    assert NoJobID().f58 == "" and f"{NoJobID():>4}" == "    "
+
+    depend = flux.constants.FLUX_JOB_STATE_DEPEND
+    local = JobInfo({"id": 10, "state": depend, "name": "sh", "t_submit": 5.0, "userid": 0})
+    waiting = Row(local, Delegation.from_entries([entry("dependency-add", description="delegated")]))
+    assert (waiting.note, waiting.remote_id, waiting.target, waiting.exitcode) == (
+        "not delegated yet", "", "", ""
+    )
+    record = Delegation.from_entries([entry("delegated", jobid=99, uri="local:///far", label="far")])
+    row = Row(local, record)
+    assert (int(row.remote_id), row.target, row.uri) == (99, "far", "local:///far")
+    row.target_state, row.problem = "unreachable", "unreachable: gone"
+    assert row.note == "unreachable: gone" and row.effective is local
+    row.problem = None
+    row.remote = JobInfo(
+        {"id": 99, "state": inactive, "result": failed, "waitstatus": 5 << 8, "t_run": 1.0,
+         "t_cleanup": 3.5, "nnodes": 2, "nodelist": "n[1-2]"}
+    )
+    assert (row.exitcode, row.result, row.runtime, row.nnodes) == (5, "FAILED", 2.5, 2)
+    shown = row.as_dict()
+    assert (shown["remote_id"], shown["remote_jobid"], shown["exitcode"]) == (99, row.remote_id.f58, 5)
+    assert shown["remote"]["returncode"] == 5 and shown["status"] == "DEPEND"

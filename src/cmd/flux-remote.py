@@ -11,16 +11,24 @@
 import argparse
 import json
 import logging
+import os
+import signal
 import sys
+import threading
 
 import flux
 import flux.util
 from flux.cli.argparse import FluxArgumentParser
-from flux.cli.base import SubmitBaseCmd
+from flux.cli.base import SubmitBaseCmd, Xcmd
+from flux.cli.submit import SubmitCmd
+from flux.job import JobID, JobList
 from flux.util import OutputFormat, UtilConfig
 
 from flux_delegate.cli import probe as probes
 from flux_delegate.cli.check import Check, CheckError, delegate_value, resolve_uri
+from flux_delegate.cli.follow import AttachError, Follower, Sink
+from flux_delegate.cli.jobs import Row as JobRow
+from flux_delegate.cli.jobs import delegated_jobs
 from flux_delegate.cli.site import Site
 from flux_delegate.cli.status import Status, status_questions
 from flux_delegate.preflight import feasibility_jobspec
@@ -67,6 +75,29 @@ class FluxRemoteConfig(UtilConfig):
             "uri": {
                 "description": "Label, origin and URI only (no target is asked)",
                 "format": "{label:<10.10h+} {origin:<6} {uri}",
+            },
+        },
+        "jobs": {
+            "default": {
+                "description": "Each delegated job: target, remote id, state and result there",
+                "format": (
+                    "{id.f58:>12} +:{name:<10.10+} +:{target:<6.20h+} {remote_id.f58:>12h} "
+                    "{remote_status:>9.9h} {exitcode:>3h} {runtime!F:>8h} {nnodes:>6h} "
+                    "+:{nodelist:<8h} ?:{note}"
+                ),
+            },
+            "long": {
+                "description": "As default, with the user, the local status, the URI and failovers",
+                "format": (
+                    "{id.f58:>12} +:{username:<8} +:{name:<10.10+} {status:>9.9} "
+                    "+:{target:<6.20h+} {remote_id.f58:>12h} {remote_status:>9.9h} "
+                    "{exitcode:>3h} {runtime!F:>8h} {nnodes:>6h} +:{nodelist:<8h} "
+                    "+:{uri:<4h} ?:{failovers:>9h} ?:{note}"
+                ),
+            },
+            "ids": {
+                "description": "Local id, target, remote id and URI only",
+                "format": "{id.f58:>12} +:{target:<6h} {remote_id.f58:>12h} {uri:h}",
             },
         },
         "check": {
@@ -381,6 +412,28 @@ def remove_remote(args):
 # -- flux remote check ---------------------------------------------------------
 
 
+def parse_submit_options(cmd, argv):
+    """Parse argv as flux submit's run_command() does, with the options of
+    the CLI plugins (cmd: a flux.cli.base.MiniCmd); --help and
+    --list-plugins exit 0, usage errors 2."""
+    parser = cmd.get_parser()
+    group = parser.add_argument_group(
+        "Options provided by plugins (--help=OPTION for extended plugin documentation)"
+    )
+    for option in cmd.plugins.options:
+        group.add_argument(option.name, **option.kwargs)
+    args = parser.parse_args(argv)
+    if args.help == "default":
+        parser.print_help()
+        sys.exit(0)
+    elif args.help is not None:
+        cmd.plugins.print_help(args.help)
+    if args.list_plugins:
+        cmd.plugins.print_plugins()
+        sys.exit(0)
+    return parser, args
+
+
 class CheckCmd(SubmitBaseCmd):
     """flux remote check takes flux submit's own options (flux-core's
     parser and jobspec builder) and never submits."""
@@ -425,23 +478,8 @@ class CheckCmd(SubmitBaseCmd):
         group.add_argument("--no-header", action="store_true", help="Suppress header output")
 
     def parse(self, argv):
-        """As flux submit's run_command() parses (with the CLI plugins'
-        options), then the job's jobspec; usage errors exit 2."""
-        parser = self.get_parser()
-        group = parser.add_argument_group(
-            "Options provided by plugins (--help=OPTION for extended plugin documentation)"
-        )
-        for option in self.plugins.options:
-            group.add_argument(option.name, **option.kwargs)
-        args = parser.parse_args(argv)
-        if args.help == "default":
-            parser.print_help()
-            sys.exit(0)
-        elif args.help is not None:
-            self.plugins.print_help(args.help)
-        if args.list_plugins:
-            self.plugins.print_plugins()
-            sys.exit(0)
+        """As flux submit parses, then the job's jobspec; usage errors exit 2."""
+        parser, args = parse_submit_options(self, argv)
         try:
             jobspec = self.jobspec_create(args)
         except (ValueError, TypeError, OSError) as exc:
@@ -501,12 +539,295 @@ def check_remotes(argv):
     CheckCmd().main(argv)
 
 
+# -- flux remote submit --------------------------------------------------------
+
+
+class SubmitRemoteCmd(SubmitCmd):
+    """flux submit (flux-core's parser, jobspec builder and submission), with
+    the delegate dependency added and the plugin's pre-flight run first:
+    when no target can run the job, nothing is submitted."""
+
+    def __init__(self):
+        super().__init__(
+            "flux remote submit",
+            usage="flux remote submit [--to=TARGET] [OPTIONS...] COMMAND [ARGS...]",
+            description=(
+                "Submit a job to this instance for delegation"
+                " (--dependency=delegate:TARGET) and print its job id, once the"
+                " pre-flight 'flux remote check' runs says a target can run it."
+                " When none can, nothing is submitted: the reasons of each"
+                " target go to stderr, and the exit status is 1."
+            ),
+        )
+        group = self.parser.add_argument_group("flux remote submit options")
+        group.add_argument(
+            "--to",
+            metavar="LABEL|URI|POLICY",
+            help="Where to: a registry label, a URI or job id, or a policy"
+            " (default: the job's own delegate dependency, else the default policy)",
+        )
+        group.add_argument(
+            "--timeout",
+            type=positive_seconds,
+            default=DEFAULT_TIMEOUT,
+            metavar="SECONDS",
+            help=f"Seconds each candidate has to connect, and then to answer the"
+            f" pre-flight; with --watch, to connect to the target"
+            f" (default {DEFAULT_TIMEOUT:g})",
+        )
+        helps = {
+            "--wait": "Wait for the job(s) to end and exit with the exit code of the"
+            " remote job (the local job's status mirrors it)",
+            "--watch": "Stream the remote job's output while it runs, as 'flux remote"
+            " attach' does, then exit with its exit code (implies --wait)",
+        }
+        for action in self.parser._actions:  # pylint: disable=protected-access
+            for option in action.option_strings:
+                if option in helps:
+                    action.help = helps[option]
+        self.submitted = []
+
+    def submit_cb(self, future, args, label=""):
+        """As flux submit's, with errors in flux-remote's words."""
+        try:
+            jobid = future.get_id()
+        except OSError as exc:
+            LOGGER.error("%s%s", label, exc.strerror or exc)
+            self.exitcode = 1
+            self.progress_update(submit_failed=True)
+            return
+        self.submitted.append(jobid)
+        if not args.quiet:
+            print(jobid, file=args.stdout, flush=True)
+        if self.watcher:
+            self.watcher.add_jobid(jobid, args.stdout, args.stderr, args.wait)
+        elif self.progress:
+            self.progress.update(jps=self.jobs_per_sec())
+
+    def jobspecs(self, parser, args):
+        """[(args, jobspec, label)]: one job, or one per --cc/--bcc member,
+        built by flux-core (usage errors exit 2)."""
+        jobs = []
+        try:
+            for i in self.cc_list(args):
+                xargs = Xcmd(args, cc=i) if isinstance(i, int) else args
+                jobspec = self.jobspec_create(xargs)
+                label = ""
+                if args.cc or args.bcc:
+                    label = f"cc={i}: "
+                    if not args.bcc:
+                        jobspec.environment["FLUX_JOB_CC"] = str(i)
+                jobs.append((xargs, jobspec, label))
+        except (ValueError, TypeError, OSError) as exc:
+            parser.error(str(exc))
+        return jobs
+
+    def delegate(self, parser, args, jobs):
+        """The value of the job's delegate dependency: its own, or --to, or
+        empty (the default policy), added to each jobspec if it has none."""
+        named, value = delegate_value(jobs[0][1].jobspec)
+        if args.to is not None:
+            if named and value != args.to:
+                parser.error(
+                    f"--to={args.to} and the job's own delegate:{value} name different targets"
+                )
+            value = args.to
+        if not named:
+            value = value or ""
+            for _, jobspec, _ in jobs:
+                system = jobspec.jobspec.setdefault("attributes", {}).setdefault("system", {})
+                deps = list(system.get("dependencies") or [])
+                deps.append({"scheme": "delegate", "value": value})
+                jobspec.setattr("system.dependencies", deps)
+        return value
+
+    def preflight(self, args, jobs, value):
+        """The plugin's pre-flight of each different job (--cc may make
+        several); exits 1, having submitted nothing, when no target can run
+        one of them."""
+        site = Site.connect()
+        say_warnings(site)
+        if site.handle is None:
+            fail("cannot submit: no Flux instance to submit to")
+        seen = set()
+        for _, jobspec, _ in jobs:
+            check = Check(site, jobspec.jobspec, value, args.timeout)
+            key = json.dumps(check.spec, sort_keys=True)
+            if key in seen:
+                continue
+            seen.add(key)
+            try:
+                check.run()
+            except CheckError as exc:
+                fail(f"{exc} (nothing was submitted)")
+            if not check.usable:
+                refuse(check)
+            if args.verbose:
+                LOGGER.info("%s", summary(check))
+        self.flux_handle = site.handle
+
+    def main(self, argv):  # pylint: disable=arguments-renamed
+        parser, args = parse_submit_options(self, argv)
+        jobs = self.jobspecs(parser, args)
+        value = self.delegate(parser, args, jobs)
+        if args.dry_run:
+            print(jobs[0][1].dumps())
+            sys.exit(0)
+        self.preflight(args, jobs, value)
+        watch = args.watch
+        if watch:
+            # Not flux-core's watch: the local job has no output of its own.
+            args.watch, args.wait = False, None
+        args.stdout, args.stderr = sys.stdout, sys.stderr
+        if args.wait:
+            # The local job ends as the remote one did: flux-core's watcher
+            # of the local job gives the remote exit code.
+            self.watcher_start(args)
+        elif args.progress:
+            self.progress_start(args, len(jobs))
+        for xargs, jobspec, label in jobs:
+            if xargs.log:
+                xargs.stdout = self.openlog(xargs.log)
+                xargs.stderr = xargs.stdout
+            if xargs.log_stderr:
+                xargs.stderr = self.openlog(xargs.log_stderr)
+            self.submit_async(xargs, jobspec).then(self.submit_cb, xargs, label)
+        self.flux_handle.reactor_run()
+        code = self.exitcode
+        if self.watcher:
+            code = max(code, self.watcher.exitcode)
+        if watch and self.submitted:
+            quiet = not args.verbose
+            code = max(code, follow_jobs(self.submitted, args.timeout, quiet=quiet))
+        sys.exit(code)
+
+
+def refuse(check):
+    """No target can run the job: say why each cannot, and exit 1."""
+    if check.policy_error or not check.candidates:
+        fail(f"{check.message()} (nothing was submitted)")
+    LOGGER.error("no target can run this job; nothing was submitted:")
+    listed = {id(c) for c in check.order}
+    for c in check.candidates:
+        if c.usable and id(c) not in listed:
+            why_not = "not chosen by the policy"
+        else:
+            why_not = f"{c.verdict}: {c.reason}" if c.reason else c.verdict
+        print(f"  {c.describe()}: {why_not}", file=sys.stderr)
+    sys.exit(1)
+
+
+def submit_remote(argv):
+    SubmitRemoteCmd().main(argv)
+
+
+# -- flux remote attach ----------------------------------------------------------
+
+#: Seconds attach (and submit --watch) waits for a connection to a target.
+ATTACH_TIMEOUT = 30.0
+
+
+def follow_jobs(jobids, timeout, quiet=False):
+    """Follow jobs to their end (one thread each if several), their output
+    on stdout and stderr; the highest exit code.  quiet: no word on
+    waiting for a job to be delegated (it was just submitted)."""
+    sink = Sink(sys.stdout, sys.stderr, several=len(jobids) > 1)
+
+    def follow(jobid):
+        try:
+            return Follower(jobid, sink, timeout=timeout, quiet=quiet).run()
+        except (AttachError, OSError) as exc:
+            LOGGER.error("%s", follow_error(exc))
+            return 1
+
+    codes = [1] * len(jobids)
+
+    def run(i, jobid):
+        codes[i] = follow(jobid)
+
+    try:
+        if len(jobids) == 1:
+            return follow(jobids[0])
+        threads = [
+            threading.Thread(target=run, args=(i, j), daemon=True) for i, j in enumerate(jobids)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    except KeyboardInterrupt:
+        # Detach: the jobs go on, here and there.
+        names = [JobID(j).f58 for j in jobids]
+        if len(names) == 1:
+            sink.say(f"detached: the job goes on ('flux remote attach {names[0]}' follows it again)")
+        else:
+            sink.say(f"detached: the jobs go on ({' '.join(names)})")
+        return 128 + signal.SIGINT
+    return max(codes)
+
+
+def follow_error(exc):
+    return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+
+
+def attach_job(args):
+    sys.exit(follow_jobs([args.jobid], args.timeout))
+
+
+# -- flux remote jobs ------------------------------------------------------------
+
+
+def filter_names(value):
+    """--filter: job-list's state and result names, comma separated."""
+    names = [n.strip().lower() for n in value.split(",") if n.strip()]
+    for name in names:
+        if name not in JobList.STATES and name not in JobList.RESULTS:
+            raise argparse.ArgumentTypeError(
+                f"invalid filter '{name}' (states: {', '.join(JobList.STATES)};"
+                f" results: {', '.join(JobList.RESULTS)})"
+            )
+    return names
+
+
+def list_jobs(args):
+    fmt = formatter("jobs", args.format, JobRow.headings)
+    filters = set()
+    for names in args.filter or ():
+        filters.update(names)
+    if args.a:
+        if filters:
+            LOGGER.warning("Both -a and --filter specified, ignoring -a")
+        else:
+            filters = {"pending", "running", "inactive"}
+    if not filters:
+        filters = {"pending", "running"}
+    user = args.user
+    if args.A:
+        user = "all"
+    try:
+        handle = flux.Flux()
+        rows, errors = delegated_jobs(
+            handle, filters, user=user, count=args.count, ids=args.jobids, timeout=args.timeout
+        )
+    except ValueError as exc:
+        args.parser.error(str(exc))
+    for error in errors:
+        LOGGER.error("%s", error)
+    if args.json:
+        print(json.dumps({"jobs": [r.as_dict() for r in rows]}))
+    else:
+        fmt.print_items(rows, no_header=args.no_header)
+    if args.jobids and not rows:
+        sys.exit(1)
+
+
 # -- the command ---------------------------------------------------------------
 
 #: Subcommands that take flux submit's options: they parse their own
 #: arguments (flux-core's submission parser), everything after their name.
 SUBMIT_STYLE = {
     "check": check_remotes,
+    "submit": submit_remote,
 }
 
 
@@ -606,9 +927,105 @@ def register_check(subparsers):
     )
 
 
+def register_submit(subparsers):
+    """Listed only: 'submit' parses its own arguments (SUBMIT_STYLE)."""
+    subparsers.add_parser(
+        "submit",
+        add_help=False,
+        help="submit a job for delegation, once a target is found that can run it",
+    )
+
+
+def register_jobs(subparsers):
+    parser = subparsers.add_parser(
+        "jobs",
+        help="list the delegated jobs of this instance and how they are on their targets",
+        description=(
+            "List the delegated jobs of this instance (jobs the delegate plugin"
+            " took on): each with its target, the remote job id, and how the"
+            " remote job is there (state, result, exit code, runtime, nodes),"
+            " every target asked at once.  A job whose target does not answer"
+            " is listed with what is known here.  Filters apply to the job"
+            " where it runs: the remote job when known, else the local one."
+        ),
+    )
+    parser.add_argument("-a", action="store_true", help="List jobs in all states")
+    parser.add_argument("-A", action="store_true", help="List jobs of all users (as -u all)")
+    parser.add_argument(
+        "-u",
+        "--user",
+        default=str(os.getuid()),
+        metavar="USER|UID",
+        help='Limit output to jobs of USER ("all" for all users)',
+    )
+    parser.add_argument(
+        "-f",
+        "--filter",
+        action="append",
+        type=filter_names,
+        metavar="STATE|RESULT",
+        help="List jobs in these states or with these results (comma separated:"
+        " pending, running, inactive, completed, failed, canceled, timeout...)",
+    )
+    parser.add_argument(
+        "-c",
+        "--count",
+        type=int,
+        default=1000,
+        metavar="N",
+        help="Look at the N newest jobs of this instance (default 1000)",
+    )
+    parser.add_argument(
+        "-o",
+        "--format",
+        default="default",
+        metavar="FORMAT",
+        help="Output format: a name, or Python's format syntax ('help' lists names)",
+    )
+    parser.add_argument("--json", action="store_true", help="Output JSON instead of a table")
+    parser.add_argument("-n", "--no-header", action="store_true", help="Suppress header output")
+    add_timeout(parser)
+    parser.add_argument("jobids", metavar="JOBID", type=JobID, nargs="*", help="These jobs only")
+    parser.set_defaults(func=list_jobs, parser=parser)
+
+
+def register_attach(subparsers):
+    parser = subparsers.add_parser(
+        "attach",
+        help="stream a delegated job's output from its target, then exit with its exit code",
+        description=(
+            "Show the output of the remote job of the delegated job JOBID, live"
+            " while it runs on its target, then exit with its exit code, as"
+            " 'flux job attach' would had the job run here.  A job not"
+            " delegated yet is waited for; a job that fails over is followed"
+            " to its next target.  A job that failed before it was delegated"
+            " exits 1 with its DelegationFailure note.  Interrupting the"
+            " command leaves the job running."
+        ),
+    )
+    parser.add_argument("jobid", metavar="JOBID", type=JobID, help="The local job id")
+    parser.add_argument(
+        "--timeout",
+        type=positive_seconds,
+        default=ATTACH_TIMEOUT,
+        metavar="SECONDS",
+        help=f"Seconds to wait for a connection to the target (default {ATTACH_TIMEOUT:g})",
+    )
+    parser.set_defaults(func=attach_job)
+
+
 #: Each subcommand registers its parser here, in the order 'flux remote
-#: --help' lists them.  (jobs, attach and submit go here too.)
-SUBCOMMANDS = [register_list, register_show, register_add, register_remove, register_check]
+#: --help' lists them.
+SUBCOMMANDS = [
+    register_list,
+    register_show,
+    register_add,
+    register_remove,
+    register_check,
+    register_submit,
+    register_jobs,
+    register_attach,
+]
 
 
 def parser_create():
@@ -628,6 +1045,7 @@ def parser_create():
 @flux.util.CLIMain(LOGGER)
 def main():
     sys.stdout = open(sys.stdout.fileno(), "w", encoding="utf8", errors="surrogateescape")
+    sys.stderr.reconfigure(encoding="utf8", errors="surrogateescape")
     argv = sys.argv[1:]
     if argv and argv[0] in SUBMIT_STYLE:
         SUBMIT_STYLE[argv[0]](argv[1:])

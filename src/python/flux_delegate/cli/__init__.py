@@ -3,9 +3,12 @@ on handles of its own, one thread per target.  Nothing here is imported
 by the job-manager's plugin, and nothing here imports
 flux_delegate.jobmanager (which only works inside the job-manager).
 
-    site     the instance the command runs against: its registry (broker
-             config and the user's file), policies, the plugin's view
-    probe    asking every target questions at once, each with a timeout
-    status   what 'flux remote list' and 'show' ask a target and show
-    check    the plugin's pre-flight and choice, without submitting
+    site       the instance the command runs against: its registry (broker
+               config and the user's file), policies, the plugin's view
+    probe      asking every target questions at once, each with a timeout
+    status     what 'flux remote list' and 'show' ask a target and show
+    check      the plugin's pre-flight and choice, without submitting
+    delegated  what a local job's eventlog says of its delegation
+    jobs       the delegated jobs and their remote jobs ('flux remote jobs')
+    follow     a delegated job's output and exit code ('flux remote attach')
 """
