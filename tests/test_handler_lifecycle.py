@@ -7,7 +7,6 @@ leave the rest to flux_delegate.
 
 import json
 import shutil
-import time
 
 import pytest
 from flux_instance import HANDLER, PLUGIN, PYTHONPATH
@@ -271,50 +270,45 @@ def test_bad_system_delegate_is_rejected_at_submit(source, target):
     assert "delegate: system.delegate must be a string, not" in proc.stderr
 
 
-def test_a_late_continuation_cannot_act_through_the_next_load(fresh_source, target, tmp_path):
+def test_an_old_load_cannot_act_through_the_next(fresh_source, target, tmp_path):
     """Each load has its own jobtap object, invalidated when the load ends:
-    code of an old load that still runs (a timer, a continuation) gets an
-    error instead of acting through the load that replaced it."""
-    path = tmp_path / "lingering.py"
+    whatever of an old load still runs (a late answer, a site's own timer)
+    gets an error instead of acting through the load that replaced it."""
+    path = tmp_path / "keeping.py"
     path.write_text(
         "import sys\n"
         "import syslog\n"
         "from flux_delegate.jobmanager import entry\n"
         "from flux_delegate.jobmanager.entry import *\n"
-
         "def plugin_load(conf, jobtap):\n"
         "    conf = dict(conf)\n"
-        "    marker = conf.pop('marker-job')\n"
+        "    jobid = int(conf.pop('job', 0))\n"
         "    entry.plugin_load(conf, jobtap)\n"
-        "    runtime = entry.current.runtime\n"
-        "    def late(*unused):\n"
+        "    old = getattr(sys, 'delegate_test_jobtap', None)\n"
+        "    sys.delegate_test_jobtap = jobtap  # outlives this load's modules\n"
+        "    if old is None:\n"
+        "        return\n"
+        "    for name, which in (('old', old), ('new', jobtap)):\n"
         "        try:\n"
-        "            jobtap.post_event(int(open(marker).read()), 'lingering')\n"
+        "            which.post_event(jobid, name + '-load-event')\n"
         "            what = 'acted'\n"
         "        except RuntimeError as exc:\n"
         "            what = f'refused: {exc}'\n"
-        "        runtime.handle.log(syslog.LOG_INFO, f'late continuation {what}')\n"
-        "    watcher = runtime.handle.timer_watcher_create(2.0, late)\n"
-        "    watcher.start()\n"
-        "    sys.delegate_test_lingering = watcher  # outlives this load's modules\n"
-        "def plugin_unload():\n"
-        "    entry.plugin_unload()\n"
+        "        log = entry.current.runtime.handle.log\n"
+        "        log(syslog.LOG_INFO, f'{name} load jobtap {what}')\n"
     )
-    marker = tmp_path / "job"
-    # A job of the second load: the old timer must not be able to touch it.
-    fresh_source.load_plugin(str(path), f"marker-job={marker}")
-    fresh_source.remove_plugin()
-    fresh_source.load_plugin()
-    jobid = fresh_source.submit(f"--dependency=delegate:{target.uri}", "sleep", "5")
+    fresh_source.load_plugin(str(path))
+    jobid = fresh_source.submit(f"--dependency=delegate:{target.uri}", "sleep", "3")
+    fresh_source.wait_event(jobid, "delegated")
     decimal = fresh_source.run("job", "id", "--to=dec", jobid).stdout.strip()
-    marker.write_text(decimal)
-    deadline = time.time() + 15
-    while "late continuation" not in fresh_source.dmesg():
-        assert time.time() < deadline, "the old load's timer never ran"
-        time.sleep(0.2)
-    assert "late continuation refused: this load of delegate.so is over" in fresh_source.dmesg()
+    fresh_source.remove_plugin()
+    fresh_source.load_plugin(str(path), f"job={decimal}")
+    dmesg = fresh_source.dmesg()
+    assert "old load jobtap refused: this load of delegate.so is over" in dmesg
+    assert "new load jobtap acted" in dmesg
     events = [e["name"] for e in fresh_source.eventlog(jobid)]
-    assert "lingering" not in events
+    assert "new-load-event" in events and "old-load-event" not in events
+    assert fresh_source.status(jobid) == 0
 
 
 def test_handler_error_in_continuation_fails_only_that_job(fresh_source, target, tmp_path):
