@@ -51,6 +51,7 @@ class Runtime:
         self.hostname = socket.gethostname()
         # This instance's own socket (to refuse delegating to itself).
         self.local_uri = None
+        self.this_instance = {}  # uri -> is_this_instance(uri)
         self.submit_timeout = self.conf["submit-timeout"]
         self.preflight_timeout = self.conf["preflight-timeout"]
         connect_timeout = self.conf["connect-timeout"]
@@ -159,8 +160,17 @@ class Runtime:
 
     def is_this_instance(self, uri):
         """Whether uri names this instance: its own socket, directly or
-        through ssh to this host."""
-        return same_instance(uri, self.local_uri, self.hostname)
+        through ssh to this host.  Remembered per URI for this load (it
+        takes a stat of the socket, and every job asks for each candidate);
+        this instance's own socket does not move while it runs."""
+        if not self.local_uri:
+            return False
+        known = self.this_instance.get(uri)
+        if known is None:
+            if len(self.this_instance) >= 4096:  # URIs come from users: bounded
+                self.this_instance.clear()
+            known = self.this_instance[uri] = same_instance(uri, self.local_uri, self.hostname)
+        return known
 
     def policy_metrics(self, policy):
         """What the pre-flight must ask for a policy: a site policy gets
