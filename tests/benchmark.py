@@ -447,8 +447,8 @@ class Probe:
 
 
 def probed(label, samples):
-    say(f"  {label:<34} plain job start {spread(samples['start'])}")
-    say(f"  {'':<34} job-manager ping {spread(samples['ping'])}")
+    say(f"    {label:<36} start {spread(samples['start'])}")
+    say(f"    {'':<36} ping  {spread(samples['ping'])}")
 
 
 # -- sections -------------------------------------------------------------------
@@ -643,50 +643,33 @@ def failing(setup, args):
 def burst(setup, args, results):
     target = setup.target()
     b = args.burst
-    say(f"\n== burst: {b} jobs at once, direct vs delegated (fresh source)")
+    say(f"\n== burst: {b} jobs at once, direct vs delegated (a fresh source)")
     instance, source = setup.fresh("bench-burst-source", plugin=True)
     spec = jobspec(source, f"--dependency=delegate:{target.uri}")
     Run(source, spec)  # opens the connection
     source.purge()
     target.purge()
     pause(args)
-    samples = Probe(source)
-    time.sleep(args.idle)
-    probed("source idle", samples.stop())
 
-    # Direct: the source idle but the machine busy.
-    probe = Probe(source)
+    # The bursts measured: nothing else runs meanwhile (the probe's jobs
+    # would add to the source's RSS).
     direct = Run(target, setup.direct_spec, b)
-    busy_direct = probe.stop()
     direct_problems = check_direct(direct)
     say(f"  direct     {direct.wall:7.2f} s  {b / direct.wall:6.1f} jobs/s   {verdict(direct_problems)}")
     target.purge()
     pause(args)
-
     rss_before = source.rss_mib()
     query_before = source.query()
-    probe = Probe(source)
     delegated = Run(source, spec, b)
-    busy_delegated = probe.stop()
     delegated_problems, remote = check_delegated(delegated, target)
     say(f"  delegated  {delegated.wall:7.2f} s  {b / delegated.wall:6.1f} jobs/s"
         f"   {verdict(delegated_problems)}; {len(remote)} remote jobs")
-    query = wait_for_plugin_idle(source)
-    rss_after = source.rss_mib()
     say(f"  ratio delegated/direct {delegated.wall / direct.wall:.2f}")
-    probed(f"during the direct burst", busy_direct)
-    probed(f"during the delegated burst", busy_delegated)
-    held_jobs = query["jobs"]
-    leftovers = []
-    if held_jobs:
-        leftovers.append(f"jobs held {held_jobs}")
-    if query["watchers"] > query_before["watchers"]:
-        leftovers.append(f"watchers {query_before['watchers']} -> {query['watchers']}")
-    if query["admission"] != {"active": 0, "waiting": 0}:
-        leftovers.append(f"admission {query['admission']}")
-    if len(query["connections"]) != 1:
-        leftovers.append(f"connections {query['connections']}")
-    say(f"  plugin after: jobs held {held_jobs or 0}, watchers {query_before['watchers']}"
+    query = wait_for_plugin_idle(source)
+    time.sleep(1)
+    rss_after = source.rss_mib()
+    leftovers = plugin_leftovers(query_before, query)
+    say(f"  plugin after: jobs held {query['jobs'] or 0}, watchers {query_before['watchers']}"
         f" -> {query['watchers']}, connections {len(query['connections'])},"
         f" helper threads {query['helper-threads']}, admission {query['admission']}"
         f"   {'nothing per job left' if not leftovers else 'LEFT: ' + '; '.join(leftovers)}")
@@ -704,30 +687,62 @@ def burst(setup, args, results):
     plain_after = plain.rss_mib()
     plain_problems = check_direct(plain_run)
     setup.close(plain_instance)
-    say(f"  broker RSS: delegated burst {rss_before:.0f} -> {rss_after:.0f} MiB"
-        f" (+{rss_after - rss_before:.1f}); {b} plain local jobs (no plugin)"
-        f" {plain_before:.0f} -> {plain_after:.0f} MiB (+{plain_after - plain_before:.1f});"
-        f" both with the jobs still inactive, not purged")
-    say(f"  ({b} plain local jobs took {plain_run.wall:.2f} s on the instance's own cores"
-        f"   {verdict(plain_problems)})")
+    say(f"  source broker RSS {rss_before:.0f} -> {rss_after:.0f} MiB"
+        f" (+{rss_after - rss_before:.1f}); {b} plain local jobs in a fresh instance"
+        f" without the plugin: {plain_before:.0f} -> {plain_after:.0f} MiB"
+        f" (+{plain_after - plain_before:.1f}) ({plain_run.wall:.2f} s, {verdict(plain_problems)})")
 
-    # Flux's own floor: b held plain jobs submitted at once (urgency 0: they
-    # take no resources), the probe meanwhile.
+    # Responsiveness: a plain local job every half second and the
+    # job-manager's ping, idle, during another delegated burst, and during
+    # flux's own floor: b held plain jobs submitted at once (urgency 0:
+    # they take no resources), no delegation.
+    pause(args)
+    probe = Probe(source)
+    time.sleep(args.idle)
+    idle = probe.stop()
+    probe = Probe(source)
+    again = Run(source, spec, b)
+    busy = probe.stop()
+    again_problems, again_remote = check_delegated(again, target)
+    source.purge()
+    target.purge()
     pause(args)
     probe = Probe(source)
     held = Run(source, jobspec(source), b, urgency=0, submitted_only=True)
     time.sleep(2 * PROBE_INTERVAL)  # a sample or two as it ends
     floor = probe.stop()
-    say(f"  flux's floor: {b} held plain jobs submitted at once, ingested in {held.wall:.2f} s:")
-    probed("during the held burst", floor)
     source.client.run("cancel", "--all", "--states=pending", check=False, timeout=300)
+    say(f"  responsiveness of the source (a plain job every {PROBE_INTERVAL:g} s: submit call"
+        " -> start; the job-manager's ping):")
+    probed("idle", idle)
+    probed(f"delegated burst ({again.wall:.1f} s)", busy)
+    probed(f"floor: {b} held plain jobs ({held.wall:.1f} s)", floor)
+    if again_problems:
+        say(f"  the probed burst: {verdict(again_problems)}")
     setup.close(instance)
     results["burst"] = dict(
         b=b, direct=direct.wall, delegated=delegated.wall, remote=len(remote),
-        problems=direct_problems + delegated_problems, leftovers=leftovers,
-        rss=rss_after - rss_before, plain_rss=plain_after - plain_before,
-        busy=busy_delegated, floor=floor,
+        problems=direct_problems + delegated_problems + plain_problems + again_problems,
+        leftovers=leftovers, rss=rss_after - rss_before, plain_rss=plain_after - plain_before,
+        busy=busy, floor=floor, idle=idle,
     )
+
+
+def plugin_leftovers(before, after):
+    """What the plugin holds after a burst that it did not before: no job,
+    no watcher more, no admission, one connection."""
+    leftovers = []
+    if after["jobs"]:
+        leftovers.append(f"jobs held {after['jobs']}")
+    if after["watchers"] > before["watchers"]:
+        leftovers.append(f"watchers {before['watchers']} -> {after['watchers']}")
+    if after["admission"] != {"active": 0, "waiting": 0}:
+        leftovers.append(f"admission {after['admission']}")
+    if len(after["connections"]) != 1:
+        leftovers.append(f"connections {after['connections']}")
+    if after["helper-threads"]:
+        leftovers.append(f"helper threads {after['helper-threads']}")
+    return leftovers
 
 
 def wait_for_plugin_idle(source, timeout=30):
@@ -822,12 +837,16 @@ def summary(args, results):
             f"+{u['rss']:.1f} MiB",
             f"{u['b']} plain local jobs: +{u['plain_rss']:.1f} MiB",
         ))
+        p50_95 = lambda v: f"{percentile(v, 50) * 1000:.0f} / {percentile(v, 95) * 1000:.0f} ms"
         rows.append((
-            "burst plain start p95",
-            f"{percentile(u['busy']['start'], 95) * 1000:.0f} ms",
-            f"floor (held burst) {percentile(u['floor']['start'], 95) * 1000:.0f} ms;"
-            f" jm ping p95 {percentile(u['busy']['ping'], 95) * 1000:.1f} ms"
-            f" (floor {percentile(u['floor']['ping'], 95) * 1000:.1f})",
+            "burst: plain job start",
+            p50_95(u["busy"]["start"]),
+            f"p50 / p95; floor (held burst) {p50_95(u['floor']['start'])}, idle {p50_95(u['idle']['start'])}",
+        ))
+        rows.append((
+            "burst: job-manager ping",
+            p50_95(u["busy"]["ping"]),
+            f"p50 / p95; floor {p50_95(u['floor']['ping'])}, idle {p50_95(u['idle']['ping'])}",
         ))
     if "overhead" in results:
         o = results["overhead"]
