@@ -45,7 +45,7 @@ import flux.constants
 import flux.job
 from flux.job import JobID
 
-from flux_instance import FLUX, FluxClient, FluxInstance
+from flux_instance import FLUX, HANDLER, PLUGIN, FluxClient, FluxInstance
 
 SECTIONS = ("throughput", "handoff", "burst", "overhead")
 
@@ -137,10 +137,8 @@ class Side:
     def eventlogs(self, ids):
         """{id: Events} of ids, looked up all at once (after a run, never in
         its timed window)."""
-        futures = [
-            (i, self.handle.rpc("job-info.lookup", {"id": int(i), "keys": ["eventlog"], "flags": 0}))
-            for i in ids
-        ]
+        lookup = {"keys": ["eventlog"], "flags": 0}
+        futures = [(i, self.handle.rpc("job-info.lookup", dict(lookup, id=int(i)))) for i in ids]
         result = {}
         for i, future in futures:
             text = future.get()["eventlog"]
@@ -427,9 +425,16 @@ class Probe:
         os.close(fd)
         os.unlink(self.stopfile)
         self.proc = subprocess.Popen(
-            [sys.executable, os.path.abspath(__file__), "--probe", side.uri,
-             "--probe-stop", self.stopfile],
-            stdout=subprocess.PIPE, text=True,
+            [
+                sys.executable,
+                os.path.abspath(__file__),
+                "--probe",
+                side.uri,
+                "--probe-stop",
+                self.stopfile,
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
         )
         # Its first sample taken: it runs before what it watches starts.
         if self.proc.stdout.readline().strip() != "ready":
@@ -467,8 +472,10 @@ class Setup:
         if self._target is None:
             host, self._target = make_target()
             self.instances.append(host)
-            say(f"target: 1-core sub-instance (flux batch) of a flux start,"
-                f" {cores(self._target)} core(s): {self._target.uri}")
+            say(
+                f"target: 1-core sub-instance (flux batch) of a flux start,"
+                f" {cores(self._target)} core(s): {self._target.uri}"
+            )
             self.direct_spec = jobspec(self._target)
             warm = Run(self._target, self.direct_spec)
             say(f"  first direct job (target warm-up)      {ms(warm.wall)} submit to clean")
@@ -504,14 +511,16 @@ class Setup:
 def throughput(setup, args, results):
     target, source = setup.target(), setup.source()
     n = args.jobs
-    say(f"\n== throughput: {n} 'true' jobs, first submit call to the last 'clean'"
-        f" in the instance submitted to; {args.rounds} rounds")
+    say(
+        f"\n== throughput: {n} 'true' jobs, first submit call to the last 'clean'"
+        f" in the instance submitted to; {args.rounds} rounds"
+    )
     walls = {"direct": [], "delegated": []}
     lags, handoffs = [], []
     problems = []
     kinds = ["direct", "delegated"]
     for r in range(args.rounds):
-        order = kinds[r % 2:] + kinds[:r % 2]
+        order = kinds[r % 2 :] + kinds[: r % 2]
         for kind in order:
             source.purge()
             target.purge()
@@ -528,8 +537,10 @@ def throughput(setup, args, results):
                         handoffs.append(remote[i].t("submit") - events.t("submit"))
             walls[kind].append(run.wall)
             problems += [f"round {r + 1} {kind}: {p}" for p in found]
-            say(f"  round {r + 1} {kind:<9} {run.wall:7.2f} s  {n / run.wall:6.1f} jobs/s"
-                f"   {verdict(found)}")
+            say(
+                f"  round {r + 1} {kind:<9} {run.wall:7.2f} s  {n / run.wall:6.1f} jobs/s"
+                f"   {verdict(found)}"
+            )
     source.purge()
     target.purge()
     direct = statistics.median(walls["direct"])
@@ -540,16 +551,23 @@ def throughput(setup, args, results):
     say(f"  under this load: handoff {spread(handoffs)}")
     say(f"                mirror lag {spread(lags)}")
     results["throughput"] = dict(
-        direct=direct, delegated=delegated, n=n, rounds=args.rounds,
-        lag=lags, handoff=handoffs, problems=problems,
+        direct=direct,
+        delegated=delegated,
+        n=n,
+        rounds=args.rounds,
+        lag=lags,
+        handoff=handoffs,
+        problems=problems,
     )
 
 
 def handoff(setup, args, results):
     target, source = setup.target(), setup.source()
     k = args.handoffs
-    say(f"\n== handoff: {k} sequential delegated jobs, interleaved with {k} direct"
-        " submits to the target")
+    say(
+        f"\n== handoff: {k} sequential delegated jobs, interleaved with {k} direct"
+        " submits to the target"
+    )
     source.purge()
     target.purge()
     pause(args)
@@ -563,10 +581,14 @@ def handoff(setup, args, results):
             else:
                 delegated_runs.append(Run(source, setup.delegated_spec))
     jobs = {}
+    source_ingest = []
     for run in delegated_runs:
         jobs.update(run.jobs)
+        source_ingest.append(run.jobs[run.ids[0]].t("submit") - run.t0)
     remote_of = {
-        i: int(e.first["delegated"]["context"]["jobid"]) for i, e in jobs.items() if e.has("delegated")
+        i: int(e.first["delegated"]["context"]["jobid"])
+        for i, e in jobs.items()
+        if e.has("delegated")
     }
     remote_logs = target.eventlogs(remote_of.values())
     handoffs, to_id, lags = {}, [], []
@@ -583,6 +605,7 @@ def handoff(setup, args, results):
             problems.append(f"{JobID(i).f58}: {events.outcome()} (remote {remote.outcome()})")
     say(f"  handoff (local submit -> remote submit)        {spread(handoffs.values())}")
     say(f"  target ingest (direct: call -> target submit)  {spread(ingest)}")
+    say(f"  source ingest (call -> local submit)           {spread(source_ingest)}")
     say(f"  local submit -> 'delegated' (remote id known)  {spread(to_id)}")
     say(f"  direct: call -> job id answered                {spread(answered)}")
     say(f"  mirror lag (remote finish -> local clean)      {spread(lags)}")
@@ -595,8 +618,12 @@ def handoff(setup, args, results):
     source.purge()
     target.purge()
     results["handoff"] = dict(
-        handoff=list(handoffs.values()), ingest=ingest, lag=lags, problems=problems,
-        to_id=to_id, answered=answered,
+        handoff=list(handoffs.values()),
+        ingest=ingest,
+        lag=lags,
+        problems=problems,
+        to_id=to_id,
+        answered=answered,
     )
 
 
@@ -619,11 +646,15 @@ def breakdown(local, remote, jobid):
             )
         elif event["name"] == "delegated":
             note = f"remote id {JobID(context['jobid']).f58}"
-        say(f"    {(t - t0) * 1000:+9.1f} ms  (+{(t - previous) * 1000:7.1f})  {where}"
-            f"  {event['name']:<16} {note}")
+        say(
+            f"    {(t - t0) * 1000:+9.1f} ms  (+{(t - previous) * 1000:7.1f})  {where}"
+            f"  {event['name']:<16} {note}"
+        )
         previous = t
-    say("    (a 'submit' event is posted as the job-manager takes the job in, before"
-        " 'validate'; the submit is answered, and 'delegated' posted, after it)")
+    say(
+        "    (a 'submit' event is posted as the job-manager takes the job in, before"
+        " 'validate'; the submit is answered, and 'delegated' posted, after it)"
+    )
 
 
 def failing(setup, args):
@@ -655,24 +686,31 @@ def burst(setup, args, results):
     # would add to the source's RSS).
     direct = Run(target, setup.direct_spec, b)
     direct_problems = check_direct(direct)
-    say(f"  direct     {direct.wall:7.2f} s  {b / direct.wall:6.1f} jobs/s   {verdict(direct_problems)}")
+    say(
+        f"  direct     {direct.wall:7.2f} s  {b / direct.wall:6.1f} jobs/s"
+        f"   {verdict(direct_problems)}"
+    )
     target.purge()
     pause(args)
     rss_before = source.rss_mib()
     query_before = source.query()
     delegated = Run(source, spec, b)
     delegated_problems, remote = check_delegated(delegated, target)
-    say(f"  delegated  {delegated.wall:7.2f} s  {b / delegated.wall:6.1f} jobs/s"
-        f"   {verdict(delegated_problems)}; {len(remote)} remote jobs")
+    say(
+        f"  delegated  {delegated.wall:7.2f} s  {b / delegated.wall:6.1f} jobs/s"
+        f"   {verdict(delegated_problems)}; {len(remote)} remote jobs"
+    )
     say(f"  ratio delegated/direct {delegated.wall / direct.wall:.2f}")
     query = wait_for_plugin_idle(source)
     time.sleep(1)
     rss_after = source.rss_mib()
     leftovers = plugin_leftovers(query_before, query)
-    say(f"  plugin after: jobs held {query['jobs'] or 0}, watchers {query_before['watchers']}"
+    say(
+        f"  plugin after: jobs held {query['jobs'] or 0}, watchers {query_before['watchers']}"
         f" -> {query['watchers']}, connections {len(query['connections'])},"
         f" helper threads {query['helper-threads']}, admission {query['admission']}"
-        f"   {'nothing per job left' if not leftovers else 'LEFT: ' + '; '.join(leftovers)}")
+        f"   {'nothing per job left' if not leftovers else 'LEFT: ' + '; '.join(leftovers)}"
+    )
     source.purge()
     target.purge()
 
@@ -687,10 +725,12 @@ def burst(setup, args, results):
     plain_after = plain.rss_mib()
     plain_problems = check_direct(plain_run)
     setup.close(plain_instance)
-    say(f"  source broker RSS {rss_before:.0f} -> {rss_after:.0f} MiB"
+    say(
+        f"  source broker RSS {rss_before:.0f} -> {rss_after:.0f} MiB"
         f" (+{rss_after - rss_before:.1f}); {b} plain local jobs in a fresh instance"
         f" without the plugin: {plain_before:.0f} -> {plain_after:.0f} MiB"
-        f" (+{plain_after - plain_before:.1f}) ({plain_run.wall:.2f} s, {verdict(plain_problems)})")
+        f" (+{plain_after - plain_before:.1f}) ({plain_run.wall:.2f} s, {verdict(plain_problems)})"
+    )
 
     # Responsiveness: a plain local job every half second and the
     # job-manager's ping, idle, during another delegated burst, and during
@@ -712,8 +752,10 @@ def burst(setup, args, results):
     time.sleep(2 * PROBE_INTERVAL)  # a sample or two as it ends
     floor = probe.stop()
     source.client.run("cancel", "--all", "--states=pending", check=False, timeout=300)
-    say(f"  responsiveness of the source (a plain job every {PROBE_INTERVAL:g} s: submit call"
-        " -> start; the job-manager's ping):")
+    say(
+        f"  responsiveness of the source (a plain job every {PROBE_INTERVAL:g} s: submit call"
+        " -> start; the job-manager's ping):"
+    )
     probed("idle", idle)
     probed(f"delegated burst ({again.wall:.1f} s)", busy)
     probed(f"floor: {b} held plain jobs ({held.wall:.1f} s)", floor)
@@ -721,10 +763,17 @@ def burst(setup, args, results):
         say(f"  the probed burst: {verdict(again_problems)}")
     setup.close(instance)
     results["burst"] = dict(
-        b=b, direct=direct.wall, delegated=delegated.wall, remote=len(remote),
+        b=b,
+        direct=direct.wall,
+        delegated=delegated.wall,
+        remote=len(remote),
         problems=direct_problems + delegated_problems + plain_problems + again_problems,
-        leftovers=leftovers, rss=rss_after - rss_before, plain_rss=plain_after - plain_before,
-        busy=busy, floor=floor, idle=idle,
+        leftovers=leftovers,
+        rss=rss_after - rss_before,
+        plain_rss=plain_after - plain_before,
+        busy=busy,
+        floor=floor,
+        idle=idle,
     )
 
 
@@ -757,8 +806,10 @@ def wait_for_plugin_idle(source, timeout=30):
 
 def overhead(setup, args, results):
     n = args.jobs
-    say(f"\n== plain-job overhead: {n} plain 'true' jobs, with and without the plugin"
-        f" loaded (two fresh instances); {args.rounds} rounds")
+    say(
+        f"\n== plain-job overhead: {n} plain 'true' jobs, with and without the plugin"
+        f" loaded (two fresh instances); {args.rounds} rounds"
+    )
     without_instance, without = setup.fresh("bench-plain", plugin=False)
     with_instance, with_ = setup.fresh("bench-plain-plugin", plugin=True)
     sides = {"without": without, "with": with_}
@@ -769,7 +820,7 @@ def overhead(setup, args, results):
     problems = []
     kinds = ["without", "with"]
     for r in range(args.rounds):
-        for kind in kinds[r % 2:] + kinds[:r % 2]:
+        for kind in kinds[r % 2 :] + kinds[: r % 2]:
             side = sides[kind]
             side.purge()
             pause(args)
@@ -777,8 +828,10 @@ def overhead(setup, args, results):
             found = check_direct(run)
             problems += found
             walls[kind].append(run.wall)
-            say(f"  round {r + 1} {kind:<7} plugin {run.wall:7.2f} s  {n / run.wall:6.1f} jobs/s"
-                f"   {verdict(found)}")
+            say(
+                f"  round {r + 1} {kind:<7} plugin {run.wall:7.2f} s  {n / run.wall:6.1f} jobs/s"
+                f"   {verdict(found)}"
+            )
     setup.close(without_instance)
     setup.close(with_instance)
     a, b = statistics.median(walls["without"]), statistics.median(walls["with"])
@@ -789,75 +842,106 @@ def overhead(setup, args, results):
 # -- the summary ------------------------------------------------------------------
 
 
+def p50_95(values, digits=1):
+    """'p50 / p95 ms' of values (seconds)."""
+    return (
+        f"{percentile(values, 50) * 1000:.{digits}f} /"
+        f" {percentile(values, 95) * 1000:.{digits}f} ms"
+    )
+
+
 def summary(args, results):
+    """The table in the issue's shape, from what the sections measured."""
     rows = []
+    right = "every status right"
+    wrong = "WRONG (see above)"
     if "throughput" in results:
         t = results["throughput"]
         n = t["n"]
-        rows.append(("throughput direct", f"{t['direct']:.2f} s  ({n / t['direct']:.1f} jobs/s)",
-                     f"median of {t['rounds']}, {n} jobs"))
-        rows.append(("throughput delegated", f"{t['delegated']:.2f} s  ({n / t['delegated']:.1f} jobs/s)",
-                     "every status right" if not t["problems"] else "WRONG STATUSES"))
+        for kind in ("direct", "delegated"):
+            rows.append(
+                (
+                    f"throughput {kind}",
+                    f"{t[kind]:.2f} s  ({n / t[kind]:.1f} jobs/s)",
+                    f"median of {t['rounds']}, {n} jobs each"
+                    + (f"; {right if not t['problems'] else wrong}" if kind == "delegated" else ""),
+                )
+            )
         rows.append(("throughput ratio", f"{t['delegated'] / t['direct']:.2f}", "delegated/direct"))
     if "handoff" in results:
         h = results["handoff"]
-        rows.append((
-            "handoff p50 / p95",
-            f"{percentile(h['handoff'], 50) * 1000:.1f} / {percentile(h['handoff'], 95) * 1000:.1f} ms",
-            f"target ingest p50 {percentile(h['ingest'], 50) * 1000:.1f} ms",
-        ))
-        rows.append((
-            "to the remote id p50",
-            f"{percentile(h['to_id'], 50) * 1000:.1f} ms",
-            f"local submit -> 'delegated'; direct call -> id {percentile(h['answered'], 50) * 1000:.1f} ms",
-        ))
-        rows.append((
-            "mirror lag p50 / p95",
-            f"{percentile(h['lag'], 50) * 1000:.1f} / {percentile(h['lag'], 95) * 1000:.1f} ms",
-            f"sequential; {len(h['lag'])} jobs",
-        ))
+        rows.append(
+            (
+                "handoff p50 / p95",
+                p50_95(h["handoff"]),
+                f"target ingest p50 {percentile(h['ingest'], 50) * 1000:.1f} ms",
+            )
+        )
+        rows.append(
+            (
+                "to the remote id p50",
+                f"{percentile(h['to_id'], 50) * 1000:.1f} ms",
+                "local submit -> 'delegated'; direct call -> id"
+                f" {percentile(h['answered'], 50) * 1000:.1f} ms",
+            )
+        )
+        rows.append(
+            ("mirror lag p50 / p95", p50_95(h["lag"]), f"one job at a time, {len(h['lag'])} jobs")
+        )
     if "throughput" in results:
-        t = results["throughput"]
-        rows.append((
-            "mirror lag, loaded",
-            f"{percentile(t['lag'], 50) * 1000:.1f} / {percentile(t['lag'], 95) * 1000:.1f} ms",
-            f"p50 / p95 in the delegated throughput runs",
-        ))
+        rows.append(
+            (
+                "mirror lag, loaded",
+                p50_95(results["throughput"]["lag"]),
+                "in the delegated throughput runs",
+            )
+        )
     if "burst" in results:
         u = results["burst"]
         ok = not u["problems"] and not u["leftovers"] and u["remote"] == u["b"]
-        rows.append((
-            f"burst {u['b']} direct / deleg.",
-            f"{u['direct']:.1f} / {u['delegated']:.1f} s",
-            f"{u['remote']} remote jobs, "
-            + ("statuses right, nothing per job left" if ok else "WRONG (see above)"),
-        ))
-        rows.append((
-            "burst RSS growth",
-            f"+{u['rss']:.1f} MiB",
-            f"{u['b']} plain local jobs: +{u['plain_rss']:.1f} MiB",
-        ))
-        p50_95 = lambda v: f"{percentile(v, 50) * 1000:.0f} / {percentile(v, 95) * 1000:.0f} ms"
-        rows.append((
-            "burst: plain job start",
-            p50_95(u["busy"]["start"]),
-            f"p50 / p95; floor (held burst) {p50_95(u['floor']['start'])}, idle {p50_95(u['idle']['start'])}",
-        ))
-        rows.append((
-            "burst: job-manager ping",
-            p50_95(u["busy"]["ping"]),
-            f"p50 / p95; floor {p50_95(u['floor']['ping'])}, idle {p50_95(u['idle']['ping'])}",
-        ))
+        rows.append(
+            (
+                f"burst {u['b']} direct / deleg.",
+                f"{u['direct']:.1f} / {u['delegated']:.1f} s",
+                f"{u['remote']} remote jobs, "
+                + ("statuses right, nothing per job left" if ok else wrong),
+            )
+        )
+        rows.append(
+            (
+                "burst RSS growth",
+                f"+{u['rss']:.1f} MiB",
+                f"{u['b']} plain local jobs: +{u['plain_rss']:.1f} MiB",
+            )
+        )
+        rows.append(
+            (
+                "burst: plain job start",
+                p50_95(u["busy"]["start"], 0),
+                f"p50 / p95; floor (held burst) {p50_95(u['floor']['start'], 0)},"
+                f" idle {p50_95(u['idle']['start'], 0)}",
+            )
+        )
+        rows.append(
+            (
+                "burst: job-manager ping",
+                p50_95(u["busy"]["ping"]),
+                f"p50 / p95; floor {p50_95(u['floor']['ping'])},"
+                f" idle {p50_95(u['idle']['ping'])}",
+            )
+        )
     if "overhead" in results:
         o = results["overhead"]
-        rows.append((
-            "plain jobs with/without",
-            f"{o['with_'] / o['without']:.2f}",
-            f"{o['with_']:.2f} s / {o['without']:.2f} s, {args.jobs} jobs",
-        ))
+        rows.append(
+            (
+                "plain jobs with/without",
+                f"{o['with_'] / o['without']:.2f}",
+                f"{o['with_']:.2f} s / {o['without']:.2f} s, {args.jobs} jobs, medians",
+            )
+        )
     say("\n== summary")
-    width = max(len(r[0]) for r in rows) if rows else 0
-    vwidth = max(len(r[1]) for r in rows) if rows else 0
+    width = max((len(r[0]) for r in rows), default=0)
+    vwidth = max((len(r[1]) for r in rows), default=0)
     for name, value, note in rows:
         say(f"  {name:<{width}}  {value:<{vwidth}}  {note}")
 
@@ -875,10 +959,12 @@ def parse_args(argv=None):
     parser.add_argument("--rounds", type=int, help="R: rounds of each run, in rotating order (3)")
     parser.add_argument("--handoffs", type=int, help="K: sequential delegated jobs (50)")
     parser.add_argument("--burst", type=int, help="B: jobs in the burst (1000)")
-    parser.add_argument("--quick", action="store_true",
-                        help="a smoke run: N=30, K=10, B=100 (unless given)")
-    parser.add_argument("--only", choices=SECTIONS, action="append",
-                        help="run only this section (may be repeated)")
+    parser.add_argument(
+        "--quick", action="store_true", help="a smoke run: N=30, K=10, B=100 (unless given)"
+    )
+    parser.add_argument(
+        "--only", choices=SECTIONS, action="append", help="run only this section (may be repeated)"
+    )
     parser.add_argument("--probe", metavar="URI", help=argparse.SUPPRESS)
     parser.add_argument("--probe-stop", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -897,15 +983,23 @@ def main():
     if args.probe:
         probe_main(args.probe, args.probe_stop, PROBE_INTERVAL)
         return 0
+    if not PLUGIN or not os.path.exists(PLUGIN) or not HANDLER:
+        say(
+            "DELEGATE_PLUGIN and DELEGATE_HANDLER must name the built plugin and"
+            " its handler ('make benchmark' sets them)"
+        )
+        return 2
     # As for the tests: no user registry file is read.
     os.environ["XDG_CONFIG_HOME"] = tempfile.mkdtemp(prefix="delegate-bench-config-")
     os.environ.pop("FLUX_DELEGATE_REGISTRY", None)
     sections = args.only or SECTIONS
     version = subprocess.run([FLUX, "version"], capture_output=True, text=True).stdout.split()
-    say(f"flux-delegate benchmark: {os.cpu_count()} cores, flux-core"
+    say(
+        f"flux-delegate benchmark: {os.cpu_count()} cores, flux-core"
         f" {version[1] if len(version) > 1 else '?'}, load average"
         f" {os.getloadavg()[0]:.2f}; N={args.jobs} R={args.rounds} K={args.handoffs}"
-        f" B={args.burst}; {', '.join(sections)}")
+        f" B={args.burst}; {', '.join(sections)}"
+    )
     results = {}
     setup = Setup(args)
     try:
@@ -915,8 +1009,10 @@ def main():
     finally:
         setup.cleanup()
     summary(args, results)
-    say(f"  (load average now {os.getloadavg()[0]:.2f}: above the core count, the"
-        " numbers mean little)")
+    say(
+        f"  (load average now {os.getloadavg()[0]:.2f}: above the core count, the"
+        " numbers mean little)"
+    )
     failed = any(results[s].get("problems") or results[s].get("leftovers") for s in results)
     return 1 if failed else 0
 
