@@ -224,7 +224,7 @@ class Journal:
         self.jobs = collections.defaultdict(Events)
         self.cleaned = set()
         self.ended = False
-        self.on_event = None
+        self.on_clean = None  # called with the id of each job cleaned
         self.future = self.handle.rpc(
             "job-manager.events-journal", {"full": False}, flags=flux.constants.FLUX_RPC_STREAMING
         )
@@ -248,11 +248,11 @@ class Journal:
             events.add(event)
             if event["name"] == "clean":
                 self.cleaned.add(jobid)
-        if self.on_event:
-            self.on_event()
+                if self.on_clean:
+                    self.on_clean(jobid)
 
     def stop(self):
-        self.on_event = None
+        self.on_clean = None
         self.handle.rpc(
             "job-manager.events-journal-cancel",
             {"matchtag": self.future.pimpl.get_matchtag()},
@@ -282,25 +282,28 @@ class Run:
         handle = side.handle
         self.ids = [None] * count
         answered = [0]
+        running = set()  # ids answered and not yet cleaned
 
         def done():
-            if answered[0] < count:
-                return False
-            return submitted_only or all(i in journal.cleaned for i in self.ids)
+            return answered[0] == count and (submitted_only or not running)
 
         def on_id(future, index):
-            self.ids[index] = int(future.get_id())
+            jobid = int(future.get_id())
+            self.ids[index] = jobid
             answered[0] += 1
+            if jobid not in journal.cleaned:
+                running.add(jobid)
             if answered[0] == count:
                 self.t_submitted = time.time()
             if done():
                 handle.reactor_stop()
 
-        def on_event():
+        def on_clean(jobid):
+            running.discard(jobid)
             if done():
                 handle.reactor_stop()
 
-        journal.on_event = on_event
+        journal.on_clean = on_clean
         timed_out = []
 
         def on_timeout(*_):
@@ -478,7 +481,7 @@ class Setup:
             )
             self.direct_spec = jobspec(self._target)
             warm = Run(self._target, self.direct_spec)
-            say(f"  first direct job (target warm-up)      {ms(warm.wall)} submit to clean")
+            say(f"  {'first direct job (warms the target up)':<44} {ms(warm.wall)} submit to clean")
         return self._target
 
     def source(self):
@@ -489,7 +492,9 @@ class Setup:
             self.delegated_spec = jobspec(self._source, f"--dependency=delegate:{target.uri}")
             say(f"source: flux start with delegate.so, {cores(self._source)} core(s)")
             warm = Run(self._source, self.delegated_spec)
-            say(f"  first delegated job (opens the connection) {ms(warm.wall)} submit to clean")
+            say(
+                f"  {'first delegated job (opens the connection)':<44} {ms(warm.wall)} submit to clean"
+            )
             self._source.purge()
             target.purge()
         return self._source
