@@ -116,7 +116,9 @@ class Side:
 
     def job_ids(self):
         """{id: state} of every job job-list knows (active and inactive)."""
-        out = self.client.run("jobs", "-a", "-n", "--format={id.dec} {state}", timeout=120)
+        out = self.client.run(
+            "jobs", "-a", "-n", "--count=0", "--format={id.dec} {state}", timeout=120
+        )
         return dict(line.split() for line in out.stdout.splitlines() if line.strip())
 
     def settled_job_ids(self, expected=None, timeout=30):
