@@ -997,7 +997,8 @@ def main():
         )
         return 2
     # As for the tests: no user registry file is read.
-    os.environ["XDG_CONFIG_HOME"] = tempfile.mkdtemp(prefix="delegate-bench-config-")
+    config = tempfile.TemporaryDirectory(prefix="delegate-bench-config-")
+    os.environ["XDG_CONFIG_HOME"] = config.name
     os.environ.pop("FLUX_DELEGATE_REGISTRY", None)
     sections = args.only or SECTIONS
     version = subprocess.run([FLUX, "version"], capture_output=True, text=True).stdout.split()
@@ -1015,6 +1016,7 @@ def main():
                 globals()[name](setup, args, results)
     finally:
         setup.cleanup()
+        config.cleanup()
     summary(args, results)
     say(
         f"  (load average now {os.getloadavg()[0]:.2f}: above the core count, the"
