@@ -1018,9 +1018,11 @@ def main():
         setup.cleanup()
         config.cleanup()
     summary(args, results)
+    load = os.getloadavg()[0]
+    busy = load > (os.cpu_count() or 1) * 0.5
     say(
-        f"  (load average now {os.getloadavg()[0]:.2f}: above the core count, the"
-        " numbers mean little)"
+        f"  (load average now {load:.2f}"
+        + (": a busy machine, the timings measure its other work too)" if busy else ")")
     )
     failed = any(results[s].get("problems") or results[s].get("leftovers") for s in results)
     return 1 if failed else 0
