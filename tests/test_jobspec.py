@@ -4,6 +4,9 @@ from unit import needs_flux
 
 from flux_delegate import jobspec as jobspec_module
 from flux_delegate.jobspec import (
+    MAX_R_IDS,
+    R_naming,
+    idset_count,
     job_name,
     local_R,
     lookup,
@@ -84,6 +87,74 @@ def test_release_updates_report_the_wait_status():
     assert test["wait_status"] == 768
     # A zero duration would make job-exec wait forever.
     assert test["run_duration"] != "0" and float(test["run_duration"].rstrip("s")) > 0
+
+
+def test_idset_count_counts_without_expanding():
+    assert idset_count("0") == 1
+    assert idset_count("0-3,7") == 5
+    assert idset_count("[2-5]") == 4
+    assert idset_count("0-4294967295") is None  # more than the most
+    assert idset_count(f"0-{MAX_R_IDS - 1}") == MAX_R_IDS
+    for bad in ("", "a", "3-1", "1-", "-1", "1,,2", None, 3, "１"):
+        assert idset_count(bad) is None
+
+
+def remote_R(**execution):
+    base = {
+        "R_lite": [{"rank": "3-4", "children": {"core": "0-3", "gpu": "0"}}],
+        "nodelist": ["nodeA", "nodeB"],
+        "starttime": 1.0,
+        "expiration": 2.0,
+    }
+    base.update(execution)
+    return {"version": 1, "execution": base, "scheduling": {"graph": "..."}}
+
+
+def test_R_naming_takes_the_remote_nodes():
+    R = R_naming(remote_R(), now=100.0)
+    assert R == {
+        "version": 1,
+        "execution": {
+            "R_lite": [{"rank": "3-4", "children": {"core": "0-3", "gpu": "0"}}],
+            "nodelist": ["nodeA", "nodeB"],
+            "starttime": 100.0,
+            "expiration": 0.0,
+        },
+    }
+    assert R_naming(remote_R(), count=lambda R: (2, 2)) is not None
+    assert R_naming(remote_R(), count=lambda R: (1, 2)) is None  # a node without name
+    assert R_naming(remote_R(), count=lambda R: 1 / 0) is None
+
+
+def test_R_naming_refuses_what_is_not_an_R_naming_nodes():
+    for bad in (
+        None,
+        "R",
+        {"version": 2, "execution": remote_R()["execution"]},
+        {"version": 1},
+        remote_R(R_lite=[]),
+        remote_R(R_lite="0"),
+        remote_R(R_lite=[{"rank": 0, "children": {}}]),
+        remote_R(R_lite=[{"rank": "0-4294967295", "children": {"core": "0"}}]),
+        remote_R(R_lite=[{"rank": "0", "children": {"core": "0-4294967295"}}]),
+        remote_R(R_lite=[{"rank": "0", "children": {"core": 0}}]),
+        remote_R(nodelist=[]),
+        remote_R(nodelist="nodeA"),
+        remote_R(nodelist=["node\0A"]),
+        remote_R(nodelist=[""]),
+    ):
+        assert R_naming(bad) is None, bad
+
+
+@needs_flux
+def test_R_naming_counts_as_flux_does():
+    from flux.resource import ResourceSet
+    from flux_delegate.jobspec import flux_counts
+
+    R = R_naming(remote_R(nodelist=["node[1-2]"]), count=flux_counts)
+    assert ResourceSet(R).nodelist.expand() == ["node1", "node2"]
+    assert R_naming(remote_R(nodelist=["node[1-3]"]), count=flux_counts) is None
+    assert R_naming(remote_R(nodelist=["node1"]), count=flux_counts) is None
 
 
 @needs_flux

@@ -122,3 +122,99 @@ def local_R(hostname, now=None):
             "expiration": 0.0,
         },
     }
+
+
+#: The most ranks (and, on each, resources of a kind) a remote R may name
+#: to be taken for the local job's: parsing a larger one would hold up the
+#: job-manager.
+MAX_R_IDS = 1 << 16
+
+
+def idset_count(text, limit=MAX_R_IDS):
+    """How many ids an RFC 22 idset string names ("0-3,7", "[2-5]"),
+    without expanding it; None if it is not one, or names more than
+    limit."""
+    if not isinstance(text, str):
+        return None
+    text = text.strip()
+    if text.startswith("[") and text.endswith("]"):
+        text = text[1:-1]
+    total = 0
+    for part in text.split(","):
+        low, _, high = part.partition("-")
+        high = high if _ else low
+        if not (low.isascii() and low.isdigit() and high.isascii() and high.isdigit()):
+            return None
+        if int(high) < int(low):
+            return None
+        total += int(high) - int(low) + 1
+        if total > limit:
+            return None
+    return total
+
+
+def R_naming(remote_R, now=None, count=None):
+    """The released local job's R, naming where its remote job ran: the
+    remote R's ranks, cores and gpus (R_lite) and nodes (nodelist), so that
+    'flux jobs -o {nodelist}' (and nnodes, ncores) show the remote job's.
+    Never allocated from the scheduler (alloc-bypass), and no process runs
+    on it (exec test mode): the ranks are the target's, not this
+    instance's.  None if remote_R is not an R of that shape (RFC 20
+    version 1, at most MAX_R_IDS ranks, a nodelist naming as many nodes as
+    R_lite has ranks: count(R) -> (hosts, ranks) counts them, where
+    flux's bindings can: flux_counts)."""
+    if not isinstance(remote_R, dict) or remote_R.get("version") != 1:
+        return None
+    execution = remote_R.get("execution")
+    if not isinstance(execution, dict):
+        return None
+    R_lite = execution.get("R_lite")
+    nodelist = execution.get("nodelist")
+    if not isinstance(R_lite, list) or not R_lite or not isinstance(nodelist, list) or not nodelist:
+        return None
+    ranks = 0
+    for entry in R_lite:
+        if not (
+            isinstance(entry, dict)
+            and isinstance(entry.get("children"), dict)
+            and all(
+                isinstance(k, str) and idset_count(v) is not None
+                for k, v in entry["children"].items()
+            )
+        ):
+            return None
+        nranks = idset_count(entry.get("rank"))
+        if nranks is None:
+            return None
+        ranks += nranks
+        if ranks > MAX_R_IDS:
+            return None
+    if not all(isinstance(host, str) and host and "\0" not in host for host in nodelist):
+        return None
+    R = {
+        "version": 1,
+        "execution": {
+            "R_lite": [{"rank": e["rank"], "children": dict(e["children"])} for e in R_lite],
+            "nodelist": list(nodelist),
+            "starttime": float(now if now is not None else time.time()),
+            "expiration": 0.0,
+        },
+    }
+    if count is not None:
+        try:
+            hosts, ranks = count(R)
+        except Exception:  # pylint: disable=broad-except
+            return None
+        if hosts != ranks or ranks < 1:
+            return None
+    return R
+
+
+def flux_counts(R):
+    """(hosts, ranks) of an R as flux reads it (flux.resource.ResourceSet,
+    which also checks that it parses); for R_naming(count=)."""
+    from flux.hostlist import Hostlist
+    from flux.resource import ResourceSet
+
+    ranks = ResourceSet(R).nnodes
+    return len(Hostlist(R["execution"]["nodelist"])), ranks
