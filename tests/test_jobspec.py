@@ -12,6 +12,7 @@ from flux_delegate.jobspec import (
     lookup,
     origin_of,
     release_updates,
+    released_status,
     remote_jobspec,
     requeue_allowed,
     same_origin,
@@ -85,8 +86,19 @@ def test_release_updates_report_the_wait_status():
     updates = release_updates(768)
     test = updates["attributes.system.exec.test"]
     assert test["wait_status"] == 768
-    # A zero duration would make job-exec wait forever.
+    # Started and finished by the plugin (job-exec.override), finished at
+    # once if the instance restarts meanwhile.
+    assert test["override"] == 1 and test["reattach_finish"] == 1
+    # A zero duration would make job-exec wait forever for a plugin gone.
     assert test["run_duration"] != "0" and float(test["run_duration"].rstrip("s")) > 0
+    # A plugin loaded again knows the job for one of its own.
+    spec = {"attributes": {"system": {"delegate-release": updates["attributes.system.delegate-release"]}}}
+    assert released_status(spec) == 768
+    assert released_status({"attributes": {"system": {}}}) is None
+    for odd in ({"wait_status": "768"}, {"wait_status": True}, [768], "768"):
+        assert released_status({"attributes": {"system": {"delegate-release": odd}}}) is None
+    # It is never sent to a target.
+    assert "delegate-release" not in remote_jobspec(spec)["attributes"]["system"]
 
 
 def test_idset_count_counts_without_expanding():

@@ -28,11 +28,15 @@ except ImportError:  # pragma: no cover - unit tests without flux-core
         in_dict[last] = val
 
 
-from .names import LOCAL_ONLY_ATTRIBUTES, ORIGIN_ATTRIBUTE
+from .names import LOCAL_ONLY_ATTRIBUTES, ORIGIN_ATTRIBUTE, RELEASE_ATTRIBUTE
 
-#: How long the local job "runs" once the remote one has finished: only
-#: long enough for job-exec to post start and finish (test exec mode).
-RELEASE_RUN_DURATION = "0.001s"
+#: How long the released local job may "run" at the most (exec test mode,
+#: override): the plugin starts it, writes the remote job's output into it
+#: and finishes it at once (job-exec.override); this only ends a job the
+#: plugin was unloaded from in the meantime, and never reloaded.  (A
+#: reloaded plugin finishes it; a restarted instance does it at once,
+#: reattach_finish.)
+RELEASE_RUN_DURATION = "300s"
 
 
 def lookup(jobspec, path, default=None):
@@ -100,14 +104,35 @@ def job_name(jobspec):
 
 
 def release_updates(wait_status):
-    """Jobspec updates that make job-exec 'run' the released local job for a
-    moment and report wait_status, without job shells (test exec mode)."""
+    """Jobspec updates that make job-exec run the released local job
+    without job shells (test exec mode) and report wait_status.
+
+    Override mode: the job starts only when the plugin says so and
+    finishes when it says so (job-exec.override), so that the remote job's
+    output can be written into the job's own guest namespace in between,
+    to be kept with the job when it ends.  A job still running when the
+    instance restarts finishes at once with wait_status (reattach_finish);
+    one whose plugin is gone, after RELEASE_RUN_DURATION."""
+    wait_status = int(wait_status)
     return {
         "attributes.system.exec.test": {
             "run_duration": RELEASE_RUN_DURATION,
-            "wait_status": int(wait_status),
-        }
+            "wait_status": wait_status,
+            "override": 1,
+            "reattach_finish": 1,
+        },
+        f"attributes.system.{RELEASE_ATTRIBUTE}": {"wait_status": wait_status},
     }
+
+
+def released_status(jobspec):
+    """The wait status a released job finishes with (RELEASE_ATTRIBUTE),
+    or None if the job was not released by this plugin."""
+    release = lookup(jobspec, f"attributes.system.{RELEASE_ATTRIBUTE}")
+    status = release.get("wait_status") if isinstance(release, dict) else None
+    if isinstance(status, int) and not isinstance(status, bool):
+        return status
+    return None
 
 
 def local_R(hostname, now=None):

@@ -56,6 +56,8 @@ class Runtime:
         connect_timeout = self.conf["connect-timeout"]
         self.reconnect_interval = self.conf["reconnect-interval"]
         self.reconnect_timeout = self.conf["reconnect-timeout"]
+        # Bytes of a remote job's output copied into the local job's.
+        self.output_limit = self.conf["output-limit"]
         self.jobs = {}
         self.admission = Admission()
         self.helpers = Helpers(self)
@@ -208,6 +210,7 @@ class Runtime:
             "connect-timeout": self.connections.timeout,
             "preflight-timeout": self.preflight_timeout,
             "reconnect-timeout": self.reconnect_timeout,
+            "output-limit": self.output_limit,
             "registry": [
                 dict(c.extra, uri=c.uri, label=c.label, origin=c.origin)
                 for c in self.registry.clusters
