@@ -12,6 +12,7 @@ import errno
 import syslog
 
 import flux.job
+from flux.core.inner import ffi, lib
 from flux.job import JobID
 
 from ..jobspec import R_naming, flux_counts
@@ -127,14 +128,13 @@ class RemoteOutput:
         return self.copy.text(missing_notice(what, self.local_id))
 
     def discard(self, future):
-        """An answer after the copy is done: read and let go, so that the
-        future is ready for the next and holds none, until the end."""
-        try:
-            future.get_event()
-        except OSError:
-            future.needs_cancel = False  # the end, or an error: over
-        except Exception:  # pylint: disable=broad-except
-            future.reset()
+        """An answer after the copy is done: let go unread (not even
+        parsed), so that the future is ready for the next and holds none,
+        until the end (an error answer: ENODATA, or the watch's error)."""
+        if lib.flux_future_get(future.pimpl.handle, ffi.NULL) < 0:
+            future.needs_cancel = False  # over: nothing more comes
+            return
+        future.reset()
 
     def stop_watch(self, future=None):
         """Ask the target to end the watch, if that can be sent now without
