@@ -7,9 +7,11 @@ from flux_delegate.jobspec import (
     MAX_R_IDS,
     R_naming,
     idset_count,
+    idset_text,
     job_name,
     local_R,
     lookup,
+    max_named_nodes,
     origin_of,
     release_updates,
     released_status,
@@ -101,6 +103,12 @@ def test_release_updates_report_the_wait_status():
     assert "delegate-release" not in remote_jobspec(spec)["attributes"]["system"]
 
 
+def test_idset_text():
+    assert idset_text([0, 1, 2, 3, 7]) == "0-3,7"
+    assert idset_text([5]) == "5"
+    assert idset_text([0, 2, 4, 5]) == "0,2,4-5"
+
+
 def test_idset_count_counts_without_expanding():
     assert idset_count("0") == 1
     assert idset_count("0-3,7") == 5
@@ -122,20 +130,52 @@ def remote_R(**execution):
     return {"version": 1, "execution": base, "scheduling": {"graph": "..."}}
 
 
-def test_R_naming_takes_the_remote_nodes():
+def test_R_naming_takes_the_remote_nodes_on_ranks_from_0():
     R = R_naming(remote_R(), now=100.0)
     assert R == {
         "version": 1,
         "execution": {
-            "R_lite": [{"rank": "3-4", "children": {"core": "0-3", "gpu": "0"}}],
+            "R_lite": [{"rank": "0-1", "children": {"core": "0-3", "gpu": "0"}}],
             "nodelist": ["nodeA", "nodeB"],
             "starttime": 100.0,
             "expiration": 0.0,
         },
     }
+    # The remote ranks' order is kept, with what each node had.
+    R = R_naming(
+        remote_R(
+            R_lite=[
+                {"rank": "9,12", "children": {"core": "0"}},
+                {"rank": "10", "children": {"core": "0-7"}},
+            ],
+            nodelist=["n9", "n10", "n12"],
+        )
+    )
+    assert R["execution"]["R_lite"] == [
+        {"rank": "0,2", "children": {"core": "0"}},
+        {"rank": "1", "children": {"core": "0-7"}},
+    ]
+    assert R["execution"]["nodelist"] == ["n9", "n10", "n12"]
     assert R_naming(remote_R(), count=lambda R: (2, 2)) is not None
     assert R_naming(remote_R(), count=lambda R: (1, 2)) is None  # a node without name
     assert R_naming(remote_R(), count=lambda R: 1 / 0) is None
+
+
+def test_R_naming_names_at_most_max_nodes():
+    assert R_naming(remote_R(), max_nodes=1) is None
+    one = remote_R(R_lite=[{"rank": "7", "children": {"core": "3"}}], nodelist=["far"])
+    R = R_naming(one, max_nodes=1)
+    assert R["execution"]["R_lite"] == [{"rank": "0", "children": {"core": "3"}}]
+    assert R["execution"]["nodelist"] == ["far"]
+
+
+def test_max_named_nodes_follows_a_per_rank_prolog_or_epilog():
+    assert max_named_nodes({}) is None
+    assert max_named_nodes({"job-manager": {"prolog": {"command": ["x"]}}}) is None
+    assert max_named_nodes({"job-manager": {"prolog": {"per-rank": True}}}) == 1
+    assert max_named_nodes({"job-manager": {"epilog": {"per-rank": True}}}) == 1
+    assert max_named_nodes({"job-manager": "odd"}) is None
+    assert max_named_nodes(None) is None
 
 
 def test_R_naming_refuses_what_is_not_an_R_naming_nodes():
@@ -150,6 +190,9 @@ def test_R_naming_refuses_what_is_not_an_R_naming_nodes():
         remote_R(R_lite=[{"rank": "0-4294967295", "children": {"core": "0"}}]),
         remote_R(R_lite=[{"rank": "0", "children": {"core": "0-4294967295"}}]),
         remote_R(R_lite=[{"rank": "0", "children": {"core": 0}}]),
+        remote_R(
+            R_lite=[{"rank": "0-1", "children": {}}, {"rank": "1", "children": {}}]
+        ),  # rank 1 twice
         remote_R(nodelist=[]),
         remote_R(nodelist="nodeA"),
         remote_R(nodelist=["node\0A"]),
@@ -165,6 +208,7 @@ def test_R_naming_counts_as_flux_does():
 
     R = R_naming(remote_R(nodelist=["node[1-2]"]), count=flux_counts)
     assert ResourceSet(R).nodelist.expand() == ["node1", "node2"]
+    assert str(ResourceSet(R).ranks) == "0-1" and ResourceSet(R).ncores == 8
     assert R_naming(remote_R(nodelist=["node[1-3]"]), count=flux_counts) is None
     assert R_naming(remote_R(nodelist=["node1"]), count=flux_counts) is None
 

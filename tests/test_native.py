@@ -152,9 +152,36 @@ def test_flux_jobs_shows_the_remote_nodes(source, named_target):
     assert row[:2] == ["remote[0-1]", "2"]
     R = json.loads(source.run("job", "info", jobid, "R").stdout)
     assert R["execution"]["nodelist"] == ["remote[0-1]"]
+    # Its ranks are 0 and 1 of the remote job's two nodes, not the target's.
+    assert source.run("jobs", "-no", "{ranks}", jobid).stdout.strip() == "[0-1]"
     # No local resource was allocated for it (alloc-bypass).
     assert source.wait_event(jobid, "alloc")["context"] == {"bypass": True}
     assert source.run("resource", "list", "-no", "{nnodes}", "-s", "allocated").stdout.strip() in ("", "0")
+
+
+def test_one_node_named_where_a_prolog_runs_on_each_rank(request, named_target):
+    """With a per-rank job prolog here, a job's ranks are where it runs: a
+    released job names its remote node on rank 0 (where its prolog always
+    ran), and a job that ran on more nodes names this host, as before."""
+    source = FluxInstance(
+        name="prolog-source",
+        config=(
+            '[job-manager]\nplugins = [ { load = "perilog.so" } ]\n'
+            '[job-manager.prolog]\ncommand = ["true"]\nper-rank = true\n'
+        ),
+    ).start()
+    request.addfinalizer(source.cleanup)
+    source.load_plugin()
+    one = source.submit(f"--dependency=delegate:{named_target.uri}", "-N1", "true")
+    two = source.submit(f"--dependency=delegate:{named_target.uri}", "-N2", "true")
+    assert source.status(one) == 0 and source.status(two) == 0
+    nodelist, ranks = source.run("jobs", "-no", "{nodelist} {ranks}", one).stdout.split()
+    assert nodelist in ("remote0", "remote1") and ranks == "0"
+    here = source.run("jobs", "-no", "{nodelist} {nnodes}", two).stdout.split()
+    assert here[1] == "1" and not here[0].startswith("remote")
+    assert "per-rank job prolog or epilog" in source.dmesg()
+    prolog = [e for e in source.eventlog(one) if e["name"] == "prolog-finish"]
+    assert prolog and prolog[0]["context"]["status"] == 0
 
 
 def test_no_job_is_submitted_with_the_release_attribute(source):

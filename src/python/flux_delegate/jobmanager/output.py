@@ -205,8 +205,13 @@ class RemoteR:
         except (OSError, KeyError, TypeError) as exc:
             self.finish(None, getattr(exc, "strerror", None) or str(exc))
             return
-        local = R_naming(R, count=flux_counts)
-        self.finish(local, None if local is not None else "not an R naming its nodes")
+        limit = self.runtime.max_named_nodes
+        local = R_naming(R, count=flux_counts, max_nodes=limit)
+        if local is None and R_naming(R, count=flux_counts) is not None:
+            why = f"more than {limit} node (a per-rank job prolog or epilog runs here)"
+        else:
+            why = "not an R naming its nodes"
+        self.finish(local, None if local is not None else why)
 
     def finish(self, R, why):
         if self.done:
