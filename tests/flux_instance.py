@@ -149,8 +149,9 @@ class FluxInstance(FluxClient):
     """A Flux instance of its own, started and stopped by the test."""
 
     def __init__(self, size=1, config=None, statedir=None, rundir=None, name="flux",
-                 env=None):
+                 env=None, hosts=None):
         self.size = size
+        self.hosts = hosts  # fake hostnames of its brokers (a hostlist)
         self.broker_env = env
         self.config = config
         self.statedir = statedir
@@ -169,6 +170,8 @@ class FluxInstance(FluxClient):
         if os.path.exists(urifile):
             os.unlink(urifile)
         args = [FLUX, "start", f"--test-size={self.size}"]
+        if self.hosts is not None:
+            args.append(f"--test-hosts={self.hosts}")
         if self.config is not None:
             confdir = os.path.join(self.dir, "conf.d")
             os.makedirs(confdir, exist_ok=True)

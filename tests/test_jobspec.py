@@ -4,11 +4,17 @@ from unit import needs_flux
 
 from flux_delegate import jobspec as jobspec_module
 from flux_delegate.jobspec import (
+    MAX_R_IDS,
+    R_naming,
+    idset_count,
+    idset_text,
     job_name,
     local_R,
     lookup,
+    max_named_nodes,
     origin_of,
     release_updates,
+    released_status,
     remote_jobspec,
     requeue_allowed,
     same_origin,
@@ -82,8 +88,129 @@ def test_release_updates_report_the_wait_status():
     updates = release_updates(768)
     test = updates["attributes.system.exec.test"]
     assert test["wait_status"] == 768
-    # A zero duration would make job-exec wait forever.
+    # Started and finished by the plugin (job-exec.override), finished at
+    # once if the instance restarts meanwhile.
+    assert test["override"] == 1 and test["reattach_finish"] == 1
+    # A zero duration would make job-exec wait forever for a plugin gone.
     assert test["run_duration"] != "0" and float(test["run_duration"].rstrip("s")) > 0
+    # A plugin loaded again knows the job for one of its own.
+    spec = {"attributes": {"system": {"delegate-release": updates["attributes.system.delegate-release"]}}}
+    assert released_status(spec) == 768
+    assert released_status({"attributes": {"system": {}}}) is None
+    for odd in ({"wait_status": "768"}, {"wait_status": True}, [768], "768"):
+        assert released_status({"attributes": {"system": {"delegate-release": odd}}}) is None
+    # It is never sent to a target.
+    assert "delegate-release" not in remote_jobspec(spec)["attributes"]["system"]
+
+
+def test_idset_text():
+    assert idset_text([0, 1, 2, 3, 7]) == "0-3,7"
+    assert idset_text([5]) == "5"
+    assert idset_text([0, 2, 4, 5]) == "0,2,4-5"
+
+
+def test_idset_count_counts_without_expanding():
+    assert idset_count("0") == 1
+    assert idset_count("0-3,7") == 5
+    assert idset_count("[2-5]") == 4
+    assert idset_count("0-4294967295") is None  # more than the most
+    assert idset_count(f"0-{MAX_R_IDS - 1}") == MAX_R_IDS
+    for bad in ("", "a", "3-1", "1-", "-1", "1,,2", None, 3, "１"):
+        assert idset_count(bad) is None
+
+
+def remote_R(**execution):
+    base = {
+        "R_lite": [{"rank": "3-4", "children": {"core": "0-3", "gpu": "0"}}],
+        "nodelist": ["nodeA", "nodeB"],
+        "starttime": 1.0,
+        "expiration": 2.0,
+    }
+    base.update(execution)
+    return {"version": 1, "execution": base, "scheduling": {"graph": "..."}}
+
+
+def test_R_naming_takes_the_remote_nodes_on_ranks_from_0():
+    R = R_naming(remote_R(), now=100.0)
+    assert R == {
+        "version": 1,
+        "execution": {
+            "R_lite": [{"rank": "0-1", "children": {"core": "0-3", "gpu": "0"}}],
+            "nodelist": ["nodeA", "nodeB"],
+            "starttime": 100.0,
+            "expiration": 0.0,
+        },
+    }
+    # The remote ranks' order is kept, with what each node had.
+    R = R_naming(
+        remote_R(
+            R_lite=[
+                {"rank": "9,12", "children": {"core": "0"}},
+                {"rank": "10", "children": {"core": "0-7"}},
+            ],
+            nodelist=["n9", "n10", "n12"],
+        )
+    )
+    assert R["execution"]["R_lite"] == [
+        {"rank": "0,2", "children": {"core": "0"}},
+        {"rank": "1", "children": {"core": "0-7"}},
+    ]
+    assert R["execution"]["nodelist"] == ["n9", "n10", "n12"]
+    assert R_naming(remote_R(), count=lambda R: (2, 2)) is not None
+    assert R_naming(remote_R(), count=lambda R: (1, 2)) is None  # a node without name
+    assert R_naming(remote_R(), count=lambda R: 1 / 0) is None
+
+
+def test_R_naming_names_at_most_max_nodes():
+    assert R_naming(remote_R(), max_nodes=1) is None
+    one = remote_R(R_lite=[{"rank": "7", "children": {"core": "3"}}], nodelist=["far"])
+    R = R_naming(one, max_nodes=1)
+    assert R["execution"]["R_lite"] == [{"rank": "0", "children": {"core": "3"}}]
+    assert R["execution"]["nodelist"] == ["far"]
+
+
+def test_max_named_nodes_follows_a_per_rank_prolog_or_epilog():
+    assert max_named_nodes({}) is None
+    assert max_named_nodes({"job-manager": {"prolog": {"command": ["x"]}}}) is None
+    assert max_named_nodes({"job-manager": {"prolog": {"per-rank": True}}}) == 1
+    assert max_named_nodes({"job-manager": {"epilog": {"per-rank": True}}}) == 1
+    assert max_named_nodes({"job-manager": "odd"}) is None
+    assert max_named_nodes(None) is None
+
+
+def test_R_naming_refuses_what_is_not_an_R_naming_nodes():
+    for bad in (
+        None,
+        "R",
+        {"version": 2, "execution": remote_R()["execution"]},
+        {"version": 1},
+        remote_R(R_lite=[]),
+        remote_R(R_lite="0"),
+        remote_R(R_lite=[{"rank": 0, "children": {}}]),
+        remote_R(R_lite=[{"rank": "0-4294967295", "children": {"core": "0"}}]),
+        remote_R(R_lite=[{"rank": "0", "children": {"core": "0-4294967295"}}]),
+        remote_R(R_lite=[{"rank": "0", "children": {"core": 0}}]),
+        remote_R(
+            R_lite=[{"rank": "0-1", "children": {}}, {"rank": "1", "children": {}}]
+        ),  # rank 1 twice
+        remote_R(nodelist=[]),
+        remote_R(nodelist="nodeA"),
+        remote_R(nodelist=["node\0A"]),
+        remote_R(nodelist=[""]),
+    ):
+        assert R_naming(bad) is None, bad
+
+
+@needs_flux
+def test_R_naming_counts_as_flux_does():
+    from flux.resource import ResourceSet
+    from flux_delegate.jobspec import flux_counts
+
+    R = R_naming(remote_R(nodelist=["node[1-2]"]), count=flux_counts)
+    assert ResourceSet(R).nodelist.expand() == ["node1", "node2"]
+    assert str(ResourceSet(R).ranks) == "0-1" and ResourceSet(R).ncores == 8
+    assert R_naming(remote_R(nodelist=["node[1-3]"]), count=flux_counts) is None
+    assert R_naming(remote_R(nodelist=["node1"]), count=flux_counts) is None
 
 
 @needs_flux

@@ -4,7 +4,13 @@ import pytest
 from unit import needs_flux
 
 from flux_delegate import options as options_module
-from flux_delegate.options import DEFAULT_CONNECT_TIMEOUT, DEFAULT_RECONNECT_TIMEOUT, plugin_options
+from flux_delegate.options import (
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_OUTPUT_LIMIT,
+    DEFAULT_RECONNECT_TIMEOUT,
+    MAX_OUTPUT_LIMIT,
+    plugin_options,
+)
 
 
 def test_plugin_options_defaults_and_numbers():
@@ -44,7 +50,7 @@ def test_durations_are_read_as_flux_reads_them():
             {"submit-timout": "5"},
             "unknown plugin option 'submit-timout' (known: handler, pythonpath, registry,"
             " submit-timeout, connect-timeout, preflight-timeout, reconnect-timeout,"
-            " reconnect-interval)",
+            " reconnect-interval, output-limit)",
         ),
         ({"connect-timeout": "-3"}, "plugin option connect-timeout=-3: must be more than 0 seconds"),
         ({"connect-timeout": -1.5}, "plugin option connect-timeout=-1.5: must be more than 0 seconds"),
@@ -104,3 +110,33 @@ def test_without_flux_bindings_a_duration_is_plain_seconds(monkeypatch):
         with pytest.raises(ValueError) as info:
             plugin_options(conf)
         assert str(info.value) == message
+
+
+def test_output_limit_is_a_size():
+    assert plugin_options(None)["output-limit"] == DEFAULT_OUTPUT_LIMIT == 4 * 1024 * 1024
+    for value, nbytes in [
+        ("4M", 4 << 20),
+        ("512k", 512 << 10),
+        ("1G", None),  # more than the most
+        (" 16K ", 16 << 10),
+        ("1000", 1000),
+        (2048, 2048),
+        ("0", 0),
+        (0, 0),
+        ("100M", MAX_OUTPUT_LIMIT),
+    ]:
+        if nbytes is None:
+            with pytest.raises(ValueError) as info:
+                plugin_options({"output-limit": value})
+            assert str(info.value) == f"plugin option output-limit={value}: must be from 0 to 100M"
+        else:
+            assert plugin_options({"output-limit": value})["output-limit"] == nbytes
+
+
+@pytest.mark.parametrize("value", ["lots", "4MB", "-1", "1.5M", "", "M", True, None, 2.5, "４M"])
+def test_output_limit_refuses_what_is_not_a_size(value):
+    with pytest.raises(ValueError) as info:
+        plugin_options({"output-limit": value})
+    assert str(info.value) in (
+        f"plugin option output-limit={value}: not a size (bytes, or with K, M or G: e.g. 4M)",
+    )

@@ -28,11 +28,15 @@ except ImportError:  # pragma: no cover - unit tests without flux-core
         in_dict[last] = val
 
 
-from .names import LOCAL_ONLY_ATTRIBUTES, ORIGIN_ATTRIBUTE
+from .names import LOCAL_ONLY_ATTRIBUTES, ORIGIN_ATTRIBUTE, RELEASE_ATTRIBUTE
 
-#: How long the local job "runs" once the remote one has finished: only
-#: long enough for job-exec to post start and finish (test exec mode).
-RELEASE_RUN_DURATION = "0.001s"
+#: How long the released local job may "run" at the most (exec test mode,
+#: override): the plugin starts it, writes the remote job's output into it
+#: and finishes it at once (job-exec.override); this only ends a job the
+#: plugin was unloaded from in the meantime, and never reloaded.  (A
+#: reloaded plugin finishes it; a restarted instance does it at once,
+#: reattach_finish.)
+RELEASE_RUN_DURATION = "300s"
 
 
 def lookup(jobspec, path, default=None):
@@ -100,14 +104,35 @@ def job_name(jobspec):
 
 
 def release_updates(wait_status):
-    """Jobspec updates that make job-exec 'run' the released local job for a
-    moment and report wait_status, without job shells (test exec mode)."""
+    """Jobspec updates that make job-exec run the released local job
+    without job shells (test exec mode) and report wait_status.
+
+    Override mode: the job starts only when the plugin says so and
+    finishes when it says so (job-exec.override), so that the remote job's
+    output can be written into the job's own guest namespace in between,
+    to be kept with the job when it ends.  A job still running when the
+    instance restarts finishes at once with wait_status (reattach_finish);
+    one whose plugin is gone, after RELEASE_RUN_DURATION."""
+    wait_status = int(wait_status)
     return {
         "attributes.system.exec.test": {
             "run_duration": RELEASE_RUN_DURATION,
-            "wait_status": int(wait_status),
-        }
+            "wait_status": wait_status,
+            "override": 1,
+            "reattach_finish": 1,
+        },
+        f"attributes.system.{RELEASE_ATTRIBUTE}": {"wait_status": wait_status},
     }
+
+
+def released_status(jobspec):
+    """The wait status a released job finishes with (RELEASE_ATTRIBUTE),
+    or None if the job was not released by this plugin."""
+    release = lookup(jobspec, f"attributes.system.{RELEASE_ATTRIBUTE}")
+    status = release.get("wait_status") if isinstance(release, dict) else None
+    if isinstance(status, int) and not isinstance(status, bool):
+        return status
+    return None
 
 
 def local_R(hostname, now=None):
@@ -122,3 +147,152 @@ def local_R(hostname, now=None):
             "expiration": 0.0,
         },
     }
+
+
+#: The most ranks (and, on each, resources of a kind) a remote R may name
+#: to be taken for the local job's: parsing a larger one would hold up the
+#: job-manager.
+MAX_R_IDS = 1 << 16
+
+
+def idset_ids(text, limit=MAX_R_IDS):
+    """The ids an RFC 22 idset string names ("0-3,7", "[2-5]"), in order,
+    counted before they are expanded; None if it is not one, or names more
+    than limit."""
+    if not isinstance(text, str):
+        return None
+    text = text.strip()
+    if text.startswith("[") and text.endswith("]"):
+        text = text[1:-1]
+    ranges = []
+    total = 0
+    for part in text.split(","):
+        low, dash, high = part.partition("-")
+        high = high if dash else low
+        if not (low.isascii() and low.isdigit() and high.isascii() and high.isdigit()):
+            return None
+        if int(high) < int(low):
+            return None
+        total += int(high) - int(low) + 1
+        if total > limit:
+            return None
+        ranges.append((int(low), int(high)))
+    return sorted({i for low, high in ranges for i in range(low, high + 1)})
+
+
+def idset_count(text, limit=MAX_R_IDS):
+    """How many ids an RFC 22 idset string names, or None (idset_ids)."""
+    ids = idset_ids(text, limit)
+    return None if ids is None else len(ids)
+
+
+def idset_text(ids):
+    """An RFC 22 idset string of sorted ids: "0-3,7"."""
+    parts = []
+    for i in ids:
+        if parts and parts[-1][1] == i - 1:
+            parts[-1][1] = i
+        else:
+            parts.append([i, i])
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in parts)
+
+
+def R_naming(remote_R, now=None, count=None, max_nodes=None):
+    """The released local job's R, naming where its remote job ran: the
+    remote R's nodes (nodelist) and what it had on each (cores, gpus), so
+    that 'flux jobs -o {nodelist}' (and nnodes, ncores) show the remote
+    job's.  Never allocated from the scheduler (alloc-bypass), and no
+    process runs on it (exec test mode).
+
+    Its ranks are 0 to N-1 (for N nodes, in the remote ranks' order): the
+    target's ranks mean nothing here, and a job on one node gets rank 0,
+    as a released job always had (a job prolog or epilog of this instance,
+    which runs on a job's ranks, runs where it ran before).  max_nodes:
+    None for a job on more nodes than that (see Runtime.max_named_nodes).
+
+    None if remote_R is not an R of that shape: RFC 20 version 1, at most
+    MAX_R_IDS ranks, each once, and a nodelist naming as many nodes as
+    R_lite has ranks; count(R) -> (hosts, ranks) counts them, where flux's
+    bindings can (flux_counts)."""
+    if not isinstance(remote_R, dict) or remote_R.get("version") != 1:
+        return None
+    execution = remote_R.get("execution")
+    if not isinstance(execution, dict):
+        return None
+    R_lite = execution.get("R_lite")
+    nodelist = execution.get("nodelist")
+    if not isinstance(R_lite, list) or not R_lite or not isinstance(nodelist, list) or not nodelist:
+        return None
+    entries = []
+    total = 0
+    for entry in R_lite:
+        if not (
+            isinstance(entry, dict)
+            and isinstance(entry.get("children"), dict)
+            and all(
+                isinstance(k, str) and idset_count(v) is not None
+                for k, v in entry["children"].items()
+            )
+        ):
+            return None
+        ranks = idset_ids(entry.get("rank"))
+        if not ranks:
+            return None
+        total += len(ranks)
+        if total > MAX_R_IDS:
+            return None
+        entries.append((ranks, dict(entry["children"])))
+    remote_ranks = sorted({r for ranks, _ in entries for r in ranks})
+    if len(remote_ranks) != total:
+        return None  # a rank named twice
+    if max_nodes is not None and total > max_nodes:
+        return None
+    if not all(isinstance(host, str) and host and "\0" not in host for host in nodelist):
+        return None
+    local = {rank: i for i, rank in enumerate(remote_ranks)}
+    R = {
+        "version": 1,
+        "execution": {
+            "R_lite": [
+                {"rank": idset_text([local[r] for r in ranks]), "children": children}
+                for ranks, children in entries
+            ],
+            "nodelist": list(nodelist),
+            "starttime": float(now if now is not None else time.time()),
+            "expiration": 0.0,
+        },
+    }
+    if count is not None:
+        try:
+            hosts, nranks = count(R)
+        except Exception:  # pylint: disable=broad-except
+            return None
+        if hosts != nranks or nranks != total:
+            return None
+    return R
+
+
+def max_named_nodes(broker_conf):
+    """How many remote nodes a released job's R may name (R_naming's
+    max_nodes): 1 where the instance runs a job prolog or epilog on each of
+    a job's ranks ([job-manager.prolog] or [job-manager.epilog] with
+    per-rank = true: ranks 1 to N-1 here would be nodes that ran nothing
+    of the job), else any (None)."""
+    manager = broker_conf.get("job-manager") if isinstance(broker_conf, dict) else None
+    if not isinstance(manager, dict):
+        return None
+    for name in ("prolog", "epilog"):
+        table = manager.get(name)
+        if isinstance(table, dict) and table.get("per-rank") is True:
+            return 1
+    return None
+
+
+def flux_counts(R):
+    """(hosts, ranks) of an R as flux reads it (flux.resource.ResourceSet,
+    which also checks that it parses); for R_naming(count=)."""
+    from flux.hostlist import Hostlist
+    from flux.resource import ResourceSet
+
+    ranks = ResourceSet(R).nnodes
+    return len(Hostlist(R["execution"]["nodelist"])), ranks

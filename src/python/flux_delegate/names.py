@@ -13,7 +13,13 @@ EXCEPTION_TYPE = "DelegationFailure"
 
 
 #: Jobspec attributes that belong to the local instance only.
-LOCAL_ONLY_ATTRIBUTES = ("dependencies", "delegate", "delegate-origin", "delegate-requeue")
+LOCAL_ONLY_ATTRIBUTES = (
+    "dependencies",
+    "delegate",
+    "delegate-origin",
+    "delegate-requeue",
+    "delegate-release",
+)
 
 
 #: The system attribute that names, in a remote job, the local job it runs
@@ -21,6 +27,20 @@ LOCAL_ONLY_ATTRIBUTES = ("dependencies", "delegate", "delegate-origin", "delegat
 #: lost (the source stopped or the plugin was reloaded in between) is found
 #: again instead of being made twice.
 ORIGIN_ATTRIBUTE = "delegate-origin"
+
+
+#: The system attribute the plugin gives a job it releases (its remote job
+#: ended with a wait status): {"wait_status": W}.  A plugin loaded again
+#: while the job runs (reload, restart) knows it by this for one of its own
+#: to finish; no job may be submitted with it.
+RELEASE_ATTRIBUTE = "delegate-release"
+
+
+#: Where, in a released job's KVS directory (job.ID.), the plugin keeps the
+#: remote job's output it copied (an RFC 24 output eventlog), written while
+#: the job is still pending, and copied into the job's guest namespace as
+#: its output (guest.output) once it runs.
+OUTPUT_KEY = "delegate-output"
 
 
 #: Policies built into this handler (site policies are added by config).

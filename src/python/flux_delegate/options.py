@@ -45,6 +45,23 @@ SECONDS_OPTIONS = {
 PATH_OPTIONS = ("handler", "pythonpath", "registry")
 
 
+#: Default bytes of a remote job's output copied into the local job's own
+#: (what 'flux job attach LOCALID' shows): output-limit.
+DEFAULT_OUTPUT_LIMIT = 4 * 1024 * 1024
+
+#: The most output-limit may be: what is copied is held in the broker's
+#: memory until it is written (flux's own warning threshold, 100M).
+MAX_OUTPUT_LIMIT = 100 * 1024 * 1024
+
+#: Plugin options that are sizes in bytes (a number, or with a suffix
+#: K, M or G, powers of 1024, as flux's output.limit), with defaults.
+SIZE_OPTIONS = {
+    "output-limit": DEFAULT_OUTPUT_LIMIT,
+}
+
+SIZE_SUFFIXES = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+
+
 def duration(key, value):
     """Seconds of the value given for plugin option key: a number, or a
     string in Flux Standard Duration (flux.util.parse_fsd: 30, 30s, 5m,
@@ -83,18 +100,44 @@ def duration(key, value):
     return seconds
 
 
+def size(key, value):
+    """Bytes of the value given for plugin option key: a whole number, or
+    one with a suffix K, M or G (powers of 1024: 4M, 512k), from 0 to
+    MAX_OUTPUT_LIMIT.  Raises ValueError naming the option and what is
+    wrong."""
+    where = f"plugin option {key}={value}"
+    nbytes = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        nbytes = value
+    elif isinstance(value, str):
+        text = value.strip()
+        suffix = text[-1:].upper() if text[-1:].isalpha() else ""
+        digits = text[: len(text) - len(suffix)].strip()
+        if suffix in SIZE_SUFFIXES and digits.isdigit() and digits.isascii():
+            nbytes = int(digits) * SIZE_SUFFIXES[suffix]
+    if nbytes is None:
+        raise ValueError(f"{where}: not a size (bytes, or with K, M or G: e.g. 4M)")
+    if not 0 <= nbytes <= MAX_OUTPUT_LIMIT:
+        raise ValueError(f"{where}: must be from 0 to {MAX_OUTPUT_LIMIT // (1 << 20)}M")
+    return nbytes
+
+
 def plugin_options(conf):
     """The plugin's options, checked, with defaults: {key: value}, a
-    duration in seconds.  Raises ValueError naming the option for an
-    unknown key (a typo would silently keep a default) or a value that is
-    not a duration of more than 0 (see duration)."""
-    options = dict(SECONDS_OPTIONS)
+    duration in seconds, a size in bytes.  Raises ValueError naming the
+    option for an unknown key (a typo would silently keep a default) or a
+    value that is not a duration of more than 0 (see duration) or a size
+    (see size)."""
+    options = dict(SECONDS_OPTIONS, **SIZE_OPTIONS)
     for key, value in (conf or {}).items():
         if key in PATH_OPTIONS:
             options[key] = value
             continue
+        if key in SIZE_OPTIONS:
+            options[key] = size(key, value)
+            continue
         if key not in SECONDS_OPTIONS:
-            known = ", ".join(PATH_OPTIONS + tuple(SECONDS_OPTIONS))
+            known = ", ".join(PATH_OPTIONS + tuple(SECONDS_OPTIONS) + tuple(SIZE_OPTIONS))
             raise ValueError(f"unknown plugin option '{key}' (known: {known})")
         options[key] = duration(key, value)
     return options

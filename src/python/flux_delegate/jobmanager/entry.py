@@ -10,11 +10,13 @@ import flux
 import flux.constants
 from flux.job import JobID
 
-from ..names import DEPENDENCY, EXCEPTION_TYPE  # noqa: F401 (for delegate.so)
+from ..jobspec import released_status
+from ..names import DEPENDENCY, EXCEPTION_TYPE, RELEASE_ATTRIBUTE  # noqa: F401 (for delegate.so)
 from ..targets import SELF_DELEGATION, parse_target
 from ..text import shown
 from . import current
 from .job import DelegatedJob
+from .phases import RELEASING
 from .reactor import harden_bindings, log
 from .runtime import Runtime
 
@@ -127,14 +129,56 @@ def has_delegate_dependency(args):
     )
 
 
+def release_attribute(args):
+    """The job's system.delegate-release (RELEASE_ATTRIBUTE), or None."""
+    system = args["jobspec"].get("attributes", {}).get("system", {})
+    return system.get(RELEASE_ATTRIBUTE) if isinstance(system, dict) else None
+
+
+def resume_released(args):
+    """Plugin load (reload, restart) with a job this plugin released still
+    running: it waits for the plugin to finish it (finish.Finish), which
+    the new load does.  At a restart job-exec finishes it itself at once
+    (reattach_finish): the finish asked then is refused, harmlessly."""
+    runtime = current.runtime
+    status = released_status(args["jobspec"])
+    state = args.get("state")
+    if status is None or int(args["id"]) in runtime.jobs:
+        return
+    name = JobID(args["id"]).f58
+    if state == flux.constants.FLUX_JOB_STATE_SCHED:
+        log(syslog.LOG_WARNING, f"{name}: released, but the plugin was reloaded before its alloc")
+        return
+    if state != flux.constants.FLUX_JOB_STATE_RUN:
+        return  # ending, on its own
+    job = DelegatedJob(runtime, args, None)
+    job.phase = RELEASING
+    job.wait_status = status
+    runtime.jobs[job.id] = job
+    runtime.jobtap.job_attach(job.id, job)
+    runtime.jobtap.subscribe(job.id)
+    log(syslog.LOG_INFO, f"{name}: released and running: finishing it")
+    job.finish_released(None, resumed=True)
+
+
 def on_job_create(args):
     """job.create of a job with -S system.delegate=TARGET (delegate.so passes
     only jobs with one of JOB_CREATE_ATTRIBUTES): the C delegate plugin's
     convention.  At submit a bad value rejects the job, and so does a
     handler error (delegate.so): a job that asked for delegation never runs
     here instead.  A job already known (plugin load, restart) is taken on
-    again; if its value has gone bad meanwhile, it fails once it can."""
+    again; if its value has gone bad meanwhile, it fails once it can.  A
+    job this plugin released and that still runs is finished
+    (resume_released)."""
     at_submit = args.get("state") == flux.constants.FLUX_JOB_STATE_NEW
+    if release_attribute(args) is not None:
+        if at_submit:
+            raise ValueError(
+                f"system.{RELEASE_ATTRIBUTE} is the delegate plugin's own: no job may be"
+                " submitted with it"
+            )
+        resume_released(args)
+        return None
     if has_delegate_dependency(args):
         return None  # job.dependency.delegate decides (and refuses both)
     state = args.get("state")
@@ -170,6 +214,7 @@ JOB_CALLBACKS = {
     "job.destroy": DelegatedJob.on_inactive,
     "job.event.dependency-remove": DelegatedJob.on_dependency_removed,
     "job.state.sched": DelegatedJob.on_sched,
+    "job.state.run": DelegatedJob.on_run,
     "job.state.cleanup": DelegatedJob.on_cleanup,
     "job.state.inactive": DelegatedJob.on_inactive,
 }
@@ -180,8 +225,9 @@ JOB_CALLBACKS = {
 JOB_TOPICS = tuple(JOB_CALLBACKS)
 
 #: The jobspec attributes (under attributes.) that bring a job's job.create
-#: to callback(): every other job's never enters Python.
-JOB_CREATE_ATTRIBUTES = ("system.delegate",)
+#: to callback(): every other job's never enters Python.  (A released job's
+#: too: a plugin loaded while it runs finishes it.)
+JOB_CREATE_ATTRIBUTES = ("system.delegate", f"system.{RELEASE_ATTRIBUTE}")
 
 
 def callback(topic, args, job):

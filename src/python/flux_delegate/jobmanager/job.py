@@ -27,10 +27,15 @@ through these phases (phases.py):
               lost is sought again for up to reconnect-timeout.  R ended by
               an allocation failure: the next candidate may take the job
               (submitting again).
-  releasing   R finished: L is released and run through to its end without
-              resources or processes (alloc-bypass, exec test mode), and
-              finishes with R's wait status, so 'flux job status L' gives
-              R's exit code.
+  releasing   R finished: its output (within output-limit) and R are read
+              from the target (output.Collect) and stored in L's KVS
+              directory, L still pending; then L is released and run
+              through to its end without resources or processes
+              (alloc-bypass, exec test mode), its R naming R's nodes; once
+              it runs, the plugin starts it, copies the output into it as
+              its own and finishes it with R's wait status (finish.Finish),
+              so 'flux job attach L' shows R's output and 'flux job status
+              L' gives R's exit code.
   ended       nothing is left to do.  R failed with an exception: L got a
               DelegationFailure exception naming R and the exception; any
               failure before R exists: a severity 0 DelegationFailure whose
@@ -60,13 +65,15 @@ from ..eventlog import (
     outstanding_dependencies,
 )
 from ..jobspec import local_R, release_updates, requeue_allowed
-from ..names import DEPENDENCY, EXCEPTION_TYPE
+from ..names import DEPENDENCY, EXCEPTION_TYPE, OUTPUT_KEY
 from ..policies import Candidate, JobView, PolicyError, apply_policy, no_target_message
 from ..registry import Cluster
 from ..targets import SELF_DELEGATION
 from ..text import shown
 from .cancel import RemoteCancel
 from .connections import CONNECTION_ERRORS, HelperAnswer, submit_on_own_connection
+from .finish import Finish
+from .output import Collect
 from .phases import ENDED, FOLLOWING, RECOVERING, RELEASING, SUBMITTING, WAITING
 from .preflight import Preflight
 from .reactor import Timer, Timers, answered, guard, log, then
@@ -212,6 +219,12 @@ class DelegatedJob:
         # numbers its jobs from the same start), so it is checked first.
         self.verified = None
         self.identity_check = None  # the one whose answer counts
+        # Releasing: what it takes from its remote job (output.Collect),
+        # whether its output was stored (names.OUTPUT_KEY), and its run
+        # (finish.Finish).
+        self.collecting = None
+        self.output_stored = False
+        self.finishing = None
 
     @property
     def name(self):
@@ -815,6 +828,12 @@ class DelegatedJob:
         """Let the local job finish with wait_status, using no resources
         (alloc-bypass, exec test mode).
 
+        First what it takes from its remote job (output.Collect): the
+        output, to be the local job's own (what 'flux job attach' shows),
+        and R, for the local R to name the remote nodes (what 'flux jobs'
+        shows).  The job is still pending meanwhile: a restart or reload
+        follows the remote job again and comes back here.
+
         R goes to the KVS first, so that the alloc event can follow the
         job's arrival in SCHED at once.  With a KVS commit in between (as
         alloc-bypass.so does it), a plugin reload in that moment would
@@ -822,11 +841,26 @@ class DelegatedJob:
         """
         self.phase = RELEASING
         self.wait_status = wait_status
-        self.R = local_R(self.runtime.hostname)
+        self.collecting = Collect(
+            self, self.remote, self.remote_id, self.runtime.output_limit, self.on_collected
+        )
+        self.collecting.start()
+
+    def on_collected(self, R, output):
+        """R, and the output (written now, while the job is still pending:
+        finish.Finish copies it into the job once it runs), go to the KVS
+        in one commit."""
+        self.collecting = None
+        if self.phase != RELEASING:
+            return  # ended meanwhile
+        self.output_stored = output is not None
+        self.R = R if R is not None else local_R(self.runtime.hostname)
         self.R_given = False
         self.releasing_now = False
         txn = flux.kvs.KVSTxn(self.runtime.handle, JobID(self.id).kvs)
         txn.put("R", self.R)
+        if output is not None:
+            txn.put(OUTPUT_KEY, output, raw=True)
         then(txn.commit_async(), self.on_R_committed, job=self)
 
     def on_R_committed(self, future):
@@ -845,6 +879,12 @@ class DelegatedJob:
             self.releasing_now = False
         if self.R_given:
             self.post_alloc()
+
+    def finish_released(self, stored, resumed=False):
+        """The released job runs: start it, give it its output, finish it
+        with the remote wait status (finish.Finish)."""
+        self.finishing = Finish(self, self.wait_status, stored, resumed=resumed)
+        self.finishing.start()
 
     # -- jobtap callbacks for this job -------------------------------------
 
@@ -870,11 +910,21 @@ class DelegatedJob:
     def post_alloc(self):
         self.runtime.jobtap.post_event(self.id, "alloc", {"bypass": True})
 
+    def on_run(self, args):
+        """The released job runs (job-exec waits for the plugin: override)."""
+        if self.phase != RELEASING or self.finishing is not None:
+            return
+        self.finish_released(self.output_stored)
+
     def on_cleanup(self, args):
         """The local job ends.  If that is not our doing, the remote job
         (or the submit in flight) is canceled: nothing runs on its own."""
         if self.phase in (RELEASING, ENDED):
             self.phase = ENDED
+            self.timers.cancel("finish")
+            if self.collecting is not None:
+                self.collecting.cancel()
+                self.collecting = None
             return
         reason = local_end_reason(args, self.name)
         previous, self.phase = self.phase, ENDED

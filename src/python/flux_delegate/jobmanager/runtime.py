@@ -25,6 +25,7 @@ from ..registry import (
     merge_registry,
     read_user_registry,
 )
+from ..jobspec import max_named_nodes
 from ..jobspec import remote_jobspec as default_remote_jobspec
 from ..targets import same_instance
 from .admission import Admission
@@ -57,6 +58,9 @@ class Runtime:
         connect_timeout = self.conf["connect-timeout"]
         self.reconnect_interval = self.conf["reconnect-interval"]
         self.reconnect_timeout = self.conf["reconnect-timeout"]
+        # Bytes of a remote job's output copied into the local job's.
+        self.output_limit = self.conf["output-limit"]
+        self.max_named_nodes = None  # until the broker config says (configure)
         self.jobs = {}
         self.admission = Admission()
         self.helpers = Helpers(self)
@@ -87,6 +91,9 @@ class Runtime:
         before: when the plugin is loaded from broker config, jobtap passes
         the same config twice, and failing then would stop the instance
         from starting."""
+        # A per-rank job prolog or epilog here: a released job's R names
+        # no more than one remote node (jobspec.R_naming).
+        self.max_named_nodes = max_named_nodes(conf)
         try:
             clusters, custom, default = parse_policy_config(conf)
         except Exception as exc:  # pylint: disable=broad-except
@@ -218,6 +225,7 @@ class Runtime:
             "connect-timeout": self.connections.timeout,
             "preflight-timeout": self.preflight_timeout,
             "reconnect-timeout": self.reconnect_timeout,
+            "output-limit": self.output_limit,
             "registry": [
                 dict(c.extra, uri=c.uri, label=c.label, origin=c.origin)
                 for c in self.registry.clusters

@@ -1,0 +1,273 @@
+"""A delegated job as flux's own tools show it in the source instance:
+'flux job attach LOCALID' prints the remote job's output and exits with its
+exit code; 'flux jobs' names the remote nodes."""
+
+import json
+import subprocess
+import tempfile
+import time
+
+import pytest
+from flux_instance import FLUX, FluxInstance
+from test_restart import example_config
+
+pytestmark = pytest.mark.integration
+
+#: The target's resources, under hostnames of its own (not this host's).
+NAMED_TARGET_CONFIG = """
+[resource]
+noverify = true
+[[resource.config]]
+hosts = "remote[0-1]"
+cores = "0-1"
+"""
+
+#: A job of the plugin's, released: what the plugin's jobspec updates
+#: make of it (jobspec.release_updates), submitted as it is (without the
+#: plugin, which refuses the attribute at submit).
+RELEASED_JOB_ATTRIBUTES = [
+    "-S", "exec.test.override=1",
+    "-S", "exec.test.reattach_finish=1",
+    "-S", "exec.test.run_duration=300s",
+    "-S", "exec.test.wait_status=768",
+    "-S", "delegate-release.wait_status=768",
+]
+
+
+@pytest.fixture(scope="module")
+def named_target(request):
+    """A target of two brokers whose nodes are remote0 and remote1."""
+    instance = FluxInstance(
+        size=2, hosts="remote[0-1]", config=NAMED_TARGET_CONFIG, name="named-target"
+    ).start()
+    request.addfinalizer(instance.cleanup)
+    return instance
+
+
+def attach(instance, jobid, *options):
+    """'flux job attach' of a job: (stdout, stderr, exit code)."""
+    proc = instance.run("job", "attach", *options, jobid, check=False)
+    return proc.stdout, proc.stderr, proc.returncode
+
+
+def test_attach_prints_the_remote_output_and_exit_code(source, target):
+    jobid = source.submit(
+        f"--dependency=delegate:{target.uri}",
+        "sh", "-c", "echo out1; echo err1 >&2; echo out2; echo err2 >&2; exit 3",
+    )
+    assert source.status(jobid) == 3
+    out, err, code = attach(source, jobid)
+    assert out == "out1\nout2\n"
+    assert "err1\nerr2\n" in err  # after flux's own line: exit code 3
+    assert "No job output found" not in err
+    assert code == 3
+    # The output is the local job's own, kept with it (guest.output).
+    names = [e["name"] for e in source.eventlog(jobid, "guest.output")]
+    assert names[0] == "header" and names.count("data") >= 4
+
+
+def test_attach_to_a_pending_delegated_job_waits_for_its_output(source, target):
+    """Attached while the remote job runs: the local job is pending (no
+    live output), and attach prints the output once it ends."""
+    jobid = source.submit(
+        f"--dependency=delegate:{target.uri}",
+        "sh", "-c", "sleep 2; echo late; echo later >&2; exit 4",
+    )
+    rid = str(source.wait_event(jobid, "delegated")["context"]["jobid"])
+    target.wait_event(rid, "start")
+    state = source.run("jobs", "-no", "{state}", jobid).stdout.strip()
+    assert state == "DEPEND"
+    proc = subprocess.run(
+        [FLUX, "job", "attach", jobid],
+        env=source.env(), capture_output=True, text=True, timeout=60,
+    )
+    assert proc.stdout == "late\n"
+    assert "later\n" in proc.stderr
+    assert proc.returncode == 4
+
+
+def test_a_job_with_no_output_has_none(source, target):
+    jobid = source.submit(f"--dependency=delegate:{target.uri}", "true")
+    assert source.status(jobid) == 0
+    out, err, code = attach(source, jobid)
+    assert (out, code) == ("", 0)
+    assert "flux remote attach" not in err
+
+
+def test_output_redirected_on_the_target_is_said_so(source, target, tmp_path):
+    path = tmp_path / "out.txt"
+    jobid = source.submit(f"--dependency=delegate:{target.uri}", f"--output={path}", "echo", "hi")
+    assert source.status(jobid) == 0
+    out, err, code = attach(source, jobid)
+    assert (out, code) == ("", 0)
+    assert f"stdout redirected to {path}" in err  # a path on the target
+    assert path.read_text() == "hi\n"  # (the same host here)
+
+
+def test_output_beyond_output_limit_is_capped_with_a_notice(fresh_source, target):
+    source = fresh_source
+    source.load_plugin(None, "output-limit=16K")
+    jobid = source.submit(
+        f"--dependency=delegate:{target.uri}", "sh", "-c", "echo begin >&2; seq 1 20000"
+    )
+    assert source.status(jobid) == 0
+    out, err, code = attach(source, jobid)
+    assert code == 0
+    lines = out.splitlines()
+    # The beginning, whole lines in order; nothing past the cap.
+    assert 1000 < len(lines) < 20000
+    assert lines == [str(i) for i in range(1, len(lines) + 1)]
+    assert len(out) <= 16 * 1024
+    assert "output capped" in err and "output-limit" in err
+    assert f"flux remote attach {jobid}" in err
+    # Nothing more than the cap (and a little framing) in the KVS.
+    size = len(source.run("job", "eventlog", "-p", "guest.output", jobid).stdout)
+    assert size < 24 * 1024
+    assert json.loads(source.run("jobtap", "query", "delegate.so").stdout)["output-limit"] == 16384
+
+    # With output-limit=0 nothing is copied, and the output says so.
+    source.remove_plugin()
+    source.load_plugin(None, "output-limit=0")
+    jobid = source.submit(f"--dependency=delegate:{target.uri}", "sh", "-c", "echo hi; exit 2")
+    assert source.status(jobid) == 2
+    out, err, code = attach(source, jobid)
+    assert (out, code) == ("", 2)
+    assert "not copied" in err and f"flux remote attach {jobid}" in err
+
+
+def test_bad_output_limit_is_named_and_jobs_are_rejected(fresh_source, target):
+    fresh_source.load_plugin(None, "output-limit=lots")
+    proc = fresh_source.run("submit", f"--dependency=delegate:{target.uri}", "true", check=False)
+    assert proc.returncode != 0
+    assert "plugin option output-limit=lots: not a size" in proc.stderr
+
+
+def test_flux_jobs_shows_the_remote_nodes(source, named_target):
+    jobid = source.submit(f"--dependency=delegate:{named_target.uri}", "-N2", "hostname")
+    rid = str(source.wait_event(jobid, "delegated")["context"]["jobid"])
+    assert source.status(jobid) == 0
+    row = source.run("jobs", "-no", "{nodelist} {nnodes} {ncores}", jobid).stdout.split()
+    remote = named_target.run("jobs", "-no", "{nodelist} {nnodes} {ncores}", rid).stdout.split()
+    assert row == remote
+    assert row[:2] == ["remote[0-1]", "2"]
+    R = json.loads(source.run("job", "info", jobid, "R").stdout)
+    assert R["execution"]["nodelist"] == ["remote[0-1]"]
+    # Its ranks are 0 and 1 of the remote job's two nodes, not the target's.
+    assert source.run("jobs", "-no", "{ranks}", jobid).stdout.strip() == "[0-1]"
+    # No local resource was allocated for it (alloc-bypass).
+    assert source.wait_event(jobid, "alloc")["context"] == {"bypass": True}
+    assert source.run("resource", "list", "-no", "{nnodes}", "-s", "allocated").stdout.strip() in ("", "0")
+
+
+def test_one_node_named_where_a_prolog_runs_on_each_rank(request, named_target):
+    """With a per-rank job prolog here, a job's ranks are where it runs: a
+    released job names its remote node on rank 0 (where its prolog always
+    ran), and a job that ran on more nodes names this host, as before."""
+    source = FluxInstance(
+        name="prolog-source",
+        config=(
+            '[job-manager]\nplugins = [ { load = "perilog.so" } ]\n'
+            '[job-manager.prolog]\ncommand = ["true"]\nper-rank = true\n'
+        ),
+    ).start()
+    request.addfinalizer(source.cleanup)
+    source.load_plugin()
+    one = source.submit(f"--dependency=delegate:{named_target.uri}", "-N1", "true")
+    two = source.submit(f"--dependency=delegate:{named_target.uri}", "-N2", "true")
+    assert source.status(one) == 0 and source.status(two) == 0
+    nodelist, ranks = source.run("jobs", "-no", "{nodelist} {ranks}", one).stdout.split()
+    assert nodelist in ("remote0", "remote1") and ranks == "0"
+    here = source.run("jobs", "-no", "{nodelist} {nnodes}", two).stdout.split()
+    assert here[1] == "1" and not here[0].startswith("remote")
+    assert "per-rank job prolog or epilog" in source.dmesg()
+    prolog = [e for e in source.eventlog(one) if e["name"] == "prolog-finish"]
+    assert prolog and prolog[0]["context"]["status"] == 0
+
+
+def test_no_job_is_submitted_with_the_release_attribute(source):
+    proc = source.run("submit", "-S", "delegate-release.wait_status=0", "true", check=False)
+    assert proc.returncode != 0
+    assert "delegate-release" in proc.stderr
+
+
+#: An output eventlog, as the plugin copies it.
+OUTPUT = (
+    '{"timestamp":1.0,"name":"header","context":{"version":1,"encoding":'
+    '{"stdout":"UTF-8","stderr":"UTF-8"},"count":{"stdout":1,"stderr":1},"options":{}}}\n'
+    '{"timestamp":1.1,"name":"data","context":{"stream":"stdout","rank":"0","data":"copied\\n"}}\n'
+)
+
+
+def released_job(source):
+    """A job as the plugin releases it, waiting in RUN for the plugin to
+    start and finish it (its plugin was unloaded meanwhile)."""
+    jobid = source.submit(*RELEASED_JOB_ATTRIBUTES, "true")
+    source.wait_event(jobid, "alloc")
+    # job-exec has taken it on (its guest namespace is there, "starting"):
+    # job-info shows a guest eventlog only once the job has started.
+    namespace = source.run("job", "namespace", jobid).stdout.strip()
+    deadline = time.time() + 30
+    while True:
+        proc = source.run("kvs", "get", f"--namespace={namespace}", "exec.eventlog", check=False)
+        if '"starting"' in proc.stdout:
+            break
+        assert time.time() < deadline, proc.stderr
+        time.sleep(0.1)
+    assert source.run("jobs", "-no", "{state}", jobid).stdout.strip() == "RUN"
+    return jobid
+
+
+def test_a_released_job_left_running_is_finished_by_the_next_load(fresh_source):
+    source = fresh_source
+    jobid = released_job(source)
+    source.load_plugin()
+    assert source.status(jobid) == 3
+    out, err, code = attach(source, jobid)
+    assert (out, code) == ("", 3)
+    assert "is not here" in err and f"flux remote attach {jobid}" in err
+    assert "released and running" in source.dmesg()
+
+    # Its output stored before the reload (while it was pending) is
+    # given to it.
+    source.remove_plugin()
+    jobid = released_job(source)
+    kvsdir = source.run("job", "id", "--to=kvs", jobid).stdout.strip()
+    source.run("kvs", "put", "--raw", f"{kvsdir}.delegate-output=-", input=OUTPUT)
+    source.load_plugin()
+    assert source.status(jobid) == 3
+    out, err, code = attach(source, jobid)
+    assert (out, code) == ("copied\n", 3)
+    assert "flux remote attach" not in err
+
+    # Output given to it before the reload is kept, and nothing added.
+    source.remove_plugin()
+    jobid = released_job(source)
+    namespace = source.run("job", "namespace", jobid).stdout.strip()
+    source.run("kvs", "put", f"--namespace={namespace}", "--raw", "output=-", input=OUTPUT)
+    source.load_plugin()
+    assert source.status(jobid) == 3
+    out, err, code = attach(source, jobid)
+    assert (out, code) == ("copied\n", 3)
+    assert "flux remote attach" not in err
+
+
+def test_a_released_job_running_at_a_restart_ends_with_its_status(request):
+    """A job still running when the instance stops is canceled by flux's
+    own cleanup, unless it is told not to (FLUX_DISABLE_JOB_CLEANUP): then
+    job-exec finishes the released job as it restarts (reattach_finish),
+    and the plugin's own finish is refused, harmlessly."""
+    statedir = tempfile.mkdtemp(prefix="delegate-statedir-")
+    source = FluxInstance(
+        name="restarting", config=example_config(), statedir=statedir,
+        env={"FLUX_DISABLE_JOB_CLEANUP": "1"},
+    )
+    request.addfinalizer(source.cleanup)
+    source.start()
+    source.remove_plugin()
+    jobid = released_job(source)
+    source.run("job-exec-override", "start", jobid)  # as the plugin does first
+    source.wait_event(jobid, "start")
+    source.stop()
+    source.start()  # the plugin loads again, from the config
+    assert source.status(jobid, timeout=30) == 3
+    assert source.exception(jobid) is None
