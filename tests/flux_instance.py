@@ -28,6 +28,22 @@ PYTHONPATH = os.environ.get("DELEGATE_PYTHONPATH") or os.path.join(
 )
 
 
+#: The flux remote command under test: the source tree's.
+CMDDIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src", "cmd")
+
+
+def command_env(home):
+    """Environment for running 'flux remote' from the source tree with a
+    HOME (and so a user registry) of its own."""
+    return {
+        "FLUX_EXEC_PATH_PREPEND": CMDDIR,
+        "FLUX_PYTHONPATH_PREPEND": PYTHONPATH,
+        "HOME": str(home),
+        "XDG_CONFIG_HOME": os.path.join(str(home), ".config"),
+        "FLUX_DELEGATE_REGISTRY": "",
+    }
+
+
 def plugin_conf_toml(**extra):
     """The conf table of [job-manager] plugins for the plugin under test."""
     conf = dict(handler=HANDLER, pythonpath=PYTHONPATH, **extra)

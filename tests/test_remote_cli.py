@@ -19,13 +19,12 @@ import time
 import pytest
 import yaml
 from conftest import start_instance
-from flux_instance import FLUX, CommandError
+from flux_instance import CMDDIR, CommandError, FLUX, PYTHONPATH, command_env
 
 pytestmark = pytest.mark.integration
 
 TREE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
-CMDDIR = os.path.join(TREE, "src", "cmd")
-PYDIR = os.path.join(TREE, "src", "python")
+PYDIR = PYTHONPATH
 
 
 @pytest.fixture(scope="module")
@@ -41,13 +40,7 @@ def site(request, tmp_path_factory):
     source.gone = f"local://{tmp_path_factory.mktemp('gone')}/local-0"
     # The command runs with a HOME of its own: the file it edits is the
     # one the plugin reads (registry=PATH), found by asking the plugin.
-    source.cmd_env = {
-        "FLUX_EXEC_PATH_PREPEND": CMDDIR,
-        "FLUX_PYTHONPATH_PREPEND": PYDIR,
-        "HOME": str(home),
-        "XDG_CONFIG_HOME": str(home / ".config"),
-        "FLUX_DELEGATE_REGISTRY": "",
-    }
+    source.cmd_env = command_env(home)
     remote(source, "add", "gone", source.gone)
     return source
 

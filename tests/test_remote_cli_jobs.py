@@ -14,13 +14,10 @@ import time
 
 import pytest
 from conftest import start_instance
-from flux_instance import FLUX
+from flux_instance import FLUX, command_env
 
 pytestmark = pytest.mark.integration
 
-TREE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
-CMDDIR = os.path.join(TREE, "src", "cmd")
-PYDIR = os.path.join(TREE, "src", "python")
 
 #: A job that prints a line a second for five seconds, then exits 4.
 SLOW = ["sh", "-c", "for i in 1 2 3 4 5; do echo line $i; echo err $i >&2; sleep 1; done; exit 4"]
@@ -37,13 +34,7 @@ def site(request, target, tmp_path_factory):
     source.load_plugin(None, f"registry={registry}")
     source.near, source.far = target, far
     home = tmp_path_factory.mktemp("home")
-    source.cmd_env = {
-        "FLUX_EXEC_PATH_PREPEND": CMDDIR,
-        "FLUX_PYTHONPATH_PREPEND": PYDIR,
-        "HOME": str(home),
-        "XDG_CONFIG_HOME": str(home / ".config"),
-        "FLUX_DELEGATE_REGISTRY": "",
-    }
+    source.cmd_env = command_env(home)
     return source
 
 

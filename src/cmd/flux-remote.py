@@ -434,6 +434,26 @@ def parse_submit_options(cmd, argv):
     return parser, args
 
 
+def candidate_options(parser, title, to_what, timeout_help):
+    """The options of check and submit that say where a job may go and how
+    long each candidate has: --to and --timeout, in a group 'title'."""
+    group = parser.add_argument_group(title)
+    group.add_argument(
+        "--to",
+        metavar="LABEL|URI|POLICY",
+        help=f"{to_what}: a registry label, a URI or job id, or a policy"
+        " (default: the job's own delegate dependency, else the default policy)",
+    )
+    group.add_argument(
+        "--timeout",
+        type=positive_seconds,
+        default=DEFAULT_TIMEOUT,
+        metavar="SECONDS",
+        help=f"{timeout_help} (default {DEFAULT_TIMEOUT:g})",
+    )
+    return group
+
+
 class CheckCmd(SubmitBaseCmd):
     """flux remote check takes flux submit's own options (flux-core's
     parser and jobspec builder) and never submits."""
@@ -453,20 +473,11 @@ class CheckCmd(SubmitBaseCmd):
         self.parser.add_argument(
             "command", nargs=argparse.REMAINDER, help="Job command and arguments"
         )
-        group = self.parser.add_argument_group("flux remote check options")
-        group.add_argument(
-            "--to",
-            metavar="LABEL|URI|POLICY",
-            help="Candidates: a registry label, a URI or job id, or a policy"
-            " (default: the job's own delegate dependency, else the default policy)",
-        )
-        group.add_argument(
-            "--timeout",
-            type=positive_seconds,
-            default=DEFAULT_TIMEOUT,
-            metavar="SECONDS",
-            help=f"Seconds each candidate has to connect, and then to answer"
-            f" (default {DEFAULT_TIMEOUT:g})",
+        group = candidate_options(
+            self.parser,
+            "flux remote check options",
+            "Candidates",
+            "Seconds each candidate has to connect, and then to answer",
         )
         group.add_argument("--json", action="store_true", help="Output the result as JSON")
         group.add_argument(
@@ -559,21 +570,12 @@ class SubmitRemoteCmd(SubmitCmd):
                 " target go to stderr, and the exit status is 1."
             ),
         )
-        group = self.parser.add_argument_group("flux remote submit options")
-        group.add_argument(
-            "--to",
-            metavar="LABEL|URI|POLICY",
-            help="Where to: a registry label, a URI or job id, or a policy"
-            " (default: the job's own delegate dependency, else the default policy)",
-        )
-        group.add_argument(
-            "--timeout",
-            type=positive_seconds,
-            default=DEFAULT_TIMEOUT,
-            metavar="SECONDS",
-            help=f"Seconds each candidate has to connect, and then to answer the"
-            f" pre-flight; with --watch, to connect to the target"
-            f" (default {DEFAULT_TIMEOUT:g})",
+        candidate_options(
+            self.parser,
+            "flux remote submit options",
+            "Where to",
+            "Seconds each candidate has to connect, and then to answer the"
+            " pre-flight; with --watch, to connect to the target",
         )
         helps = {
             "--wait": "Wait for the job(s) to end and exit with the exit code of the"
