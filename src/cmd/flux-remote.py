@@ -843,6 +843,21 @@ def add_timeout(parser):
     )
 
 
+def add_listing_options(parser):
+    """The options of a listing (list, jobs), as flux jobs has them:
+    -o FORMAT, --json, -n/--no-header; and --timeout for the targets."""
+    parser.add_argument(
+        "-o",
+        "--format",
+        default="default",
+        metavar="FORMAT",
+        help="Output format: a name, or Python's format syntax ('help' lists names)",
+    )
+    parser.add_argument("--json", action="store_true", help="Output JSON instead of a table")
+    parser.add_argument("-n", "--no-header", action="store_true", help="Suppress header output")
+    add_timeout(parser)
+
+
 def register_list(subparsers):
     parser = subparsers.add_parser(
         "list",
@@ -854,16 +869,7 @@ def register_list(subparsers):
             " jobs pending and running, whether it answers feasibility checks."
         ),
     )
-    parser.add_argument(
-        "-o",
-        "--format",
-        default="default",
-        metavar="FORMAT",
-        help="Output format: a name, or Python's format syntax ('help' lists names)",
-    )
-    parser.add_argument("--json", action="store_true", help="Output JSON instead of a table")
-    parser.add_argument("-n", "--no-header", action="store_true", help="Suppress header output")
-    add_timeout(parser)
+    add_listing_options(parser)
     parser.set_defaults(func=list_remotes)
 
 
@@ -977,16 +983,7 @@ def register_jobs(subparsers):
         metavar="N",
         help="Look at the N newest jobs of this instance (default 1000)",
     )
-    parser.add_argument(
-        "-o",
-        "--format",
-        default="default",
-        metavar="FORMAT",
-        help="Output format: a name, or Python's format syntax ('help' lists names)",
-    )
-    parser.add_argument("--json", action="store_true", help="Output JSON instead of a table")
-    parser.add_argument("-n", "--no-header", action="store_true", help="Suppress header output")
-    add_timeout(parser)
+    add_listing_options(parser)
     parser.add_argument("jobids", metavar="JOBID", type=JobID, nargs="*", help="These jobs only")
     parser.set_defaults(func=list_jobs, parser=parser)
 
