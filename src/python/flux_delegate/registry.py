@@ -163,10 +163,11 @@ def read_small_file(path, limit):
         raise ValueError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})")
 
 
-def read_user_registry(path):
-    """Clusters from a user's YAML registry file ('delegate:' as in broker
-    config).  A missing file is an empty registry; anything else that is
-    wrong raises ValueError naming the file."""
+def read_user_entries(path):
+    """The 'delegate' list of a user's YAML registry file, as written (URI
+    strings or mappings with their extra keys); [] for a missing or empty
+    file, None for one without entries.  Raises ValueError naming the file for one that cannot be read or
+    is not of that shape (the entries themselves: parse_registry())."""
     text = read_small_file(path, MAX_REGISTRY_BYTES)
     if text is None:
         return []
@@ -184,7 +185,14 @@ def read_user_registry(path):
         return []
     if not isinstance(data, dict) or set(data) - {"delegate"}:
         raise ValueError(f"{path}: expected a mapping with one key, 'delegate'")
-    return parse_registry(data.get("delegate"), "user", path)
+    return data.get("delegate")
+
+
+def read_user_registry(path):
+    """Clusters from a user's YAML registry file ('delegate:' as in broker
+    config).  A missing file is an empty registry; anything else that is
+    wrong raises ValueError naming the file."""
+    return parse_registry(read_user_entries(path), "user", path)
 
 
 def default_user_registry_path(environ=None):

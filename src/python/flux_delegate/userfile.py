@@ -14,7 +14,7 @@ import os
 import stat
 import tempfile
 
-from .registry import MAX_REGISTRY_BYTES, parse_registry, read_small_file
+from .registry import MAX_REGISTRY_BYTES, parse_registry, read_user_entries
 
 #: Characters a label may not contain (parse_registry's rule); labels are
 #: also printable, since a label with control characters could never be
@@ -40,28 +40,11 @@ def read_entries(path):
     Raises UserFileError for a file the plugin would refuse (naming the
     entry at fault), so that it is fixed before it is edited."""
     try:
-        text = read_small_file(path, MAX_REGISTRY_BYTES)
-    except ValueError as exc:
-        raise UserFileError(str(exc))
-    if text is None:
-        return []
-    yaml = yaml_module()
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise UserFileError(f"{path}: not valid YAML: {exc}")
-    if data is None:
-        return []
-    if not isinstance(data, dict) or set(data) - {"delegate"}:
-        raise UserFileError(f"{path}: expected a mapping with one key, 'delegate'")
-    entries = data.get("delegate")
-    if entries is None:
-        return []
-    try:
+        entries = read_user_entries(path)  # as the plugin reads it
         parse_registry(entries, "user", path)
     except ValueError as exc:
         raise UserFileError(str(exc))
-    return entries
+    return entries if entries is not None else []
 
 
 def entry_label(entry):
