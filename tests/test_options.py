@@ -50,7 +50,7 @@ def test_durations_are_read_as_flux_reads_them():
             {"submit-timout": "5"},
             "unknown plugin option 'submit-timout' (known: handler, pythonpath, registry,"
             " submit-timeout, connect-timeout, preflight-timeout, reconnect-timeout,"
-            " reconnect-interval, output-limit)",
+            " reconnect-interval, preflight-cache, output-limit, early-handoff)",
         ),
         ({"connect-timeout": "-3"}, "plugin option connect-timeout=-3: must be more than 0 seconds"),
         ({"connect-timeout": -1.5}, "plugin option connect-timeout=-1.5: must be more than 0 seconds"),
@@ -140,3 +140,30 @@ def test_output_limit_refuses_what_is_not_a_size(value):
     assert str(info.value) in (
         f"plugin option output-limit={value}: not a size (bytes, or with K, M or G: e.g. 4M)",
     )
+
+
+def test_preflight_cache_is_a_duration_that_may_be_off():
+    assert plugin_options(None)["preflight-cache"] == 60.0
+    assert plugin_options({"preflight-cache": "0"})["preflight-cache"] == 0.0
+    assert plugin_options({"preflight-cache": 0})["preflight-cache"] == 0.0
+    assert plugin_options({"preflight-cache": "2.5"})["preflight-cache"] == 2.5
+    with pytest.raises(ValueError) as info:
+        plugin_options({"preflight-cache": "-1"})
+    assert str(info.value) == "plugin option preflight-cache=-1: must be 0 (off) or more"
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [(True, True), ("true", True), ("Yes", True), ("1", True), (False, False), ("false", False),
+     ("no", False), (" 0 ", False), (0, False)],
+)
+def test_early_handoff_is_true_or_false(value, expected):
+    assert plugin_options(None)["early-handoff"] is True
+    assert plugin_options({"early-handoff": value})["early-handoff"] is expected
+
+
+@pytest.mark.parametrize("value", ["maybe", "", 2, 0.5, None, "tru"])
+def test_early_handoff_refuses_what_is_not_true_or_false(value):
+    with pytest.raises(ValueError) as info:
+        plugin_options({"early-handoff": value})
+    assert str(info.value) == f"plugin option early-handoff={value}: not true or false"

@@ -38,7 +38,25 @@ SECONDS_OPTIONS = {
     "preflight-timeout": DEFAULT_PREFLIGHT_TIMEOUT,
     "reconnect-timeout": DEFAULT_RECONNECT_TIMEOUT,
     "reconnect-interval": 2.0,
+    "preflight-cache": 60.0,
 }
+
+#: Duration options that may be 0 (off): preflight-cache, how long a
+#: target's "feasible" answer for a shape of job is taken as still true.
+ZERO_OK_OPTIONS = ("preflight-cache",)
+
+
+#: Plugin options that are true or false, with their defaults.
+#: early-handoff: a job whose only dependency is its delegation is sent to
+#: its target as soon as the job-manager accepts it (job.new), not once its
+#: eventlog is committed and it enters DEPEND (about 10 ms later).  Off for
+#: a site whose own jobtap plugin adds dependencies in job.state.depend
+#: (flux-core's add theirs from the jobspec, which is looked at first).
+BOOLEAN_OPTIONS = {
+    "early-handoff": True,
+}
+
+BOOLEAN_VALUES = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
 
 
 #: Plugin options that are paths.
@@ -66,8 +84,8 @@ def duration(key, value):
     """Seconds of the value given for plugin option key: a number, or a
     string in Flux Standard Duration (flux.util.parse_fsd: 30, 30s, 5m,
     1.5h).  Raises ValueError naming the option and what is wrong; a
-    duration must be more than 0 and finite (a bool is not a number
-    here)."""
+    duration must be more than 0 (or 0, for ZERO_OK_OPTIONS) and finite (a
+    bool is not a number here)."""
     where = f"plugin option {key}={value}"
     if parse_fsd is not None:
         example = "(e.g. 30, 30s, 5m)"
@@ -95,9 +113,23 @@ def duration(key, value):
         raise ValueError(f"{where}: not a duration {example}")
     if math.isinf(seconds):
         raise ValueError(f"{where}: not a finite duration {example}")
+    if seconds == 0 and key in ZERO_OK_OPTIONS:
+        return 0.0
     if seconds <= 0:
+        if key in ZERO_OK_OPTIONS:
+            raise ValueError(f"{where}: must be 0 (off) or more")
         raise ValueError(f"{where}: must be more than 0 seconds")
     return seconds
+
+
+def boolean(key, value):
+    """True or False for the value given for plugin option key: a bool, or
+    true/false, yes/no, 1/0 (any case)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (str, int)) and str(value).strip().lower() in BOOLEAN_VALUES:
+        return BOOLEAN_VALUES[str(value).strip().lower()]
+    raise ValueError(f"plugin option {key}={value}: not true or false")
 
 
 def size(key, value):
@@ -128,7 +160,7 @@ def plugin_options(conf):
     option for an unknown key (a typo would silently keep a default) or a
     value that is not a duration of more than 0 (see duration) or a size
     (see size)."""
-    options = dict(SECONDS_OPTIONS, **SIZE_OPTIONS)
+    options = dict(SECONDS_OPTIONS, **SIZE_OPTIONS, **BOOLEAN_OPTIONS)
     for key, value in (conf or {}).items():
         if key in PATH_OPTIONS:
             options[key] = value
@@ -136,8 +168,13 @@ def plugin_options(conf):
         if key in SIZE_OPTIONS:
             options[key] = size(key, value)
             continue
+        if key in BOOLEAN_OPTIONS:
+            options[key] = boolean(key, value)
+            continue
         if key not in SECONDS_OPTIONS:
-            known = ", ".join(PATH_OPTIONS + tuple(SECONDS_OPTIONS) + tuple(SIZE_OPTIONS))
+            known = ", ".join(
+                PATH_OPTIONS + tuple(SECONDS_OPTIONS) + tuple(SIZE_OPTIONS) + tuple(BOOLEAN_OPTIONS)
+            )
             raise ValueError(f"unknown plugin option '{key}' (known: {known})")
         options[key] = duration(key, value)
     return options
