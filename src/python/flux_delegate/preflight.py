@@ -3,6 +3,7 @@ it (the resources and limits of the job, never its environment).
 """
 
 import errno
+import json
 
 from .jobspec import lookup
 from .targets import SELF_DELEGATION
@@ -107,3 +108,48 @@ def expired_verdict(candidate, outstanding, asked, wait):
             f"connected, but it answered nothing within {wait} (stopped, hung or overloaded)",
         )
     return candidate.verdict, candidate.reason
+
+
+# -- What a target said, kept for a while -------------------------------------
+
+
+class FeasibleAnswers:
+    """The shapes of job (feasibility_jobspec(), without commands) one
+    target answered "feasible" for, each kept 'ttl' seconds from the answer
+    (a job of the same shape then needs no question: the job-manager's
+    pre-flight is one round trip less).  Only "feasible" is kept: a target
+    that has grown since must not go on refusing, and one that has shrunk
+    refuses the job itself, as it would a job sent just before it shrank.
+    Kept per connection: a target restarted may be a different instance.
+    At most 'limit' shapes (the oldest go first)."""
+
+    def __init__(self, ttl, limit=256):
+        self.ttl = ttl
+        self.limit = limit
+        self.answers = {}  # key -> when answered (clock())
+
+    @staticmethod
+    def key(spec):
+        """The shape of a feasibility_jobspec(): all but task commands."""
+        shape = dict(spec)
+        shape["tasks"] = [
+            {k: v for k, v in task.items() if k != "command"} if isinstance(task, dict) else task
+            for task in spec.get("tasks") or []
+        ]
+        return json.dumps(shape, sort_keys=True)
+
+    def age(self, key, now):
+        """Seconds since the target said "feasible" for key, or None if it
+        did not, or too long ago."""
+        when = self.answers.get(key)
+        if when is None or now - when > self.ttl:
+            return None
+        return now - when
+
+    def feasible(self, key, now):
+        if self.ttl <= 0:
+            return
+        self.answers.pop(key, None)
+        if len(self.answers) >= self.limit:
+            del self.answers[next(iter(self.answers))]
+        self.answers[key] = now

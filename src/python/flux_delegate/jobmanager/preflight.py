@@ -3,9 +3,11 @@ concurrently, answers turned into a choice.
 """
 
 import syslog
+import time
 
 from ..preflight import (
     QUESTIONS,
+    FeasibleAnswers,
     expired_verdict,
     feasibility_jobspec,
     record_answer,
@@ -29,6 +31,7 @@ class Preflight:
         self.metrics = metrics
         self.on_done = on_done
         self.waiting = {}  # id(candidate) -> [outstanding query names, timer]
+        self.shapes = {}  # id(candidate) -> its FeasibleAnswers key
         self.done = False
 
     def start(self):
@@ -56,10 +59,18 @@ class Preflight:
         spec = feasibility_jobspec(self.job.remote_spec)
         nbytes = payload_size(spec)
         wanted = []
-        if remote.oversized(nbytes):
+        key = self.shapes[id(c)] = FeasibleAnswers.key(spec)
+        age = remote.feasible_answers.age(key, time.monotonic())
+        if age is not None:
+            # Said of a job of this shape a moment ago (preflight-cache).
+            self.job.runtime.counts["feasibility-cached"] += 1
+            c.verdict = "feasible"
+            c.reason = f"answered {age:.0f}s ago (preflight-cache)"
+        elif remote.oversized(nbytes):
             c.verdict = "unknown"
             c.reason = f"jobspec too large to check ({nbytes} bytes)"
         else:
+            self.job.runtime.counts["feasibility-asked"] += 1
             wanted.append(
                 (
                     "feasibility",
@@ -97,6 +108,8 @@ class Preflight:
         except OSError as exc:
             result, error = None, exc
         record_answer(c, name, result, error)
+        if name == "feasibility" and c.verdict == "feasible":
+            c.remote.feasible_answers.feasible(self.shapes[id(c)], time.monotonic())
         outstanding = self.waiting[id(c)][0]
         outstanding.discard(name)
         if not outstanding:

@@ -22,6 +22,7 @@ from flux.core.inner import ffi, lib
 
 from ..eventlog import describe_origin
 from ..jobspec import origin_of, same_origin
+from ..preflight import FeasibleAnswers
 from ..text import shown
 from .reactor import Timer, free_watcher, guard, then
 
@@ -93,6 +94,8 @@ class RemoteInstance:
         self.runtime = runtime
         self.lost = None  # why the connection is gone, once it is
         self.listeners = set()  # jobs to tell if it is lost
+        # The target's "feasible" answers, for a while (preflight-cache).
+        self.feasible_answers = FeasibleAnswers(runtime.preflight_cache)
         # The handle's own reactor, made now (a handle opened by flux_open()
         # has none yet) and destroyed with the handle: its last reference
         # may be a future's, after the connection is closed.
