@@ -12,9 +12,9 @@
  *    attributes the handler lists in JOB_CREATE_ATTRIBUTES (e.g.
  *    system.delegate): plain jobs never enter Python.  At submit an error
  *    there rejects the job.
- *  - job.state.*, job.event.* and job.destroy reach the handler only for
- *    jobs it has taken on (delegate_jobtap.job_attach()), so other jobs
- *    never enter Python.
+ *  - job.new, job.state.*, job.event.* and job.destroy reach the handler
+ *    only for jobs it has taken on (delegate_jobtap.job_attach()), so
+ *    other jobs never enter Python.
  *  - A Python exception never escapes: pyerror.c turns it into a rejected
  *    submit, a job exception (of the handler's EXCEPTION_TYPE), or a log
  *    line.
@@ -340,8 +340,8 @@ static int job_create_cb (flux_plugin_t *p,
                      state == FLUX_JOB_STATE_NEW ? PYERROR_SUBMIT : PYERROR_JOB);
 }
 
-/* job.state.*, job.event.*, job.destroy: only for jobs the handler has
- * taken on. */
+/* job.new, job.state.*, job.event.*, job.destroy: only for jobs the
+ * handler has taken on. */
 static int job_cb (flux_plugin_t *p,
                    const char *topic,
                    flux_plugin_arg_t *args,
@@ -520,6 +520,7 @@ static void delegate_destroy (void *arg)
 static const struct flux_plugin_handler tab[] = {
     { "job.dependency.delegate", dependency_delegate_cb, NULL },
     { "job.create",              job_create_cb,          NULL },
+    { "job.new",                 job_cb,                 NULL },
     { "job.state.*",             job_cb,                 NULL },
     { "job.event.*",             job_cb,                 NULL },
     { "job.destroy",             job_cb,                 NULL },

@@ -73,6 +73,19 @@ def requeue_allowed(jobspec):
     return value not in (False, 0, "false", "False", "no", "0")
 
 
+def delegation_is_only_dependency(jobspec):
+    """Whether the job's jobspec asks for no dependency but its delegation
+    (at most one delegate: entry, as -S system.delegate asks for none).
+    flux's dependency schemes (after*, begin-time, singleton) are all
+    listed here."""
+    dependencies = lookup(jobspec, "attributes.system.dependencies", [])
+    if not isinstance(dependencies, list):
+        return False
+    return all(isinstance(d, dict) and d.get("scheme") == "delegate" for d in dependencies) and (
+        len(dependencies) <= 1
+    )
+
+
 def origin_of(jobspec):
     """The origin a remote jobspec records, or None."""
     origin = lookup(jobspec, f"attributes.system.{ORIGIN_ATTRIBUTE}")

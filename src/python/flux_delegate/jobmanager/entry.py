@@ -207,6 +207,7 @@ def on_job_create(args):
 
 
 JOB_CALLBACKS = {
+    "job.new": DelegatedJob.on_new,
     "job.state.depend": DelegatedJob.on_depend,
     "job.event.urgency": DelegatedJob.on_urgency,
     # A submit rejected after the job was taken on (e.g. by a later

@@ -5,12 +5,15 @@ A job taken on for delegation (local job id L; its remote job, R) goes
 through these phases (phases.py):
 
   waiting     held with the dependency "delegated" (job.dependency.delegate:
-              a bad value is rejected at submit).  Other dependencies
-              (afterok:...) are honoured: the handler reads the job's
-              eventlog from the job-manager and waits until "delegated" is
-              the only dependency left.  An eventlog with a "delegated"
-              event (plugin reload, instance restart) goes on following R;
-              one with a submit whose answer was lost, recovering.
+              a bad value is rejected at submit).  A job with no other
+              dependency goes on as soon as it is accepted (job.new:
+              early-handoff), while the job-manager commits its eventlog.
+              Otherwise other dependencies (afterok:...) are honoured: the
+              handler reads the job's eventlog from the job-manager and
+              waits until "delegated" is the only dependency left.  An
+              eventlog with a "delegated" event (plugin reload, instance
+              restart) goes on following R; one with a submit whose answer
+              was lost, recovering.
   submitting  the target is resolved, the candidates asked (pre-flight) and
               ordered (policy), the remote instance connected (one
               connection per URI, reused), and the jobspec submitted there
@@ -46,13 +49,16 @@ through these phases (phases.py):
 
 import errno
 import json
+import os
 import syslog
 import time
 
 import flux
+import flux.constants
 import flux.job
 import flux.kvs
 from flux.core.inner import ffi, lib
+from flux.future import Future
 from flux.job import JobID
 
 from ..eventlog import (
@@ -64,7 +70,7 @@ from ..eventlog import (
     local_end_reason,
     outstanding_dependencies,
 )
-from ..jobspec import local_R, release_updates, requeue_allowed
+from ..jobspec import delegation_is_only_dependency, local_R, release_updates, requeue_allowed
 from ..names import DEPENDENCY, EXCEPTION_TYPE, OUTPUT_KEY
 from ..policies import Candidate, JobView, PolicyError, apply_policy, no_target_message
 from ..registry import Cluster
@@ -194,6 +200,10 @@ class DelegatedJob:
         # is NEW and cannot take an exception yet, and at plugin load it
         # may have been delegated under a registry that has changed.
         self.doomed = doomed
+        # Until its submit is committed (DEPEND) a new job's events wait in
+        # the job-manager; what would end or release it waits here (on_depend).
+        self.accepted = args.get("state") != flux.constants.FLUX_JOB_STATE_NEW
+        self.when_accepted = []
         self._phase = WAITING
         self.uri = None
         self.remote = None
@@ -271,9 +281,41 @@ class DelegatedJob:
         what = str(what).replace("\0", "\\0")
         what = what.encode("utf-8", "backslashreplace").decode("utf-8")
         log(syslog.LOG_ERR, f"{self.name}: {what}")
-        self.runtime.jobtap.raise_exception(self.id, EXCEPTION_TYPE, 0, f"delegate: {what}")
+        self.once_accepted(
+            lambda: self.runtime.jobtap.raise_exception(
+                self.id, EXCEPTION_TYPE, 0, f"delegate: {what}"
+            )
+        )
+
+    def once_accepted(self, action):
+        """Do action now, or once the job is in DEPEND (on_depend): a job
+        handed on early (on_new) can fail or end before that."""
+        if self.accepted:
+            action()
+        else:
+            log(syslog.LOG_DEBUG, f"{self.name}: not in DEPEND yet: the end waits for it")
+            self.when_accepted.append(action)
 
     # -- waiting for the other dependencies --------------------------------
+
+    def on_new(self, args):
+        """job.new: the job is accepted.  At submit, one whose only
+        dependency is this one (none other in its jobspec, where flux's
+        dependency schemes come from) goes on now (early-handoff): nothing
+        can have been delegated before, and its eventlog, being committed,
+        has nothing to say yet.  The rest wait for DEPEND (check_ready)."""
+        if (
+            args.get("state") != flux.constants.FLUX_JOB_STATE_NEW
+            or not self.runtime.early_handoff
+            or self.phase != WAITING
+            or self.urgency == 0
+            or self.doomed is not None
+            or not delegation_is_only_dependency(self.jobspec)
+            or not self.runtime.admission.admit(self)
+        ):
+            return
+        self.runtime.counts["early"] += 1
+        self.start()
 
     def check_ready(self):
         """Read the job's eventlog from the job-manager (asynchronously):
@@ -323,6 +365,7 @@ class DelegatedJob:
         elif self.doomed is not None:
             self.fail(self.doomed)
         elif not (outstanding_dependencies(eventlog) - {DEPENDENCY}):
+            self.runtime.counts["at-depend"] += 1
             self.start()
         else:
             self.runtime.admission.leave(self)  # waits for its other dependencies
@@ -333,15 +376,20 @@ class DelegatedJob:
     # -- choosing a target --------------------------------------------------
 
     def start(self):
-        """Fetch the job's environment (only in J), then choose and submit."""
+        """Fetch the job's environment (only in J), then choose and submit.
+        The job-manager reads the KVS itself: job-info would first check
+        that the asker owns the job, one more hop for nothing here."""
         self.phase = SUBMITTING
-        future = flux.job.kvslookup.job_info_lookup(self.runtime.handle, self.id, keys=["J"])
+        key = f"{JobID(self.id).kvs}.J"
+        future = Future(flux.kvs.RAW.flux_kvs_lookup(self.runtime.handle, ffi.NULL, 0, key))
         then(future, self.on_J, job=self)
 
     def on_J(self, future):
-        J = future.get()["J"]
+        J = ffi.new("char *[1]")
+        if lib.flux_kvs_lookup_get(future.pimpl.handle, J) < 0:
+            raise OSError(ffi.errno, f"cannot read the job's J: {os.strerror(ffi.errno)}")
         # J is the signed original jobspec; unwrapping it is local work.
-        original = lib.flux_unwrap_string(J.encode(), False, ffi.NULL, ffi.NULL)
+        original = lib.flux_unwrap_string(J[0], False, ffi.NULL, ffi.NULL)
         if original == ffi.NULL:
             raise OSError(ffi.errno, "cannot unwrap the job's J")
         try:
@@ -868,6 +916,9 @@ class DelegatedJob:
         dependency runs the next state callbacks (job.state.sched, below)
         before it returns, as a rule."""
         future.get()
+        self.once_accepted(self.release_now)
+
+    def release_now(self):
         if self.phase != RELEASING:
             return  # ended meanwhile
         self.runtime.jobtap.jobspec_update(self.id, release_updates(self.wait_status))
@@ -889,6 +940,10 @@ class DelegatedJob:
     # -- jobtap callbacks for this job -------------------------------------
 
     def on_depend(self, args):
+        self.accepted = True
+        actions, self.when_accepted = self.when_accepted, []
+        for action in actions:
+            action()
         self.check_ready()
 
     def on_dependency_removed(self, args):

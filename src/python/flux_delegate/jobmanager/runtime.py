@@ -55,6 +55,15 @@ class Runtime:
         self.this_instance = {}  # uri -> is_this_instance(uri)
         self.submit_timeout = self.conf["submit-timeout"]
         self.preflight_timeout = self.conf["preflight-timeout"]
+        # How long a target's "feasible" stays true for a shape of job
+        # (Preflight; 0: every job asks).
+        self.preflight_cache = self.conf["preflight-cache"]
+        # Whether a job is sent on from job.new (DelegatedJob.on_new).
+        self.early_handoff = self.conf["early-handoff"]
+        # How jobs went on to choose a target: from job.new ("early") or
+        # from DEPEND after a look at their eventlog ("at-depend"); and
+        # candidates' feasibility asked or taken from preflight-cache.
+        self.counts = {"early": 0, "at-depend": 0, "feasibility-asked": 0, "feasibility-cached": 0}
         connect_timeout = self.conf["connect-timeout"]
         self.reconnect_interval = self.conf["reconnect-interval"]
         self.reconnect_timeout = self.conf["reconnect-timeout"]
@@ -226,6 +235,9 @@ class Runtime:
             "preflight-timeout": self.preflight_timeout,
             "reconnect-timeout": self.reconnect_timeout,
             "output-limit": self.output_limit,
+            "early-handoff": self.early_handoff,
+            "preflight-cache": self.preflight_cache,
+            "counts": dict(self.counts),
             "registry": [
                 dict(c.extra, uri=c.uri, label=c.label, origin=c.origin)
                 for c in self.registry.clusters
