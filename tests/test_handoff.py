@@ -1,11 +1,15 @@
 """How a job goes on to its target: from job.new when delegation is its
-only dependency (early-handoff), from DEPEND otherwise; and the pre-flight's
-"feasible" answers kept for a while (preflight-cache).  On real instances;
+only dependency (early-handoff), from DEPEND otherwise; the pre-flight's
+"feasible" answers kept for a while (preflight-cache); and how its end comes
+back: through the target's journal as well as the remote eventlog
+(journal), its output taken from the remote finish on.  On real instances;
 how much sooner is measured by the benchmark, not here."""
 
 import json
+import time
 
 import pytest
+from flux_instance import FluxInstance
 
 pytestmark = pytest.mark.integration
 
@@ -106,3 +110,85 @@ def test_preflight_cache_0_asks_every_time(fresh_source, target):
         assert "reason" not in candidates(fresh_source, jobid)[0]
     assert counts(fresh_source)["feasibility-asked"] == 2
     assert counts(fresh_source)["feasibility-cached"] == 0
+
+
+def query(instance):
+    return json.loads(instance.run("jobtap", "query", "delegate.so").stdout)
+
+
+def test_the_end_comes_through_the_targets_journal(fresh_source, target):
+    fresh_source.load_plugin()
+    jobs = [fresh_source.submit(f"--dependency=delegate:{target.uri}", "true") for _ in range(3)]
+    failing = fresh_source.submit(f"--dependency=delegate:{target.uri}", "sh", "-c", "exit 3")
+    assert [fresh_source.status(j) for j in jobs] == [0, 0, 0]
+    assert fresh_source.status(failing) == 3
+    assert query(fresh_source)["journals"] == {target.uri: "reading"}
+    # Every one whose submit the journal saw (all but, maybe, the first:
+    # the journal is asked as the connection opens, with its submit).
+    assert query(fresh_source)["counts"]["ended-by-journal"] >= 3
+    # A remote job canceled there: the exception comes the same way.
+    sleeper = fresh_source.submit(f"--dependency=delegate:{target.uri}", "sleep", "300")
+    rid = fresh_source.wait_event(sleeper, "delegated")["context"]["jobid"]
+    target.run("job", "wait-event", str(rid), "start")
+    target.run("cancel", "--message=not now", str(rid))
+    fresh_source.wait_event(sleeper, "clean")
+    exc = fresh_source.exception(sleeper)
+    assert exc["type"] == "DelegationFailure" and "not now" in exc["note"]
+
+
+def test_journal_false_follows_by_the_eventlog_alone(fresh_source, target):
+    fresh_source.load_plugin(None, "journal=false")
+    jobid = fresh_source.submit(f"--dependency=delegate:{target.uri}", "sh", "-c", "echo out; exit 2")
+    assert fresh_source.status(jobid) == 2
+    assert fresh_source.run("job", "attach", jobid, check=False).stdout == "out\n"
+    assert query(fresh_source)["journals"] == {target.uri: "off"}
+    assert query(fresh_source)["counts"]["ended-by-journal"] == 0
+
+
+def test_output_is_taken_at_the_remote_finish_and_released_at_its_clean(request, fresh_source):
+    # A target whose job epilog takes a while: between the remote job's
+    # finish and its clean, its output is already stored with the local
+    # job, which stays pending until the clean.
+    slow = FluxInstance(
+        name="slow-epilog",
+        config=(
+            '[job-manager]\nplugins = [ { load = "perilog.so" } ]\n'
+            '[job-manager.epilog]\ncommand = ["sleep", "3"]\n'
+        ),
+    ).start()
+    request.addfinalizer(slow.cleanup)
+    fresh_source.load_plugin()
+    jobid = fresh_source.submit(f"--dependency=delegate:{slow.uri}", "echo", "taken early")
+    rid = str(fresh_source.wait_event(jobid, "delegated")["context"]["jobid"])
+    slow.run("job", "wait-event", "-t", "30", rid, "finish")
+    key = fresh_source.run("job", "id", "--to=kvs", jobid).stdout.strip() + ".delegate-output"
+    deadline = time.monotonic() + 2.5
+    while fresh_source.run("kvs", "get", "--raw", key, check=False).returncode != 0:
+        assert time.monotonic() < deadline, "output not stored during the remote epilog"
+        time.sleep(0.05)
+    assert "taken early" in fresh_source.run("kvs", "get", "--raw", key).stdout
+    assert "clean" not in [e["name"] for e in slow.eventlog(rid)]
+    assert "dependency-remove" not in [e["name"] for e in fresh_source.eventlog(jobid)]
+    assert fresh_source.status(jobid) == 0
+    released = fresh_source.wait_event(jobid, "dependency-remove")["timestamp"]
+    assert released >= slow.wait_event(rid, "clean")["timestamp"]
+    assert fresh_source.run("job", "attach", jobid).stdout == "taken early\n"
+
+
+def test_two_sources_on_one_target_each_get_their_own_ends(source, fresh_source, target):
+    # Both read the target's journal, which carries every job's events: each
+    # takes only its own (the origin record of the submit).
+    fresh_source.load_plugin()
+    mine = {}
+    for n in range(4):
+        mine[source.submit(f"--dependency=delegate:{target.uri}", "sh", "-c", f"exit {n}")] = (
+            source,
+            n,
+        )
+        mine[fresh_source.submit(f"--dependency=delegate:{target.uri}", "sh", "-c", f"exit {n + 10}")] = (
+            fresh_source,
+            n + 10,
+        )
+    for jobid, (instance, code) in mine.items():
+        assert instance.status(jobid) == code
+    assert query(fresh_source)["counts"]["ended-by-journal"] >= 3

@@ -52,8 +52,12 @@ ZERO_OK_OPTIONS = ("preflight-cache",)
 #: eventlog is committed and it enters DEPEND (about 10 ms later).  Off for
 #: a site whose own jobtap plugin adds dependencies in job.state.depend
 #: (flux-core's add theirs from the jobspec, which is looked at first).
+#: journal: follow remote jobs through their target's job-manager journal
+#: as well as their eventlogs (jobmanager/journal.py): their end is known
+#: as it happens, not once the target has committed it.
 BOOLEAN_OPTIONS = {
     "early-handoff": True,
+    "journal": True,
 }
 
 BOOLEAN_VALUES = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}

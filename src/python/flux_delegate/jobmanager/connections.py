@@ -18,6 +18,7 @@ import flux.job
 import flux.uri
 from flux.constants import FLUX_POLLIN
 
+from .journal import RemoteJournal
 from .reactor import Timer, free_watcher, guard
 from .remote import NotSent, RemoteInstance, close_handle
 
@@ -329,6 +330,9 @@ class Connections:
         self.open[uri] = remote
         self.made.add(remote)
         self.runtime.log(syslog.LOG_INFO, f"connected to {uri}")
+        if self.runtime.journal:
+            # Asked before any job is sent here, so that it sees their submits.
+            remote.journal = RemoteJournal(remote).start()
         for waiter in waiters:
             waiter.finish(remote, None)
 

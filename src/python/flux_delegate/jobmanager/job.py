@@ -233,6 +233,8 @@ class DelegatedJob:
         # whether its output was stored (names.OUTPUT_KEY), and its run
         # (finish.Finish).
         self.collecting = None
+        self.storing = None  # the Collect whose result is being written
+        self.stored = None  # the Collect whose result is in the KVS
         self.output_stored = False
         self.finishing = None
 
@@ -268,6 +270,7 @@ class DelegatedJob:
             return
         previous, self.phase = self.phase, ENDED
         self.stop_following()
+        self.stop_collecting()
         if (
             cancel_remote
             and previous == FOLLOWING
@@ -474,6 +477,7 @@ class DelegatedJob:
         self.uri = candidate.uri
         self.remote = candidate.remote
         self.outcome = RemoteOutcome()
+        self.stop_collecting()  # of a remote job before, if any
         # Deadline: submit-timeout from the first send to this candidate
         # (a target still starting is sent to again until then).
         self.submit_deadline = time.monotonic() + self.runtime.submit_timeout
@@ -673,6 +677,18 @@ class DelegatedJob:
                 syslog.LOG_DEBUG,
                 f"{self.name}: watch queued: {remote.unanswered} bytes unanswered on {self.uri}",
             )
+        if remote.journal is not None and self.watch is watch:
+            # The news sooner, if its journal saw the submit (journal.py).
+            remote.journal.follow(self, self.remote_id)
+
+    def on_journal_event(self, remote_id, event):
+        """An event of the remote job from its target's journal: as from
+        the watch, which will say the same later."""
+        if self.phase != FOLLOWING or remote_id != self.remote_id:
+            return
+        self.on_remote_event(event)
+        if self.phase != FOLLOWING and event.name == "clean":
+            self.runtime.counts["ended-by-journal"] += 1
 
     def stop_following(self):
         self.timers.cancel("identity")
@@ -686,6 +702,9 @@ class DelegatedJob:
         watch, self.watch = self.watch, None
         if watch is not None:
             watch.cancel()
+        journal = self.remote.journal if self.remote is not None else None
+        if journal is not None:
+            journal.unfollow(self, self.remote_id)
 
     def connection_lost(self, remote, reason):
         """The remote job cannot be followed for now (target restarting,
@@ -695,6 +714,7 @@ class DelegatedJob:
             return
         self.timers.cancel("identity")
         self.stop_watch()
+        self.stop_collecting()  # taken again once it is back
         remote.listeners.discard(self)
         self.lost_reason = reason
         if self.reconnecting.failed(reason):
@@ -827,6 +847,14 @@ class DelegatedJob:
             )
         elif self.outcome.ended:
             self.conclude()
+        elif (
+            event.name == "finish"
+            and self.outcome.exception is None
+            and self.collecting is None
+            and self.stored is None
+            and self.storing is None
+        ):
+            self.collect()  # its output is complete: take it while the target cleans up
 
     def requeue(self):
         """Whether the remote job's end calls for running the job elsewhere:
@@ -889,17 +917,43 @@ class DelegatedJob:
         """
         self.phase = RELEASING
         self.wait_status = wait_status
+        if self.stored is not None:
+            self.once_accepted(self.release_now)  # taken at its finish
+        elif self.collecting is None:
+            self.collect()
+
+    def collect(self):
+        """Take R and the output from the remote job (output.Collect) and
+        store them with the job.  Started at the remote finish, while the
+        target cleans up, so that the release can follow the remote clean
+        at once; or at the end (release()), if that is when it comes."""
+        token = object()
         self.collecting = Collect(
-            self, self.remote, self.remote_id, self.runtime.output_limit, self.on_collected
+            self,
+            self.remote,
+            self.remote_id,
+            self.runtime.output_limit,
+            lambda R, output: self.on_collected(token, R, output),
         )
+        self.collecting.token = token
         self.collecting.start()
 
-    def on_collected(self, R, output):
+    def stop_collecting(self):
+        """What was taken from a remote job no longer counts (it failed, or
+        its connection broke: taken again after the reconnect)."""
+        collecting, self.collecting = self.collecting, None
+        if collecting is not None:
+            collecting.cancel()
+        self.storing = self.stored = None
+
+    def on_collected(self, token, R, output):
         """R, and the output (written now, while the job is still pending:
         finish.Finish copies it into the job once it runs), go to the KVS
         in one commit."""
+        if self.collecting is None or self.collecting.token is not token:
+            return  # no longer wanted
         self.collecting = None
-        if self.phase != RELEASING:
+        if self.phase not in (FOLLOWING, RELEASING):
             return  # ended meanwhile
         self.output_stored = output is not None
         self.R = R if R is not None else local_R(self.runtime.hostname)
@@ -909,16 +963,24 @@ class DelegatedJob:
         txn.put("R", self.R)
         if output is not None:
             txn.put(OUTPUT_KEY, output, raw=True)
-        then(txn.commit_async(), self.on_R_committed, job=self)
+        self.storing = token
+        then(txn.commit_async(), lambda f: self.on_R_committed(f, token), job=self)
 
-    def on_R_committed(self, future):
+    def on_R_committed(self, future, token):
+        """Stored: released now if the remote job's end is known (clean),
+        else when it is (release())."""
+        future.get()
+        if self.storing is not token:
+            return  # taken again since (stop_collecting)
+        self.storing = None
+        self.stored = token
+        if self.phase == RELEASING:
+            self.once_accepted(self.release_now)
+
+    def release_now(self):
         """Order matters: the phase is set first, because removing the
         dependency runs the next state callbacks (job.state.sched, below)
         before it returns, as a rule."""
-        future.get()
-        self.once_accepted(self.release_now)
-
-    def release_now(self):
         if self.phase != RELEASING:
             return  # ended meanwhile
         self.runtime.jobtap.jobspec_update(self.id, release_updates(self.wait_status))
@@ -977,13 +1039,12 @@ class DelegatedJob:
         if self.phase in (RELEASING, ENDED):
             self.phase = ENDED
             self.timers.cancel("finish")
-            if self.collecting is not None:
-                self.collecting.cancel()
-                self.collecting = None
+            self.stop_collecting()
             return
         reason = local_end_reason(args, self.name)
         previous, self.phase = self.phase, ENDED
         self.canceled_reason = reason
+        self.stop_collecting()
         if previous == FOLLOWING:
             self.stop_following()
             self.cancel_remote(reason)

@@ -96,6 +96,7 @@ class RemoteInstance:
         self.listeners = set()  # jobs to tell if it is lost
         # The target's "feasible" answers, for a while (preflight-cache).
         self.feasible_answers = FeasibleAnswers(runtime.preflight_cache)
+        self.journal = None  # RemoteJournal, once open (Connections)
         # The handle's own reactor, made now (a handle opened by flux_open()
         # has none yet) and destroyed with the handle: its last reference
         # may be a future's, after the connection is closed.

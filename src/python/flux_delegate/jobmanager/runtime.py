@@ -60,10 +60,19 @@ class Runtime:
         self.preflight_cache = self.conf["preflight-cache"]
         # Whether a job is sent on from job.new (DelegatedJob.on_new).
         self.early_handoff = self.conf["early-handoff"]
+        # Whether each connection reads its target's journal (journal.py).
+        self.journal = self.conf["journal"]
         # How jobs went on to choose a target: from job.new ("early") or
         # from DEPEND after a look at their eventlog ("at-depend"); and
         # candidates' feasibility asked or taken from preflight-cache.
-        self.counts = {"early": 0, "at-depend": 0, "feasibility-asked": 0, "feasibility-cached": 0}
+        # And how many remote jobs' ends came first through a journal.
+        self.counts = {
+            "early": 0,
+            "at-depend": 0,
+            "feasibility-asked": 0,
+            "feasibility-cached": 0,
+            "ended-by-journal": 0,
+        }
         connect_timeout = self.conf["connect-timeout"]
         self.reconnect_interval = self.conf["reconnect-interval"]
         self.reconnect_timeout = self.conf["reconnect-timeout"]
@@ -236,6 +245,11 @@ class Runtime:
             "reconnect-timeout": self.reconnect_timeout,
             "output-limit": self.output_limit,
             "early-handoff": self.early_handoff,
+            "journal": self.journal,
+            "journals": {
+                uri: "reading" if remote.journal and not remote.journal.over else "off"
+                for uri, remote in self.connections.open.items()
+            },
             "preflight-cache": self.preflight_cache,
             "counts": dict(self.counts),
             "registry": [

@@ -1,0 +1,160 @@
+"""A target's job-manager journal: its jobs' events as they are posted.
+
+An eventlog watch (watch.py) sees a remote event only once the target's
+job-manager has committed it to the KVS, which it does in batches about
+10 ms apart, and job-info has read it back: the end of a remote job comes
+that much later than it happened.  The journal (job-manager.events-journal)
+sends each event as it is posted.  One journal per connection, opened with
+it, serves every job delegated over that connection: a job whose remote
+submit the journal saw (and whose origin record there is this job's) gets
+its remote events from it as well as from its watch.  The two say the same
+in the same order; whichever comes first counts (RemoteOutcome records
+what was seen, in any order twice).  The watch stays what follows a job
+across lost connections and reloads; the journal only brings the news
+sooner.
+
+Only the target's instance owner may read its journal: for anyone else it
+answers EPERM, and jobs are followed by their watch alone, as they are
+when journal=false.  The journal sends, at the start, the events of every
+job active on the target (the backlog, not used here), then each event of
+the names in WANTED, for every job of the target.
+"""
+
+import errno
+import syslog
+
+import flux.constants
+from flux.eventlog import EventLogEvent
+
+from ..jobspec import origin_of, same_origin
+from .reactor import log
+
+#: The events a followed job needs (RemoteOutcome), and "submit", whose
+#: jobspec names the local job (its origin record).
+WANTED = ("submit", "alloc", "start", "exception", "finish", "clean")
+
+#: Remote jobs of ours whose submit the journal saw before their local job
+#: follows them (the submit's answer comes after the target's first events):
+#: at most this many are held.
+MAX_UNCLAIMED = 1024
+
+#: The id of the journal's answer that ends its backlog.
+END_OF_BACKLOG = (-1, flux.constants.FLUX_JOBID_ANY)
+
+
+class RemoteJournal:
+    def __init__(self, remote):
+        self.remote = remote
+        self.runtime = remote.runtime
+        self.outgoing = None
+        self.caught_up = False  # the backlog is over: events are live
+        self.over = None  # why the journal ended, once it has
+        self.unclaimed = {}  # remote id -> [events], of our jobs not following yet
+        self.followers = {}  # remote id -> job
+        self.malformed = 0
+
+    def start(self):
+        self.outgoing = self.remote.request(
+            1024,
+            lambda h: h.rpc(
+                "job-manager.events-journal",
+                {"allow": {name: 1 for name in WANTED}},
+                flags=flux.constants.FLUX_RPC_STREAMING,
+            ),
+            self.on_answer,
+        )
+        return self
+
+    def on_answer(self, future):
+        if self.over:
+            return
+        try:
+            answer = future.get()
+        except OSError as exc:
+            self.end(exc)
+            return
+        future.reset()
+        if not isinstance(answer, dict) or not isinstance(answer.get("events"), list):
+            self.malformed += 1
+            return
+        remote_id = answer.get("id")
+        if remote_id in END_OF_BACKLOG:
+            self.caught_up = True
+            return
+        if not self.caught_up or not isinstance(remote_id, int):
+            return  # the backlog: jobs submitted before (followed by their watch)
+        for entry in answer["events"]:
+            if (
+                not isinstance(entry, dict)
+                or not isinstance(entry.get("name"), str)
+                or not isinstance(entry.get("context", {}), dict)
+            ):
+                self.malformed += 1
+                continue
+            self.on_event(remote_id, EventLogEvent(entry), answer.get("jobspec"))
+
+    def on_event(self, remote_id, event, jobspec):
+        job = self.followers.get(remote_id)
+        if job is not None:
+            if event.name == "clean":
+                del self.followers[remote_id]
+            job.on_journal_event(remote_id, event)
+            return
+        if event.name == "submit":
+            origin = origin_of(jobspec) if isinstance(jobspec, dict) else None
+            if origin is not None and self.local_job(origin) is not None:
+                if len(self.unclaimed) >= MAX_UNCLAIMED:
+                    del self.unclaimed[next(iter(self.unclaimed))]
+                self.unclaimed[remote_id] = (origin, [event])
+            return
+        held = self.unclaimed.get(remote_id)
+        if held is not None:
+            held[1].append(event)
+            if event.name == "clean":
+                del self.unclaimed[remote_id]  # ended before anyone followed it
+
+    def local_job(self, origin):
+        """The job of this load an origin record names, or None."""
+        try:
+            job = self.runtime.jobs.get(int(origin.get("jobid")))
+        except (TypeError, ValueError):
+            return None
+        if job is None or not same_origin(origin, job.origin):
+            return None
+        return job
+
+    def follow(self, job, remote_id):
+        """job follows remote_id: whether the journal brings its events
+        (it saw its submit, made by this job), those so far included."""
+        held = self.unclaimed.pop(int(remote_id), None)
+        if self.over or held is None or not same_origin(held[0], job.origin):
+            return False
+        self.followers[int(remote_id)] = job
+        for event in held[1]:
+            if self.followers.get(int(remote_id)) is not job:
+                break  # it has ended, or stopped following
+            if event.name == "clean":
+                del self.followers[int(remote_id)]
+            job.on_journal_event(remote_id, event)
+        return True
+
+    def unfollow(self, job, remote_id):
+        if remote_id is not None and self.followers.get(int(remote_id)) is job:
+            del self.followers[int(remote_id)]
+
+    def end(self, error):
+        """The journal is over (the connection is lost, the target refuses
+        it, or its job-manager went away): its jobs go on with their
+        watches."""
+        self.over = error
+        self.followers.clear()
+        self.unclaimed.clear()
+        if error.errno == errno.EPERM:
+            why = "not this target's instance owner"
+        else:
+            why = error.strerror or str(error)
+        log(
+            syslog.LOG_DEBUG,
+            f"journal of {self.remote.uri} ended ({why}): jobs there are followed"
+            " by their eventlog watches alone",
+        )
