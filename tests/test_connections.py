@@ -162,8 +162,10 @@ def test_a_watch_never_answered_is_given_up_within_reconnect_timeout(
     request.addfinalizer(hung.kill)
     assert hung.stdout.readline().strip() == "ready"
 
+    # The watch is what is tested: the journal, which would bring the
+    # job's events without job-info, is off.
     fresh_source.load_plugin(
-        None, "submit-timeout=1", "reconnect-timeout=3", "reconnect-interval=0.5"
+        None, "submit-timeout=1", "reconnect-timeout=3", "reconnect-interval=0.5", "journal=false"
     )
     jobid = fresh_source.submit(f"--dependency=delegate:{target.uri}", "true")
     rid = str(fresh_source.wait_event(jobid, "delegated")["context"]["jobid"])
@@ -182,7 +184,7 @@ def test_persistent_watch_error_ends_within_reconnect_timeout(request, fresh_sou
     # submit-timeout bounds the wait for a watch that job-info, while it
     # unloads, takes and never answers.
     fresh_source.load_plugin(
-        None, "reconnect-timeout=3", "reconnect-interval=0.5", "submit-timeout=2"
+        None, "reconnect-timeout=3", "reconnect-interval=0.5", "submit-timeout=2", "journal=false"
     )
     jobid = fresh_source.submit(f"--dependency=delegate:{target.uri}", "true")
     rid = str(fresh_source.wait_event(jobid, "delegated")["context"]["jobid"])
@@ -218,6 +220,9 @@ def test_target_that_stops_reading_never_blocks_the_source(request, fresh_source
     pid = int(target.run("getattr", "broker.pid").stdout)
     os.kill(pid, signal.SIGSTOP)
     request.addfinalizer(lambda: os.kill(pid, signal.SIGCONT))
+    # Silent for over a second: its "feasible" of a moment ago no longer
+    # stands for it (preflight-cache): each job asks, and is not answered.
+    time.sleep(1.5)
 
     big = {"DELEGATE_TEST_BULK": "x" * (100 * 1024)}  # 100 KiB environment
     jobs = [

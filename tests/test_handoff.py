@@ -116,6 +116,15 @@ def query(instance):
     return json.loads(instance.run("jobtap", "query", "delegate.so").stdout)
 
 
+def settled_watchers(target):
+    """The eventlog watches the target's job-info has, once steady."""
+    counts = []
+    while len(counts) < 3 or len(set(counts[-3:])) > 1:
+        time.sleep(0.2)
+        counts.append(json.loads(target.run("module", "stats", "job-info").stdout)["watchers"])
+    return counts[-1]
+
+
 def test_the_end_comes_through_the_targets_journal(fresh_source, target):
     fresh_source.load_plugin()
     jobs = [fresh_source.submit(f"--dependency=delegate:{target.uri}", "true") for _ in range(3)]
@@ -126,10 +135,18 @@ def test_the_end_comes_through_the_targets_journal(fresh_source, target):
     # Every one whose submit the journal saw (all but, maybe, the first:
     # the journal is asked as the connection opens, with its submit).
     assert query(fresh_source)["counts"]["ended-by-journal"] >= 3
+    # While one runs, the target's job-info watches what it watches for a
+    # job submitted there directly (its shell's): no eventlog watch of ours.
+    direct = target.submit("sleep", "300")
+    target.run("job", "wait-event", direct, "start")
+    baseline = settled_watchers(target)
+    target.run("cancel", direct)
+    target.wait_event(direct, "clean")
     # A remote job canceled there: the exception comes the same way.
     sleeper = fresh_source.submit(f"--dependency=delegate:{target.uri}", "sleep", "300")
     rid = fresh_source.wait_event(sleeper, "delegated")["context"]["jobid"]
     target.run("job", "wait-event", str(rid), "start")
+    assert settled_watchers(target) == baseline
     target.run("cancel", "--message=not now", str(rid))
     fresh_source.wait_event(sleeper, "clean")
     exc = fresh_source.exception(sleeper)
@@ -192,3 +209,4 @@ def test_two_sources_on_one_target_each_get_their_own_ends(source, fresh_source,
     for jobid, (instance, code) in mine.items():
         assert instance.status(jobid) == code
     assert query(fresh_source)["counts"]["ended-by-journal"] >= 3
+

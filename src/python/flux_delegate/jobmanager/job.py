@@ -658,6 +658,8 @@ class DelegatedJob:
             self.connection_lost(remote, remote.lost)
             return
         remote.listeners.add(self)
+        if remote.journal is not None and remote.journal.follow(self, self.remote_id):
+            return  # its events come through the target's journal (journal.py)
         # A target answers a watch at once with the eventlog so far.  One
         # that never does (a hung job-info, a request lost as the module
         # was reloaded) would leave the job pending for ever: give up on
@@ -677,13 +679,10 @@ class DelegatedJob:
                 syslog.LOG_DEBUG,
                 f"{self.name}: watch queued: {remote.unanswered} bytes unanswered on {self.uri}",
             )
-        if remote.journal is not None and self.watch is watch:
-            # The news sooner, if its journal saw the submit (journal.py).
-            remote.journal.follow(self, self.remote_id)
 
     def on_journal_event(self, remote_id, event):
-        """An event of the remote job from its target's journal: as from
-        the watch, which will say the same later."""
+        """An event of the remote job from its target's journal, as a
+        watch would have brought it later."""
         if self.phase != FOLLOWING or remote_id != self.remote_id:
             return
         self.on_remote_event(event)
@@ -697,6 +696,12 @@ class DelegatedJob:
         self.stop_watch()
         if self.remote is not None:
             self.remote.listeners.discard(self)
+
+    def journal_ended(self, remote):
+        """The journal that brought this job's events ended: watch its
+        eventlog instead (a lost connection is seen to by connection_lost)."""
+        if self.phase == FOLLOWING and self.remote is remote and not remote.lost:
+            self.follow(remote)
 
     def stop_watch(self):
         watch, self.watch = self.watch, None

@@ -5,17 +5,19 @@ job-manager has committed it to the KVS, which it does in batches about
 10 ms apart, and job-info has read it back: the end of a remote job comes
 that much later than it happened.  The journal (job-manager.events-journal)
 sends each event as it is posted.  One journal per connection, opened with
-it, serves every job delegated over that connection: a job whose remote
-submit the journal saw (and whose origin record there is this job's) gets
-its remote events from it as well as from its watch.  The two say the same
-in the same order; whichever comes first counts (RemoteOutcome records
-what was seen, in any order twice).  The watch stays what follows a job
-across lost connections and reloads; the journal only brings the news
-sooner.
+it (before any job is sent there), serves every job delegated over that
+connection: a job whose remote submit the journal saw, with this job's
+origin record in its jobspec, takes its remote events from the journal
+and needs no watch of its own (one request less per job for the target's
+job-info).  The journal saw every event of such a job, in order.  Jobs
+it did not see submitted (sent before it was open, followed again after a
+reload or a reconnect) are followed by their watch, and so are its jobs
+once it ends (DelegatedJob.journal_ended): a lost connection ends both,
+and the job is followed again, by a watch, once the target answers.
 
 Only the target's instance owner may read its journal: for anyone else it
-answers EPERM, and jobs are followed by their watch alone, as they are
-when journal=false.  The journal sends, at the start, the events of every
+answers EPERM, and jobs are followed by their watches, as they are with
+journal=false.  The journal sends, at the start, the events of every
 job active on the target (the backlog, not used here), then each event of
 the names in WANTED, for every job of the target.
 """
@@ -27,7 +29,7 @@ import flux.constants
 from flux.eventlog import EventLogEvent
 
 from ..jobspec import origin_of, same_origin
-from .reactor import log
+from .reactor import guard, log
 
 #: The events a followed job needs (RemoteOutcome), and "submit", whose
 #: jobspec names the local job (its origin record).
@@ -147,8 +149,10 @@ class RemoteJournal:
         it, or its job-manager went away): its jobs go on with their
         watches."""
         self.over = error
-        self.followers.clear()
+        followers, self.followers = list(self.followers.values()), {}
         self.unclaimed.clear()
+        for job in followers:
+            guard(job.journal_ended, job, self.runtime)(self.remote)
         if error.errno == errno.EPERM:
             why = "not this target's instance owner"
         else:

@@ -18,6 +18,13 @@ from .reactor import Timer, guard, log
 from .remote import FailedRequest, payload_size
 
 
+#: A target's cached "feasible" (preflight-cache) is taken only if it has
+#: sent something within this many seconds: otherwise the question is asked,
+#: and is the proof of life (a stopped target is found out within
+#: preflight-timeout, not submit-timeout, and a policy chooses another).
+ALIVE_WITHIN = 1.0
+
+
 class Preflight:
     """Ask every candidate, concurrently, whether it could ever run the job
     (feasibility.check: ENOSYS means no scheduler there answers it, which
@@ -60,9 +67,11 @@ class Preflight:
         nbytes = payload_size(spec)
         wanted = []
         key = self.shapes[id(c)] = FeasibleAnswers.key(spec)
-        age = remote.feasible_answers.age(key, time.monotonic())
-        if age is not None:
-            # Said of a job of this shape a moment ago (preflight-cache).
+        now = time.monotonic()
+        age = remote.feasible_answers.age(key, now)
+        if age is not None and now - remote.last_heard < ALIVE_WITHIN:
+            # Said of a job of this shape a moment ago (preflight-cache),
+            # by a target that is still talking.
             self.job.runtime.counts["feasibility-cached"] += 1
             c.verdict = "feasible"
             c.reason = f"answered {age:.0f}s ago (preflight-cache)"

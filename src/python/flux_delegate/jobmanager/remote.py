@@ -97,6 +97,7 @@ class RemoteInstance:
         # The target's "feasible" answers, for a while (preflight-cache).
         self.feasible_answers = FeasibleAnswers(runtime.preflight_cache)
         self.journal = None  # RemoteJournal, once open (Connections)
+        self.last_heard = time.monotonic()  # when a message last came from it
         # The handle's own reactor, made now (a handle opened by flux_open()
         # has none yet) and destroyed with the handle: its last reference
         # may be a future's, after the connection is closed.
@@ -249,6 +250,8 @@ class RemoteInstance:
                     self.close("the connection was lost")
                     return
                 now = self.received()
+                if now != received:
+                    self.last_heard = time.monotonic()
                 if events & FLUX_POLLIN or now != received:
                     received = now
                     extra = 2
