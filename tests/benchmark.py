@@ -414,7 +414,7 @@ def probe_main(uri, stopfile, interval):
         call = time.time()
         jobid = flux.job.submit(handle, spec)
         start = flux.job.event_wait(handle, jobid, "start").timestamp
-        samples.append({"ping": ping, "start": start - call})
+        samples.append({"ping": ping, "start": start - call, "t": call})
         if len(samples) == 1:
             print("ready", flush=True)
         time.sleep(max(0.0, interval - (time.time() - tick)))
@@ -446,19 +446,31 @@ class Probe:
             raise RuntimeError(f"the probe on {side.name} did not start")
 
     def stop(self):
-        """{"start": [...], "ping": [...]} (seconds)."""
+        """{"start": [...], "ping": [...], "t": [...]} (seconds; t: when
+        each sample's submit was called, time.time())."""
         open(self.stopfile, "w").close()
         try:
             out, _ = self.proc.communicate(timeout=300)
         finally:
             os.unlink(self.stopfile)
         samples = json.loads(out) if out.strip() else []
-        return {key: [s[key] for s in samples] for key in ("start", "ping")}
+        return {key: [s[key] for s in samples] for key in ("start", "ping", "t")}
 
 
 def probed(label, samples):
     say(f"    {label:<36} start {spread(samples['start'])}")
     say(f"    {'':<36} ping  {spread(samples['ping'])}")
+
+
+def split_samples(samples, until):
+    """The samples taken before 'until' (time.time()), and those after."""
+    before = {k: [] for k in samples}
+    after = {k: [] for k in samples}
+    for i, t in enumerate(samples["t"]):
+        side = before if t < until else after
+        for key in samples:
+            side[key].append(samples[key][i])
+    return before, after
 
 
 # -- sections -------------------------------------------------------------------
@@ -765,6 +777,12 @@ def burst(setup, args, results):
     )
     probed("idle", idle)
     probed(f"delegated burst ({again.wall:.1f} s)", busy)
+    # Taking the submits in is flux's own work (the floor below does no
+    # more): the burst's samples before the last submit was answered, and
+    # after.
+    taking, after = split_samples(busy, again.t_submitted)
+    probed(f"  while {b} submits were taken in ({again.t_submitted - again.t0:.1f} s)", taking)
+    probed("  after, while delegated and followed", after)
     probed(f"floor: {b} held plain jobs ({held.wall:.1f} s)", floor)
     if again_problems:
         say(f"  the probed burst: {verdict(again_problems)}")
@@ -779,6 +797,8 @@ def burst(setup, args, results):
         rss=rss_after - rss_before,
         plain_rss=plain_after - plain_before,
         busy=busy,
+        busy_after=after,
+        busy_taking=taking,
         floor=floor,
         idle=idle,
     )
@@ -927,6 +947,15 @@ def summary(args, results):
                 p50_95(u["busy"]["start"], 0),
                 f"p50 / p95; floor (held burst) {p50_95(u['floor']['start'], 0)},"
                 f" idle {p50_95(u['idle']['start'], 0)}",
+            )
+        )
+        slowest = max(u["busy_after"]["start"], default=math.nan)
+        rows.append(
+            (
+                "  after the submits",
+                p50_95(u["busy_after"]["start"], 0),
+                f"p50 / p95, max {slowest * 1000:.0f} ms; while taken in"
+                f" {p50_95(u['busy_taking']['start'], 0)}",
             )
         )
         rows.append(

@@ -233,6 +233,7 @@ class DelegatedJob:
         # whether its output was stored (names.OUTPUT_KEY), and its run
         # (finish.Finish).
         self.collecting = None
+        self.remote_R = None  # its remote job's R, from the journal
         self.storing = None  # the Collect whose result is being written
         self.stored = None  # the Collect whose result is in the KVS
         self.output_stored = False
@@ -478,6 +479,7 @@ class DelegatedJob:
         self.remote = candidate.remote
         self.outcome = RemoteOutcome()
         self.stop_collecting()  # of a remote job before, if any
+        self.remote_R = None
         # Deadline: submit-timeout from the first send to this candidate
         # (a target still starting is sent to again until then).
         self.submit_deadline = time.monotonic() + self.runtime.submit_timeout
@@ -680,11 +682,14 @@ class DelegatedJob:
                 f"{self.name}: watch queued: {remote.unanswered} bytes unanswered on {self.uri}",
             )
 
-    def on_journal_event(self, remote_id, event):
+    def on_journal_event(self, remote_id, event, R=None):
         """An event of the remote job from its target's journal, as a
-        watch would have brought it later."""
+        watch would have brought it later; with alloc, its R (which then
+        need not be asked for at the end)."""
         if self.phase != FOLLOWING or remote_id != self.remote_id:
             return
+        if R is not None:
+            self.remote_R = R
         self.on_remote_event(event)
         if self.phase != FOLLOWING and event.name == "clean":
             self.runtime.counts["ended-by-journal"] += 1
@@ -939,6 +944,7 @@ class DelegatedJob:
             self.remote_id,
             self.runtime.output_limit,
             lambda R, output: self.on_collected(token, R, output),
+            known_R=self.remote_R,
         )
         self.collecting.token = token
         self.collecting.start()

@@ -93,25 +93,28 @@ class RemoteJournal:
             ):
                 self.malformed += 1
                 continue
-            self.on_event(remote_id, EventLogEvent(entry), answer.get("jobspec"))
+            event = EventLogEvent(entry)
+            # The alloc event comes with the job's R (redacted): where it runs.
+            R = answer.get("R") if event.name == "alloc" else None
+            self.on_event(remote_id, event, answer.get("jobspec"), R)
 
-    def on_event(self, remote_id, event, jobspec):
+    def on_event(self, remote_id, event, jobspec, R):
         job = self.followers.get(remote_id)
         if job is not None:
             if event.name == "clean":
                 del self.followers[remote_id]
-            job.on_journal_event(remote_id, event)
+            job.on_journal_event(remote_id, event, R)
             return
         if event.name == "submit":
             origin = origin_of(jobspec) if isinstance(jobspec, dict) else None
             if origin is not None and self.local_job(origin) is not None:
                 if len(self.unclaimed) >= MAX_UNCLAIMED:
                     del self.unclaimed[next(iter(self.unclaimed))]
-                self.unclaimed[remote_id] = (origin, [event])
+                self.unclaimed[remote_id] = (origin, [(event, None)])
             return
         held = self.unclaimed.get(remote_id)
         if held is not None:
-            held[1].append(event)
+            held[1].append((event, R))
             if event.name == "clean":
                 del self.unclaimed[remote_id]  # ended before anyone followed it
 
@@ -132,12 +135,12 @@ class RemoteJournal:
         if self.over or held is None or not same_origin(held[0], job.origin):
             return False
         self.followers[int(remote_id)] = job
-        for event in held[1]:
+        for event, R in held[1]:
             if self.followers.get(int(remote_id)) is not job:
                 break  # it has ended, or stopped following
             if event.name == "clean":
                 del self.followers[int(remote_id)]
-            job.on_journal_event(remote_id, event)
+            job.on_journal_event(remote_id, event, R)
         return True
 
     def unfollow(self, job, remote_id):

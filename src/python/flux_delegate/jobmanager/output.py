@@ -174,16 +174,20 @@ class RemoteR:
     (jobspec.R_naming): on_done(R), or on_done(None) if it cannot be had
     within submit-timeout or is not of a shape to take."""
 
-    def __init__(self, job, remote, remote_id, on_done):
+    def __init__(self, job, remote, remote_id, on_done, known=None):
         self.job = job
         self.runtime = job.runtime
         self.remote = remote
         self.remote_id = remote_id
         self.on_done = on_done
+        self.known = known  # R as the target's journal gave it, if it did
         self.done = False
         self.timer = None
 
     def start(self):
+        if self.known is not None:
+            self.take(self.known)
+            return self
         self.timer = Timer(
             self.runtime.submit_timeout,
             guard(lambda: self.finish(None, "no answer in time"), self.job, self.runtime),
@@ -205,6 +209,9 @@ class RemoteR:
         except (OSError, KeyError, TypeError) as exc:
             self.finish(None, getattr(exc, "strerror", None) or str(exc))
             return
+        self.take(R)
+
+    def take(self, R):
         limit = self.runtime.max_named_nodes
         local = R_naming(R, count=flux_counts, max_nodes=limit)
         if local is None and R_naming(R, count=flux_counts) is not None:
@@ -230,13 +237,14 @@ class RemoteR:
 
 
 class Collect:
-    """Both at once: on_done(R, output) when both are in."""
+    """Both at once: on_done(R, output) when both are in.  known_R: the
+    remote R if it is known already (the journal's alloc event brings it)."""
 
-    def __init__(self, job, remote, remote_id, limit, on_done):
+    def __init__(self, job, remote, remote_id, limit, on_done, known_R=None):
         self.on_done = on_done
         self.results = {}
         self.parts = [
-            RemoteR(job, remote, remote_id, lambda R: self.got("R", R)),
+            RemoteR(job, remote, remote_id, lambda R: self.got("R", R), known=known_R),
             RemoteOutput(job, remote, remote_id, limit, lambda text: self.got("output", text)),
         ]
 
