@@ -44,6 +44,11 @@ def command_env(home):
     }
 
 
+#: Broker config that loads flux's job prolog/epilog plugin: add a
+#: [job-manager.prolog] or [job-manager.epilog] table to it.
+PERILOG_CONFIG = '[job-manager]\nplugins = [ { load = "perilog.so" } ]\n'
+
+
 def plugin_conf_toml(**extra):
     """The conf table of [job-manager] plugins for the plugin under test."""
     conf = dict(handler=HANDLER, pythonpath=PYTHONPATH, **extra)

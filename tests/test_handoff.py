@@ -9,7 +9,7 @@ import json
 import time
 
 import pytest
-from flux_instance import FluxInstance
+from flux_instance import PERILOG_CONFIG
 
 pytestmark = pytest.mark.integration
 
@@ -166,14 +166,13 @@ def test_output_is_taken_at_the_remote_finish_and_released_at_its_clean(request,
     # A target whose job epilog takes a while: between the remote job's
     # finish and its clean, its output is already stored with the local
     # job, which stays pending until the clean.
-    slow = FluxInstance(
+    from conftest import start_instance
+
+    slow = start_instance(
+        request,
         name="slow-epilog",
-        config=(
-            '[job-manager]\nplugins = [ { load = "perilog.so" } ]\n'
-            '[job-manager.epilog]\ncommand = ["sleep", "3"]\n'
-        ),
-    ).start()
-    request.addfinalizer(slow.cleanup)
+        config=PERILOG_CONFIG + '[job-manager.epilog]\ncommand = ["sleep", "3"]\n',
+    )
     fresh_source.load_plugin()
     jobid = fresh_source.submit(f"--dependency=delegate:{slow.uri}", "echo", "taken early")
     rid = str(fresh_source.wait_event(jobid, "delegated")["context"]["jobid"])

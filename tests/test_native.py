@@ -8,7 +8,8 @@ import tempfile
 import time
 
 import pytest
-from flux_instance import FLUX, FluxInstance
+from conftest import start_instance
+from flux_instance import FLUX, PERILOG_CONFIG, FluxInstance
 from test_restart import example_config
 
 pytestmark = pytest.mark.integration
@@ -163,14 +164,11 @@ def test_one_node_named_where_a_prolog_runs_on_each_rank(request, named_target):
     """With a per-rank job prolog here, a job's ranks are where it runs: a
     released job names its remote node on rank 0 (where its prolog always
     ran), and a job that ran on more nodes names this host, as before."""
-    source = FluxInstance(
+    source = start_instance(
+        request,
         name="prolog-source",
-        config=(
-            '[job-manager]\nplugins = [ { load = "perilog.so" } ]\n'
-            '[job-manager.prolog]\ncommand = ["true"]\nper-rank = true\n'
-        ),
-    ).start()
-    request.addfinalizer(source.cleanup)
+        config=PERILOG_CONFIG + '[job-manager.prolog]\ncommand = ["true"]\nper-rank = true\n',
+    )
     source.load_plugin()
     one = source.submit(f"--dependency=delegate:{named_target.uri}", "-N1", "true")
     two = source.submit(f"--dependency=delegate:{named_target.uri}", "-N2", "true")

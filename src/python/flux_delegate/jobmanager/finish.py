@@ -46,8 +46,9 @@ from .reactor import guard, log, then
 
 #: Seconds between asks while job-exec has not taken the job on yet, the
 #: last one repeated.  It takes a few milliseconds (it makes the job's
-#: guest namespace first): asked every millisecond for ten, then less often.
-START_RETRIES = (0.001,) * 10 + (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+#: guest namespace first): asked every 2 ms five times, then less often (a
+#: burst of releases must not flood it with asks).
+START_RETRIES = (0.002,) * 5 + (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 
 
 class Finish:
