@@ -209,3 +209,22 @@ def test_two_sources_on_one_target_each_get_their_own_ends(source, fresh_source,
         assert instance.status(jobid) == code
     assert query(fresh_source)["counts"]["ended-by-journal"] >= 3
 
+
+
+def test_a_remote_clean_during_the_output_write_releases_the_job_once(fresh_source, target):
+    # A megabyte of output takes the plugin longer to read and write than
+    # the target takes from the job's finish to its clean: the clean comes
+    # while the output is being written, and the job is released once, when
+    # it is written.
+    fresh_source.load_plugin()
+    jobs = [
+        fresh_source.submit(
+            f"--dependency=delegate:{target.uri}", "sh", "-c", "head -c 1000000 /dev/zero | tr '\\\\0' x"
+        )
+        for _ in range(4)
+    ]
+    for jobid in jobs:
+        assert fresh_source.status(jobid) == 0, fresh_source.exception(jobid)
+        assert len(fresh_source.run("job", "attach", jobid).stdout) == 1000000
+        names = [e["name"] for e in fresh_source.eventlog(jobid)]
+        assert names.count("jobspec-update") == 1 and names.count("dependency-remove") == 1

@@ -236,6 +236,7 @@ class DelegatedJob:
         self.remote_R = None  # its remote job's R, from the journal
         self.storing = None  # the Collect whose result is being written
         self.stored = None  # the Collect whose result is in the KVS
+        self.released = False  # its dependency removed (release_now)
         self.output_stored = False
         self.finishing = None
 
@@ -929,8 +930,9 @@ class DelegatedJob:
         self.wait_status = wait_status
         if self.stored is not None:
             self.once_accepted(self.release_now)  # taken at its finish
-        elif self.collecting is None:
+        elif self.collecting is None and self.storing is None:
             self.collect()
+        # else: being taken or written: on_R_committed() releases it
 
     def collect(self):
         """Take R and the output from the remote job (output.Collect) and
@@ -992,8 +994,9 @@ class DelegatedJob:
         """Order matters: the phase is set first, because removing the
         dependency runs the next state callbacks (job.state.sched, below)
         before it returns, as a rule."""
-        if self.phase != RELEASING:
-            return  # ended meanwhile
+        if self.phase != RELEASING or self.released:
+            return  # ended meanwhile, or released already
+        self.released = True
         self.runtime.jobtap.jobspec_update(self.id, release_updates(self.wait_status))
         self.runtime.jobtap.set_flag(self.id, "alloc-bypass")
         self.releasing_now = True
