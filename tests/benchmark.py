@@ -628,6 +628,13 @@ def handoff(setup, args, results):
     say(f"  local submit -> 'delegated' (remote id known)  {spread(to_id)}")
     say(f"  direct: call -> job id answered                {spread(answered)}")
     say(f"  mirror lag (remote finish -> local clean)      {spread(lags)}")
+    counts = source.query()["counts"]
+    say(
+        f"  plugin: from job.new {counts['early']}, from DEPEND {counts['at-depend']};"
+        f" feasibility asked {counts['feasibility-asked']}, cached"
+        f" {counts['feasibility-cached']}; ends through the journal {counts['ended-by-journal']}"
+        " (since the source started)"
+    )
     unbatched = handoffs_unbatched(setup, source, target, k)
     say(f"  handoff, the source's [ingest] batch-count = 1 {spread(unbatched)}")
     say(f"  {verdict(problems)}")
