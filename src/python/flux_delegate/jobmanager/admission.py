@@ -8,8 +8,8 @@ import collections
 from .phases import WAITING
 from .reactor import guard
 
-#: Jobs being delegated at once (from the look at their eventlog to the
-#: creation of their remote job): more wait their turn.
+#: Jobs being delegated at once (from job.new, or the look at their
+#: eventlog, to the creation of their remote job): more wait their turn.
 ADMISSION_WINDOW = 32
 
 
