@@ -123,6 +123,17 @@ class FluxClient:
             time.sleep(0.1)
         raise AssertionError(f"no memo {key} for {jobid} within {timeout}s")
 
+    def wait_running(self, timeout=60):
+        """Wait until the instance has started (rc1 done: its job-ingest
+        takes submits).  A batch job's "uri" memo comes before that."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            uptime = self.run("uptime", check=False)
+            if uptime.returncode == 0 and " run " in uptime.stdout:
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"{self.uri} not running within {timeout}s")
+
     def status(self, jobid, timeout=60):
         """'flux job status' exit code of a job (waits for it to end)."""
         return self.run("job", "status", jobid, check=False, timeout=timeout).returncode

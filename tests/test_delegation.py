@@ -215,6 +215,7 @@ def test_job_id_path_into_a_grandchild_instance(source, tmp_path):
         source.wait_memo(child, "uri", timeout=60)
         child_uri = source.run("uri", "--local", child).stdout.strip()
         inner = FluxClient(child_uri)
+        inner.wait_running()
         grandchild = inner.run(
             "batch", "-n1", f"--output={tmp_path}/grandchild.out", "--wrap", "sleep", "300"
         ).stdout.strip()
