@@ -191,6 +191,55 @@ def test_output_is_taken_at_the_remote_finish_and_released_at_its_clean(request,
     assert fresh_source.run("job", "attach", jobid).stdout == "taken early\n"
 
 
+def test_output_taken_once_the_namespace_is_moved_comes_through_job_info(request, fresh_source):
+    # A load that comes to a remote job after its finish (here: reloaded
+    # during the target's 3 s epilog) finds the guest namespace moved, and
+    # reads the output through job-info instead.
+    from conftest import start_instance
+
+    slow = start_instance(
+        request,
+        name="slow-epilog",
+        config=PERILOG_CONFIG + '[job-manager.epilog]\ncommand = ["sleep", "3"]\n',
+    )
+    fresh_source.load_plugin()
+    jobid = fresh_source.submit(f"--dependency=delegate:{slow.uri}", "echo", "read late")
+    rid = str(fresh_source.wait_event(jobid, "delegated")["context"]["jobid"])
+    slow.run("job", "wait-event", "-t", "30", rid, "finish")
+    fresh_source.remove_plugin()
+    fresh_source.load_plugin()
+    assert fresh_source.status(jobid) == 0
+    assert fresh_source.run("job", "attach", jobid).stdout == "read late\n"
+    assert (counts(fresh_source)["output-watched"], counts(fresh_source)["output-from-namespace"]) == (1, 0)
+
+
+def test_the_output_is_read_whole_from_the_guest_namespace(fresh_source, target):
+    # Taken at the remote finish from the job's guest namespace, before the
+    # target moves it: all of it, the shell's messages after the tasks'
+    # last output too (-o verbose=2: "exit 0" comes after every eof).
+    fresh_source.load_plugin()
+    for _ in range(3):
+        jobid = fresh_source.submit(
+            f"--dependency=delegate:{target.uri}", "-o", "verbose=2", "sh", "-c", "echo hi"
+        )
+        assert fresh_source.status(jobid) == 0
+        rid = str(fresh_source.wait_event(jobid, "delegated")["context"]["jobid"])
+        remote = target.eventlog(rid, "guest.output")
+        local = fresh_source.eventlog(jobid, "guest.output")
+        eofs = [i for i, e in enumerate(remote) if e["context"].get("eof")]
+        assert remote[-1]["name"] == "log" and len(remote) > max(eofs) + 1
+        assert [(e["name"], e["context"]) for e in local] == [
+            (e["name"], e["context"]) for e in remote
+        ]
+        attached = fresh_source.run("job", "attach", jobid)
+        assert attached.stdout == "hi\n" and "exit 0" in attached.stderr
+    # The target moves the namespace a few milliseconds after the finish:
+    # a read that comes later goes through job-info (the test above).
+    taken = counts(fresh_source)
+    assert taken["output-from-namespace"] >= 1
+    assert taken["output-from-namespace"] + taken["output-watched"] == 3
+
+
 def test_two_sources_on_one_target_each_get_their_own_ends(source, fresh_source, target):
     # Both read the target's journal, which carries every job's events: each
     # takes only its own (the origin record of the submit).

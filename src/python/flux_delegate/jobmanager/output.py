@@ -9,10 +9,15 @@ release goes on.
 """
 
 import errno
+import json
+import os
 import syslog
 
+import flux.constants
 import flux.job
+import flux.kvs
 from flux.core.inner import ffi, lib
+from flux.future import Future
 from flux.job import JobID
 
 from ..jobspec import R_naming, flux_counts
@@ -22,15 +27,24 @@ from .remote import answer_of
 
 
 class RemoteOutput:
-    """The remote job's output eventlog, read entry by entry (job-info's
-    eventlog-watch of guest.output) into an OutputCopy that holds at most
-    limit bytes.  on_done(text) once: the output eventlog to write into
-    the local job (None: nothing to write).
+    """The remote job's output eventlog, read entry by entry into an
+    OutputCopy that holds at most limit bytes.  on_done(text) once: the
+    output eventlog to write into the local job (None: nothing to write).
+
+    Read once the remote job has finished.  The flux shell has written
+    all of it then (it commits its output before it exits), into the
+    job's guest namespace, which the target keeps a few milliseconds more
+    before it moves it into the job's KVS directory: it is read there
+    first, as it is, streamed one stored piece at a time (a KVS lookup
+    with FLUX_KVS_STREAM).  Once the namespace is gone (ENOTSUP: the
+    output is taken later, after a reconnect) it is read through job-info
+    (eventlog-watch of guest.output, which waits for the namespace to be
+    moved before it ends).
 
     Once the limit is reached the copy is done; the watch is canceled and
     what the target still sends (job-info sends a finished job's whole
-    eventlog at once, a cancel or not) is read and let go, one answer at a
-    time, never kept."""
+    eventlog at once, a cancel or not; the stream, its last pieces) is
+    read and let go, one answer at a time, never kept."""
 
     def __init__(self, job, remote, remote_id, limit, on_done):
         self.job = job
@@ -40,6 +54,7 @@ class RemoteOutput:
         self.limit = limit
         self.on_done = on_done
         self.copy = OutputCopy(limit)
+        self.partial = b""  # a streamed piece's last line, if it was cut
         self.outgoing = None
         self.timer = None
         self.done = False
@@ -53,6 +68,20 @@ class RemoteOutput:
             notice = missing_notice("was not copied (plugin option output-limit=0)", self.local_id)
             self.finish(self.copy.text(notice))
             return self
+        namespace = f"job-{int(self.remote_id)}"
+        self.outgoing = self.remote.request(
+            1024,
+            lambda h: Future(
+                flux.kvs.RAW.flux_kvs_lookup(h, namespace, flux.constants.FLUX_KVS_STREAM, "output")
+            ),
+            self.on_piece,
+            job=self.job,
+        )
+        self.arm()
+        return self
+
+    def watch(self):
+        """The guest namespace is gone: read through job-info."""
         self.outgoing = self.remote.request(
             1024,
             lambda h: flux.job.event_watch_async(h, self.remote_id, "guest.output"),
@@ -60,7 +89,54 @@ class RemoteOutput:
             job=self.job,
         )
         self.arm()
-        return self
+
+    def on_piece(self, future):
+        """One stored piece of the output eventlog (whole entries, as the
+        shell appended them), or the end (ENODATA)."""
+        if self.done:
+            self.discard(future)
+            return
+        try:
+            piece = answer_of(lambda: raw_value(future))
+        except OSError as exc:
+            if exc.errno == errno.ENODATA:
+                self.runtime.counts["output-from-namespace"] += 1
+                self.take_line(self.partial)
+                if not self.done:
+                    self.finish(self.copy.text())
+            else:
+                # ENOTSUP: the namespace is gone (moved); ENOENT: it holds
+                # no output; or not ours to read: job-info says what there is.
+                self.copy = OutputCopy(self.limit)
+                self.partial = b""
+                self.watch()
+            return
+        future.reset()
+        lines = (self.partial + piece).split(b"\n")
+        self.partial = lines.pop()
+        for line in lines:
+            if not self.take_line(line):
+                return
+        if len(self.partial) > self.limit:  # an entry larger than all that is kept
+            self.capped()
+            return
+        self.arm()
+
+    def take_line(self, line):
+        """One line of the eventlog into the copy; False once the copy is
+        done (capped)."""
+        if not line.strip():
+            return True
+        try:
+            event = json.loads(line)
+            name, timestamp, context = event["name"], event["timestamp"], event.get("context")
+        except (ValueError, TypeError, KeyError, RecursionError):
+            self.copy.malformed += 1  # not an eventlog entry: the next may be
+            return True
+        if self.copy.add(name, timestamp, context):
+            return True
+        self.capped()
+        return False
 
     def arm(self):
         """Each answer must come within submit-timeout of the one before."""
@@ -107,12 +183,16 @@ class RemoteOutput:
             self.arm()
             return
         if event is None:  # the end of the eventlog
+            self.runtime.counts["output-watched"] += 1
             self.finish(self.copy.text())
             return
         if self.copy.add(event.get("name"), event.get("timestamp"), event.get("context")):
             self.arm()
             return
-        # Capped: the rest is let go.
+        self.capped(future)
+
+    def capped(self, future=None):
+        """The copy is full: the rest is let go."""
         log(
             syslog.LOG_INFO,
             f"{self.job.name}: output of {self.remote_id.f58} capped at"
@@ -167,6 +247,15 @@ class RemoteOutput:
                 f" {self.remote_id.f58} are not output entries: not copied",
             )
         self.on_done(text)
+
+
+def raw_value(future):
+    """The value a KVS lookup answered, as bytes."""
+    data = ffi.new("void *[1]")
+    size = ffi.new("size_t [1]")
+    if lib.flux_kvs_lookup_get_raw(future.pimpl.handle, data, size) < 0:
+        raise OSError(ffi.errno, os.strerror(ffi.errno))
+    return bytes(ffi.buffer(data[0], size[0])) if size[0] else b""
 
 
 class RemoteR:

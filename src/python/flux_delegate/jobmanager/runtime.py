@@ -65,13 +65,16 @@ class Runtime:
         # How jobs went on to choose a target: from job.new ("early") or
         # from DEPEND after a look at their eventlog ("at-depend"); and
         # candidates' feasibility asked or taken from preflight-cache.
-        # And how many remote jobs' ends came first through a journal.
+        # And how many remote jobs' ends came first through a journal, and
+        # their outputs read from the guest namespace or through job-info.
         self.counts = {
             "early": 0,
             "at-depend": 0,
             "feasibility-asked": 0,
             "feasibility-cached": 0,
             "ended-by-journal": 0,
+            "output-from-namespace": 0,
+            "output-watched": 0,
         }
         connect_timeout = self.conf["connect-timeout"]
         self.reconnect_interval = self.conf["reconnect-interval"]
