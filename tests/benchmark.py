@@ -192,7 +192,9 @@ def make_target(dir_name="bench-target-host"):
     ).stdout.strip()
     host.wait_memo(jobid, "uri", timeout=120)
     uri = host.run("uri", "--local", jobid).stdout.strip()
-    return host, Side(FluxClient(uri), "target")
+    target = FluxClient(uri)
+    target.wait_running()
+    return host, Side(target, "target")
 
 
 def make_source(name, plugin=True):
@@ -632,7 +634,9 @@ def handoff(setup, args, results):
     say(
         f"  plugin: from job.new {counts['early']}, from DEPEND {counts['at-depend']};"
         f" feasibility asked {counts['feasibility-asked']}, cached"
-        f" {counts['feasibility-cached']}; ends through the journal {counts['ended-by-journal']}"
+        f" {counts['feasibility-cached']}; ends through the journal {counts['ended-by-journal']};"
+        f" outputs read from the guest namespace {counts['output-from-namespace']},"
+        f" through job-info {counts['output-watched']}"
         " (since the source started)"
     )
     unbatched = handoffs_unbatched(setup, source, target, k)
@@ -642,6 +646,13 @@ def handoff(setup, args, results):
         median = percentile(handoffs.values(), 50)
         one = min(handoffs, key=lambda i: abs(handoffs[i] - median))
         breakdown(jobs[one], remote_logs[remote_of[one]], one)
+    if lags:
+        median = percentile(lags, 50)
+        one = min(
+            (i for i in jobs if i in remote_of),
+            key=lambda i: abs(jobs[i].t("clean") - remote_logs[remote_of[i]].t("finish") - median),
+        )
+        lag_breakdown(jobs[one], remote_logs[remote_of[one]], one)
     failing(setup, args)
     source.purge()
     target.purge()
@@ -708,6 +719,21 @@ def breakdown(local, remote, jobid):
         "    (a 'submit' event is posted as the job-manager takes the job in, before"
         " 'validate'; the submit is answered, and 'delegated' posted, after it)"
     )
+
+
+def lag_breakdown(local, remote, jobid):
+    """One mirror lag, event by event, from the remote finish on."""
+    say(f"  one mirror lag, event by event ({JobID(jobid).f58}, the one nearest the median):")
+    t0 = remote.t("finish")
+    rows = [(e["timestamp"], "local ", e) for e in local.all if e["timestamp"] >= t0]
+    rows += [(e["timestamp"], "remote", e) for e in remote.all if e["timestamp"] >= t0]
+    previous = t0
+    for t, where, event in sorted(rows, key=lambda row: row[0]):
+        say(
+            f"    {(t - t0) * 1000:+9.1f} ms  (+{(t - previous) * 1000:7.1f})  {where}"
+            f"  {event['name']}"
+        )
+        previous = t
 
 
 def failing(setup, args):
