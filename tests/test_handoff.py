@@ -162,51 +162,87 @@ def test_journal_false_follows_by_the_eventlog_alone(fresh_source, target):
     assert query(fresh_source)["counts"]["ended-by-journal"] == 0
 
 
-def test_output_is_taken_at_the_remote_finish_and_released_at_its_clean(request, fresh_source):
-    # A target whose job epilog takes a while: between the remote job's
-    # finish and its clean, its output is already stored with the local
-    # job, which stays pending until the clean.
+@pytest.fixture(scope="module")
+def slow_epilog(request):
+    """A target whose job epilog takes 3 s: between a job's finish and its
+    clean, its target cleans up for a while."""
     from conftest import start_instance
 
-    slow = start_instance(
+    return start_instance(
         request,
         name="slow-epilog",
         config=PERILOG_CONFIG + '[job-manager.epilog]\ncommand = ["sleep", "3"]\n',
     )
+
+
+def state(instance, jobid):
+    return instance.run("jobs", "-n", "-o", "{state}", jobid).stdout.strip()
+
+
+def test_output_is_taken_at_the_remote_finish_and_released_at_its_clean(fresh_source, slow_epilog):
+    # Between the remote job's finish and its clean, its output is already
+    # stored with the local job, which stays pending until the clean.
     fresh_source.load_plugin()
-    jobid = fresh_source.submit(f"--dependency=delegate:{slow.uri}", "echo", "taken early")
+    jobid = fresh_source.submit(f"--dependency=delegate:{slow_epilog.uri}", "echo", "taken early")
     rid = str(fresh_source.wait_event(jobid, "delegated")["context"]["jobid"])
-    slow.run("job", "wait-event", "-t", "30", rid, "finish")
+    slow_epilog.run("job", "wait-event", "-t", "30", rid, "finish")
     key = fresh_source.run("job", "id", "--to=kvs", jobid).stdout.strip() + ".delegate-output"
     deadline = time.monotonic() + 2.5
     while fresh_source.run("kvs", "get", "--raw", key, check=False).returncode != 0:
         assert time.monotonic() < deadline, "output not stored during the remote epilog"
         time.sleep(0.05)
     assert "taken early" in fresh_source.run("kvs", "get", "--raw", key).stdout
-    assert "clean" not in [e["name"] for e in slow.eventlog(rid)]
-    assert "dependency-remove" not in [e["name"] for e in fresh_source.eventlog(jobid)]
+    assert "clean" not in [e["name"] for e in slow_epilog.eventlog(rid)]
+    assert state(fresh_source, jobid) == "DEPEND"
     assert fresh_source.status(jobid) == 0
     released = fresh_source.wait_event(jobid, "dependency-remove")["timestamp"]
-    assert released >= slow.wait_event(rid, "clean")["timestamp"]
+    assert released >= slow_epilog.wait_event(rid, "clean")["timestamp"]
     assert fresh_source.run("job", "attach", jobid).stdout == "taken early\n"
 
 
-def test_output_taken_once_the_namespace_is_moved_comes_through_job_info(request, fresh_source):
-    # A load that comes to a remote job after its finish (here: reloaded
-    # during the target's 3 s epilog) finds the guest namespace moved, and
-    # reads the output through job-info instead.
-    from conftest import start_instance
-
-    slow = start_instance(
-        request,
-        name="slow-epilog",
-        config=PERILOG_CONFIG + '[job-manager.epilog]\ncommand = ["sleep", "3"]\n',
-    )
+def test_a_remote_exception_after_the_finish_fails_the_job(fresh_source, slow_epilog):
+    # A fatal exception on the remote job during its epilog, its output
+    # taken already: the job ends with it, never released.
     fresh_source.load_plugin()
-    jobid = fresh_source.submit(f"--dependency=delegate:{slow.uri}", "echo", "read late")
+    jobid = fresh_source.submit(f"--dependency=delegate:{slow_epilog.uri}", "echo", "ran")
     rid = str(fresh_source.wait_event(jobid, "delegated")["context"]["jobid"])
-    slow.run("job", "wait-event", "-t", "30", rid, "finish")
+    slow_epilog.run("job", "wait-event", "-t", "30", rid, "finish")
+    slow_epilog.run("job", "raise", "--severity=0", "--type=test", "--message=after the finish", rid)
+    fresh_source.wait_event(jobid, "clean")
+    exc = fresh_source.exception(jobid)
+    assert exc["type"] == "DelegationFailure", exc
+    assert "test exception: after the finish" in exc["note"], exc
+    names = [e["name"] for e in fresh_source.eventlog(jobid)]
+    assert "dependency-remove" not in names and "start" not in names
+    assert fresh_source.status(jobid) != 0
+    # The plugin is at rest, and the next job goes on.
+    assert fresh_source.status(fresh_source.submit("true")) == 0
+
+
+def test_a_job_canceled_while_its_target_cleans_up_ends_canceled(fresh_source, slow_epilog):
+    fresh_source.load_plugin()
+    jobid = fresh_source.submit(f"--dependency=delegate:{slow_epilog.uri}", "true")
+    rid = str(fresh_source.wait_event(jobid, "delegated")["context"]["jobid"])
+    slow_epilog.run("job", "wait-event", "-t", "30", rid, "finish")
+    fresh_source.run("cancel", "--message=enough", jobid)
+    fresh_source.wait_event(jobid, "clean")
+    assert fresh_source.exception(jobid)["type"] == "cancel"
+    assert "start" not in [e["name"] for e in fresh_source.eventlog(jobid)]
+    slow_epilog.wait_event(rid, "clean")  # and the remote job ends on its own
+    assert query(fresh_source)["jobs"] == {}
+
+
+def test_output_taken_once_the_namespace_is_moved_comes_through_job_info(fresh_source, slow_epilog):
+    # A load that comes to a remote job after its finish (here: unloaded
+    # while it ran, loaded again during the target's 3 s epilog) finds the
+    # guest namespace moved, and reads the output through job-info instead.
+    fresh_source.load_plugin()
+    jobid = fresh_source.submit(
+        f"--dependency=delegate:{slow_epilog.uri}", "sh", "-c", "sleep 1; echo read late"
+    )
+    rid = str(fresh_source.wait_event(jobid, "delegated")["context"]["jobid"])
     fresh_source.remove_plugin()
+    slow_epilog.run("job", "wait-event", "-t", "30", rid, "finish")
     fresh_source.load_plugin()
     assert fresh_source.status(jobid) == 0
     assert fresh_source.run("job", "attach", jobid).stdout == "read late\n"
