@@ -632,7 +632,8 @@ def handoff(setup, args, results):
     say(f"  mirror lag (remote finish -> local clean)      {spread(lags)}")
     counts = source.query()["counts"]
     say(
-        f"  plugin: from job.new {counts['early']}, from DEPEND {counts['at-depend']};"
+        f"  plugin: from job.new {counts['early']} (or its turn in a burst"
+        f" {counts['early-queued']}), from DEPEND {counts['at-depend']};"
         f" feasibility asked {counts['feasibility-asked']}, cached"
         f" {counts['feasibility-cached']}; ends through the journal {counts['ended-by-journal']};"
         f" outputs read from the guest namespace {counts['output-from-namespace']},"

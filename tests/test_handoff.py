@@ -32,6 +32,20 @@ def test_a_job_with_no_other_dependency_goes_on_from_job_new(fresh_source, targe
     assert (counts(fresh_source)["early"], counts(fresh_source)["at-depend"]) == (2, 0)
 
 
+def test_jobs_of_a_burst_past_the_window_go_on_without_a_look_at_their_eventlog(fresh_source, target):
+    # 60 jobs in one ingest batch: 32 go on from job.new (the admission
+    # window), the rest when their turn comes, and still need no look at
+    # their eventlog (nothing can have been delegated before).
+    fresh_source.load_plugin()
+    jobids = fresh_source.submit("--cc=1-60", f"--dependency=delegate:{target.uri}", "true").split()
+    assert len(jobids) == 60
+    for jobid in jobids:
+        assert fresh_source.status(jobid) == 0
+    taken = counts(fresh_source)
+    assert taken["early-queued"] > 0, taken
+    assert (taken["early"] + taken["early-queued"], taken["at-depend"]) == (60, 0), taken
+
+
 def test_other_dependencies_and_holds_still_wait_for_depend(fresh_source, target):
     fresh_source.load_plugin()
     first = fresh_source.submit("sleep", "1")

@@ -204,6 +204,10 @@ class DelegatedJob:
         # the job-manager; what would end or release it waits here (on_depend).
         self.accepted = args.get("state") != flux.constants.FLUX_JOB_STATE_NEW
         self.when_accepted = []
+        # Known at job.new to have nothing to look for in its eventlog (a
+        # new job whose only dependency is this one): goes on without the
+        # look when its turn comes (check_ready).
+        self.fresh = False
         self._phase = WAITING
         self.uri = None
         self.remote = None
@@ -316,11 +320,13 @@ class DelegatedJob:
             or self.urgency == 0
             or self.doomed is not None
             or not delegation_is_only_dependency(self.jobspec)
-            or not self.runtime.admission.admit(self)
         ):
             return
-        self.runtime.counts["early"] += 1
-        self.start()
+        self.fresh = True
+        if self.runtime.admission.admit(self):
+            self.runtime.counts["early"] += 1
+            self.start()
+        # else its turn comes in a burst (Admission): check_ready()
 
     def check_ready(self):
         """Read the job's eventlog from the job-manager (asynchronously):
@@ -336,6 +342,10 @@ class DelegatedJob:
             return
         if not self.runtime.admission.admit(self):
             return  # its turn comes (Admission)
+        if self.fresh:
+            self.runtime.counts["early-queued"] += 1
+            self.start()
+            return
         self.checking = True
         future = self.runtime.handle.rpc(
             "job-manager.getattr", {"id": self.id, "attrs": ["eventlog"]}

@@ -62,13 +62,15 @@ class Runtime:
         self.early_handoff = self.conf["early-handoff"]
         # Whether each connection reads its target's journal (journal.py).
         self.journal = self.conf["journal"]
-        # How jobs went on to choose a target: from job.new ("early") or
-        # from DEPEND after a look at their eventlog ("at-depend"); and
+        # How jobs went on to choose a target: from job.new ("early"), or
+        # when their turn came in a burst without a look at their eventlog
+        # ("early-queued"), or after that look ("at-depend"); and
         # candidates' feasibility asked or taken from preflight-cache.
         # And how many remote jobs' ends came first through a journal, and
         # their outputs read from the guest namespace or through job-info.
         self.counts = {
             "early": 0,
+            "early-queued": 0,  # would have gone from job.new but for the window
             "at-depend": 0,
             "feasibility-asked": 0,
             "feasibility-cached": 0,
