@@ -55,6 +55,7 @@ class RemoteOutput:
         self.on_done = on_done
         self.copy = OutputCopy(limit)
         self.partial = b""  # a streamed piece's last line, if it was cut
+        self.read_from = None  # the count of the plugin's query it adds to
         self.outgoing = None
         self.timer = None
         self.done = False
@@ -69,6 +70,7 @@ class RemoteOutput:
             self.finish(self.copy.text(notice))
             return self
         namespace = f"job-{int(self.remote_id)}"
+        self.read_from = "output-from-namespace"
         self.outgoing = self.remote.request(
             1024,
             lambda h: Future(
@@ -82,6 +84,7 @@ class RemoteOutput:
 
     def watch(self):
         """The guest namespace is gone: read through job-info."""
+        self.read_from = "output-watched"
         self.outgoing = self.remote.request(
             1024,
             lambda h: flux.job.event_watch_async(h, self.remote_id, "guest.output"),
@@ -100,7 +103,6 @@ class RemoteOutput:
             piece = answer_of(lambda: raw_value(future))
         except OSError as exc:
             if exc.errno == errno.ENODATA:
-                self.runtime.counts["output-from-namespace"] += 1
                 self.take_line(self.partial)
                 if not self.done:
                     self.finish(self.copy.text())
@@ -183,7 +185,6 @@ class RemoteOutput:
             self.arm()
             return
         if event is None:  # the end of the eventlog
-            self.runtime.counts["output-watched"] += 1
             self.finish(self.copy.text())
             return
         if self.copy.add(event.get("name"), event.get("timestamp"), event.get("context")):
@@ -239,6 +240,8 @@ class RemoteOutput:
             return
         self.done = True
         self.stop_timer()
+        if self.read_from is not None:
+            self.runtime.counts[self.read_from] += 1
         self.copy.clear()  # text holds it now
         if self.copy.malformed:
             log(
