@@ -157,3 +157,10 @@ def test_size_text():
     assert [size_text(n) for n in (4 << 20, 512 << 10, 1 << 30, 1000, 0)] == [
         "4M", "512K", "1G", "1000", "0",
     ]
+
+
+def test_an_entry_named_by_anything_but_a_string_is_left_out():
+    copy = OutputCopy(1 << 20)
+    for name in (["data"], {"a": 1}, 3, None):
+        assert copy.add(name, 1.0, data("stdout", "x\n"))
+    assert copy.malformed == 4 and copy.text() is None

@@ -67,7 +67,7 @@ def normalized(name, context):
     anything: text no UTF-8 can hold loses what cannot be held (U+FFFD),
     and data with a NUL goes base64-encoded, as the flux shell sends it
     (flux's JSON parser refuses a NUL in a string)."""
-    if name not in ENTRY_SHAPES or not isinstance(context, dict):
+    if not isinstance(name, str) or name not in ENTRY_SHAPES or not isinstance(context, dict):
         return None
     for key, kind in ENTRY_SHAPES[name].items():
         if not _typed(context.get(key), kind):
