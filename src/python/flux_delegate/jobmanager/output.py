@@ -114,11 +114,17 @@ class RemoteOutput:
                 self.watch()
             return
         future.reset()
-        lines = (self.partial + piece).split(b"\n")
-        self.partial = lines.pop()
-        for line in lines:
-            if not self.take_line(line):
+        # Line by line, only as far as the copy takes them: past the cap the
+        # rest of a piece (a shell's append may be megabytes) is not looked at.
+        data = self.partial + piece if self.partial else piece
+        start = 0
+        end = data.find(b"\n")
+        while end >= 0:
+            if not self.take_line(data[start:end]):
                 return
+            start = end + 1
+            end = data.find(b"\n", start)
+        self.partial = data[start:]
         if len(self.partial) > self.limit:  # an entry larger than all that is kept
             self.capped()
             return
