@@ -25,6 +25,11 @@ journal, or job-info afterwards): all on this host's clock.
   overhead     N plain jobs in an instance with the plugin loaded vs one
                without, R rounds in rotating order.
 
+The throughput and overhead runs also take each broker's CPU time (its
+threads' user + system time, /proc) per job: what a delegated job costs
+the source, thread by thread (the plugin runs in the job-manager's), and
+the target, beside what a plain job costs its instance.
+
 Timings belong here, never in pass/fail tests.  Usage: see --help
 (DELEGATE_PLUGIN, DELEGATE_HANDLER, DELEGATE_PYTHONPATH as for the tests).
 """
@@ -58,6 +63,44 @@ RUN_TIMEOUT = 1800
 
 
 # -- numbers ------------------------------------------------------------------
+
+
+def broker_cpu(pid):
+    """{thread name: user + system CPU seconds} of process pid, threads of
+    one name summed."""
+    tick = os.sysconf("SC_CLK_TCK")
+    times = collections.Counter()
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/comm") as fp:
+                name = fp.read().strip()
+            with open(f"/proc/{pid}/task/{tid}/stat") as fp:
+                fields = fp.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # ended meanwhile
+        times[name] += (int(fields[11]) + int(fields[12])) / tick
+    return times
+
+
+def cpu_per_job(before, after, n):
+    """{thread: ms of CPU per job} between two broker_cpu() readings, and
+    the total under "all"."""
+    per = {name: (after[name] - before.get(name, 0.0)) * 1000 / n for name in after}
+    per = {name: v for name, v in per.items() if v > 0}
+    per["all"] = sum(per.values())
+    return per
+
+
+def median_cpu(readings):
+    """The median, thread by thread, of cpu_per_job() readings."""
+    names = set().union(*readings) if readings else set()
+    return {name: statistics.median(r.get(name, 0.0) for r in readings) for name in names}
+
+
+def cpu_text(per, top=6):
+    """'all X ms: thread a, thread b, ...' (the largest first)."""
+    threads = sorted(((v, k) for k, v in per.items() if k != "all"), reverse=True)[:top]
+    return f"{per.get('all', 0):.1f} ms/job: " + ", ".join(f"{k} {v:.1f}" for v, k in threads)
 
 
 def percentile(values, p):
@@ -103,7 +146,14 @@ class Side:
         self.handle = flux.Flux(client.uri)
 
     def broker_pid(self):
-        return int(self.client.run("getattr", "broker.pid").stdout)
+        if getattr(self, "_pid", None) is None:
+            self._pid = int(self.client.run("getattr", "broker.pid").stdout)
+        return self._pid
+
+    def cpu(self):
+        """{thread name: CPU seconds so far} of the broker (its modules run
+        in threads of their own, named after them)."""
+        return broker_cpu(self.broker_pid())
 
     def rss_mib(self):
         with open(f"/proc/{self.broker_pid()}/status") as fp:
@@ -537,6 +587,7 @@ def throughput(setup, args, results):
         f" in the instance submitted to; {args.rounds} rounds"
     )
     walls = {"direct": [], "delegated": []}
+    cpu = {"direct": [], "delegated": [], "source": []}
     lags, handoffs = [], []
     problems = []
     kinds = ["direct", "delegated"]
@@ -546,11 +597,15 @@ def throughput(setup, args, results):
             source.purge()
             target.purge()
             pause(args)
+            target_before, source_before = target.cpu(), source.cpu()
             if kind == "direct":
                 run = Run(target, setup.direct_spec, n)
+                cpu["direct"].append(cpu_per_job(target_before, target.cpu(), n))
                 found = check_direct(run)
             else:
                 run = Run(source, setup.delegated_spec, n)
+                cpu["delegated"].append(cpu_per_job(target_before, target.cpu(), n))
+                cpu["source"].append(cpu_per_job(source_before, source.cpu(), n))
                 found, remote = check_delegated(run, target)
                 for i, events in run.jobs.items():
                     if i in remote and remote[i].has("finish") and events.has("clean"):
@@ -571,6 +626,11 @@ def throughput(setup, args, results):
     say(f"  ratio delegated/direct {delegated / direct:.2f}")
     say(f"  under this load: handoff {spread(handoffs)}")
     say(f"                mirror lag {spread(lags)}")
+    cpu = {kind: median_cpu(readings) for kind, readings in cpu.items()}
+    say("  broker CPU per job (medians; user + system time of the broker's threads):")
+    say(f"    source, delegated  {cpu_text(cpu['source'])}")
+    say(f"    target, delegated  {cpu_text(cpu['delegated'])}")
+    say(f"    target, direct     {cpu_text(cpu['direct'])}")
     results["throughput"] = dict(
         direct=direct,
         delegated=delegated,
@@ -579,6 +639,7 @@ def throughput(setup, args, results):
         lag=lags,
         handoff=handoffs,
         problems=problems,
+        cpu=cpu,
     )
 
 
@@ -905,6 +966,7 @@ def overhead(setup, args, results):
     for kind, side in sides.items():
         Run(side, specs[kind])  # warm-up
     walls = {"without": [], "with": []}
+    cpu = {"without": [], "with": []}
     problems = []
     kinds = ["without", "with"]
     for r in range(args.rounds):
@@ -912,7 +974,9 @@ def overhead(setup, args, results):
             side = sides[kind]
             side.purge()
             pause(args)
+            before = side.cpu()
             run = Run(side, specs[kind], n)
+            cpu[kind].append(cpu_per_job(before, side.cpu(), n))
             found = check_direct(run)
             problems += found
             walls[kind].append(run.wall)
@@ -924,7 +988,11 @@ def overhead(setup, args, results):
     setup.close(with_instance)
     a, b = statistics.median(walls["without"]), statistics.median(walls["with"])
     say(f"  median without {a:7.2f} s, with {b:7.2f} s: ratio with/without {b / a:.2f}")
-    results["overhead"] = dict(without=a, with_=b, problems=problems)
+    cpu = {kind: median_cpu(readings) for kind, readings in cpu.items()}
+    say("  broker CPU per plain job (medians):")
+    for kind in kinds:
+        say(f"    {kind:<7} plugin   {cpu_text(cpu[kind])}")
+    results["overhead"] = dict(without=a, with_=b, problems=problems, cpu=cpu)
 
 
 # -- the summary ------------------------------------------------------------------
@@ -956,6 +1024,16 @@ def summary(args, results):
                 )
             )
         rows.append(("throughput ratio", f"{t['delegated'] / t['direct']:.2f}", "delegated/direct"))
+        c = t["cpu"]
+        rows.append(
+            (
+                "source CPU / delegated job",
+                f"{c['source'].get('all', 0):.1f} ms",
+                f"job-manager thread (the plugin) {c['source'].get('job-manager', 0):.1f} ms;"
+                f" target {c['delegated'].get('all', 0):.1f} ms (direct"
+                f" {c['direct'].get('all', 0):.1f} ms)",
+            )
+        )
     if "handoff" in results:
         h = results["handoff"]
         rows.append(
@@ -1041,6 +1119,15 @@ def summary(args, results):
                 "plain jobs with/without",
                 f"{o['with_'] / o['without']:.2f}",
                 f"{o['with_']:.2f} s / {o['without']:.2f} s, {args.jobs} jobs, medians",
+            )
+        )
+        c = o["cpu"]
+        rows.append(
+            (
+                "  CPU / plain job",
+                f"{c['with'].get('all', 0):.1f} / {c['without'].get('all', 0):.1f} ms",
+                f"with / without; job-manager thread {c['with'].get('job-manager', 0):.1f} /"
+                f" {c['without'].get('job-manager', 0):.1f} ms",
             )
         )
     say("\n== summary")
