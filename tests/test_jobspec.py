@@ -50,6 +50,16 @@ def test_remote_jobspec_drops_local_attributes_and_restores_environment():
     assert "environment" not in jobspec["attributes"]["system"]
 
 
+def test_remote_jobspec_of_a_jobspec_without_system_attributes():
+    for jobspec in ({"version": 1}, {"version": 1, "attributes": {"user": {"a": 1}}}):
+        spec = remote_jobspec(jobspec, {"PATH": "/bin"}, {"jobid": 5})
+        assert spec["attributes"]["system"] == {
+            "environment": {"PATH": "/bin"},
+            "delegate-origin": {"jobid": 5},
+        }
+        assert "system" not in jobspec.get("attributes", {})  # left as it was
+
+
 def test_remote_jobspec_records_its_origin_and_drops_an_inherited_one():
     jobspec = {"version": 1, "attributes": {"system": {"delegate-origin": {"jobid": 9}}}}
     assert "delegate-origin" not in remote_jobspec(jobspec)["attributes"]["system"]

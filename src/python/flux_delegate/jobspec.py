@@ -55,14 +55,23 @@ def remote_jobspec(jobspec, environment=None, origin=None):
     means something here (dependencies, delegation attributes), with the
     environment put back (the job-manager keeps jobspecs without it) and
     the origin (the local job) recorded."""
-    spec = copy.deepcopy(jobspec)
-    system = get_treedict(spec, "attributes.system") or {}
+    attributes = jobspec.get("attributes")
+    system = attributes.get("system") if isinstance(attributes, dict) else None
+    if not isinstance(system, dict):
+        spec = copy.deepcopy(jobspec)  # no tables to copy along (not flux's)
+        system = get_treedict(spec, "attributes.system") or {}
+        set_treedict(spec, "attributes.system", system)
+    else:
+        # New tables down to attributes.system, the rest shared with the
+        # local jobspec: nothing here changes it, and a copy of a large
+        # jobspec (files, a long command) would cost every job.
+        spec = dict(jobspec, attributes=dict(attributes))
     system = {k: v for k, v in system.items() if k not in LOCAL_ONLY_ATTRIBUTES}
     if environment is not None:
         system["environment"] = environment
     if origin is not None:
         system[ORIGIN_ATTRIBUTE] = origin
-    set_treedict(spec, "attributes.system", system)
+    spec["attributes"]["system"] = system
     return spec
 
 

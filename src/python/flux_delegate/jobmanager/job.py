@@ -114,7 +114,7 @@ class Submission:
             guard(lambda: self.job.on_submit_timeout(self), self.job, self.owner),
             self.owner,
         )
-        nbytes = payload_size(self.job.remote_spec)
+        nbytes = payload_size(spec)
         if self.remote.oversized(nbytes):
             # Too large to write without blocking even to a target that
             # reads: sent by a helper thread, over a connection of its own.

@@ -64,7 +64,6 @@ class Preflight:
             return
         c.remote = remote
         spec = feasibility_jobspec(self.job.remote_spec)
-        nbytes = payload_size(spec)
         wanted = []
         key = self.shapes[id(c)] = FeasibleAnswers.key(spec)
         now = time.monotonic()
@@ -75,7 +74,7 @@ class Preflight:
             self.job.runtime.counts["feasibility-cached"] += 1
             c.verdict = "feasible"
             c.reason = f"answered {age:.0f}s ago (preflight-cache)"
-        elif remote.oversized(nbytes):
+        elif remote.oversized(nbytes := payload_size(spec)):
             c.verdict = "unknown"
             c.reason = f"jobspec too large to check ({nbytes} bytes)"
         else:
