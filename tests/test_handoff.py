@@ -183,6 +183,50 @@ def test_the_end_comes_through_the_targets_journal(fresh_source, target):
     assert exc["type"] == "DelegationFailure" and "not now" in exc["note"]
 
 
+def reload_job_manager(instance):
+    """Reload the instance's job-manager, its jobs kept (it reads them back
+    from the KVS), and the modules that need it around it.  Its journal
+    ends for whoever reads it; the connection stays up."""
+    dependents = ("sched-simple", "job-exec", "job-list")
+    for name in dependents:
+        instance.run("module", "remove", name)
+    instance.run("module", "reload", "job-manager")
+    for name in reversed(dependents):
+        instance.run("module", "load", name)
+
+
+def test_jobs_go_on_by_their_eventlog_once_the_targets_journal_ends(fresh_source, request):
+    from conftest import start_instance
+
+    target = start_instance(request, name="journal-end")
+    target.use_sched_simple()
+    fresh_source.load_plugin()
+    warm = fresh_source.submit(f"--dependency=delegate:{target.uri}", "true")
+    assert fresh_source.status(warm) == 0
+    assert query(fresh_source)["journals"] == {target.uri: "reading"}
+    target.run("queue", "stop")
+    # Delegated, and pending there, while the journal that brings its
+    # events ends: it is followed by a watch of its remote eventlog.
+    pending = fresh_source.submit(
+        f"--dependency=delegate:{target.uri}", "sh", "-c", "echo pending; exit 4"
+    )
+    rid = fresh_source.wait_event(pending, "delegated")["context"]["jobid"]
+    before = query(fresh_source)["counts"]["ended-by-journal"]
+    reload_job_manager(target)
+    journal = query(fresh_source)["journals"][target.uri]
+    assert journal.startswith("ended: "), journal
+    # A job sent after: followed by its watch from the start.
+    later = fresh_source.submit(f"--dependency=delegate:{target.uri}", "true")
+    fresh_source.wait_event(later, "delegated")
+    target.run("queue", "start")
+    assert fresh_source.status(pending) == 4
+    assert fresh_source.run("job", "attach", pending, check=False).stdout == "pending\n"
+    assert fresh_source.status(later) == 0
+    assert target.status(str(rid)) == 4  # the same remote job, run once
+    assert query(fresh_source)["counts"]["ended-by-journal"] == before
+    assert "journal of" in fresh_source.dmesg()
+
+
 def test_journal_false_follows_by_the_eventlog_alone(fresh_source, target):
     fresh_source.load_plugin(None, "journal=false")
     jobid = fresh_source.submit(f"--dependency=delegate:{target.uri}", "sh", "-c", "echo out; exit 2")

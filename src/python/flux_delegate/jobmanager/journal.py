@@ -29,6 +29,7 @@ import flux.constants
 from flux.eventlog import EventLogEvent
 
 from ..jobspec import origin_of, same_origin
+from ..text import shown
 from .reactor import guard, log
 
 #: The events a followed job needs (RemoteOutcome), and "submit", whose
@@ -53,7 +54,7 @@ class RemoteJournal:
         self.over = None  # why the journal ended, once it has
         self.unclaimed = {}  # remote id -> [events], of our jobs not following yet
         self.followers = {}  # remote id -> job
-        self.malformed = 0
+        self.why_over = None
 
     def start(self):
         self.outgoing = self.remote.request(
@@ -77,7 +78,7 @@ class RemoteJournal:
             return
         future.reset()
         if not isinstance(answer, dict) or not isinstance(answer.get("events"), list):
-            self.malformed += 1
+            self.malformed("an answer that is not a journal's", answer)
             return
         remote_id = answer.get("id")
         if remote_id in END_OF_BACKLOG:
@@ -91,12 +92,30 @@ class RemoteJournal:
                 or not isinstance(entry.get("name"), str)
                 or not isinstance(entry.get("context", {}), dict)
             ):
-                self.malformed += 1
+                self.malformed("an entry that is not an event", entry)
                 continue
             event = EventLogEvent(entry)
             # The alloc event comes with the job's R (redacted): where it runs.
             R = answer.get("R") if event.name == "alloc" else None
             self.on_event(remote_id, event, answer.get("jobspec"), R)
+
+    def malformed(self, what, value):
+        """Something a target sent that is no journal answer or event (a
+        target may send anything): counted, the first one logged, and let
+        go; the next may be right.  A job whose event it was ends all the
+        same: its clean comes, or its watch takes over."""
+        counts = self.runtime.counts
+        counts["journal-malformed"] += 1
+        if counts["journal-malformed"] == 1:
+            log(
+                syslog.LOG_WARNING,
+                f"journal of {self.remote.uri}: {what}: {shown(value)} (let go; 'flux jobtap query"
+                " delegate.so' counts them: journal-malformed)",
+            )
+
+    def state(self):
+        """What 'flux jobtap query' says of it: "reading", or "ended: why"."""
+        return "reading" if not self.over else f"ended: {self.why_over}"
 
     def on_event(self, remote_id, event, jobspec, R):
         job = self.followers.get(remote_id)
@@ -160,8 +179,9 @@ class RemoteJournal:
             why = "not this target's instance owner"
         else:
             why = error.strerror or str(error)
+        self.why_over = why
         log(
-            syslog.LOG_DEBUG,
+            syslog.LOG_INFO,
             f"journal of {self.remote.uri} ended ({why}): jobs there are followed"
             " by their eventlog watches alone",
         )

@@ -66,7 +66,8 @@ class Runtime:
         # when their turn came in a burst without a look at their eventlog
         # ("early-queued"), or after that look ("at-depend"); and
         # candidates' feasibility asked or taken from preflight-cache.
-        # And how many remote jobs' ends came first through a journal, and
+        # And how many remote jobs' ends came first through a journal (and
+        # how much a journal sent that was no journal answer or event), and
         # their outputs read from the guest namespace or through job-info.
         self.counts = {
             "early": 0,
@@ -75,6 +76,7 @@ class Runtime:
             "feasibility-asked": 0,
             "feasibility-cached": 0,
             "ended-by-journal": 0,
+            "journal-malformed": 0,  # what a journal sent that was none of its
             "output-from-namespace": 0,
             "output-watched": 0,
         }
@@ -252,7 +254,7 @@ class Runtime:
             "early-handoff": self.early_handoff,
             "journal": self.journal,
             "journals": {
-                uri: "reading" if remote.journal and not remote.journal.over else "off"
+                uri: remote.journal.state() if remote.journal else "off"
                 for uri, remote in self.connections.open.items()
             },
             "preflight-cache": self.preflight_cache,

@@ -1,0 +1,97 @@
+"""Focused tests of jobmanager.journal.RemoteJournal's reading of what a
+target's journal sends: a real target sends only journal answers (the
+integration tests follow jobs through real journals), but a target may
+send anything.  The answers are handed to it by hand."""
+
+import errno
+
+from unit import needs_flux
+
+pytestmark = needs_flux
+
+
+class Answer:
+    """A journal answer as RemoteJournal.on_answer takes it."""
+
+    def __init__(self, value=None, error=None):
+        self.value, self.error = value, error
+
+    def get(self):
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+    def reset(self):
+        pass
+
+
+class Runtime:
+    unloaded = False
+
+    def __init__(self):
+        self.counts = {"journal-malformed": 0, "ended-by-journal": 0}
+        self.jobs = {}
+
+
+class Remote:
+    uri = "local:///nowhere"
+
+    def __init__(self):
+        self.runtime = Runtime()
+
+
+class Follower:
+    def __init__(self):
+        self.events = []
+        self.ended = []
+
+    def on_journal_event(self, remote_id, event, R):
+        self.events.append((remote_id, event.name, R))
+
+    def journal_ended(self, remote):
+        self.ended.append(remote)
+
+
+def journal_with_follower(remote_id=7):
+    from flux_delegate.jobmanager.journal import END_OF_BACKLOG, RemoteJournal
+
+    journal = RemoteJournal(Remote())
+    journal.on_answer(Answer({"id": END_OF_BACKLOG[0], "events": []}))
+    follower = Follower()
+    journal.followers[remote_id] = follower
+    return journal, follower
+
+
+def event(name, **context):
+    return {"name": name, "timestamp": 1.5, "context": context}
+
+
+def test_what_is_no_journal_answer_or_event_is_counted_and_let_go():
+    journal, follower = journal_with_follower()
+    for answer in (
+        "text",
+        ["a", "list"],
+        {"id": 7},  # no events
+        {"id": 7, "events": "finish"},
+        {"id": 7, "events": [None, 5, {"name": 3}, {"name": "finish", "context": "x"}]},
+    ):
+        journal.on_answer(Answer(answer))
+    assert journal.runtime.counts["journal-malformed"] == 8
+    assert follower.events == [] and journal.state() == "reading"
+    # The next good entries are taken, in order, those of an answer with a
+    # bad one among them too.
+    journal.on_answer(Answer({"id": 7, "events": [event("start"), "junk", event("finish")]}))
+    assert [name for _, name, _ in follower.events] == ["start", "finish"]
+    assert journal.runtime.counts["journal-malformed"] == 9
+    journal.on_answer(Answer({"id": 7, "events": [event("clean")]}))
+    assert follower.events[-1][1] == "clean" and 7 not in journal.followers
+
+
+def test_an_ended_journal_says_why_and_hands_its_jobs_to_their_watches():
+    journal, follower = journal_with_follower()
+    journal.on_answer(Answer(error=OSError(errno.ENOSYS, "Function not implemented")))
+    assert journal.state() == "ended: Function not implemented"
+    assert follower.ended == [journal.remote] and journal.followers == {}
+    # Nothing more is read from it.
+    journal.on_answer(Answer({"id": 7, "events": [event("clean")]}))
+    assert follower.events == []
