@@ -698,6 +698,7 @@ def handoff(setup, args, results):
         f" feasibility asked {counts['feasibility-asked']}, cached"
         f" {counts['feasibility-cached']}; ends through the journal {counts['ended-by-journal']};"
         f" outputs read from the guest namespace {counts['output-from-namespace']},"
+        f" the job's directory {counts['output-from-job-directory']},"
         f" through job-info {counts['output-watched']}"
         " (since the source started)"
     )

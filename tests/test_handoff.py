@@ -306,10 +306,21 @@ def test_a_job_canceled_while_its_target_cleans_up_ends_canceled(fresh_source, s
     assert query(fresh_source)["jobs"] == {}
 
 
-def test_output_taken_once_the_namespace_is_moved_comes_through_job_info(fresh_source, slow_epilog):
+def output_counts(instance):
+    taken = counts(instance)
+    return {
+        where: taken[f"output-{where}"]
+        for where in ("from-namespace", "from-job-directory", "watched")
+    }
+
+
+def test_output_taken_once_the_namespace_is_moved_is_read_where_it_was_moved(
+    fresh_source, slow_epilog
+):
     # A load that comes to a remote job after its finish (here: unloaded
     # while it ran, loaded again during the target's 3 s epilog) finds the
-    # guest namespace moved, and reads the output through job-info instead.
+    # guest namespace moved, and reads the output from the job's KVS
+    # directory, where the target moved it.
     fresh_source.load_plugin()
     jobid = fresh_source.submit(
         f"--dependency=delegate:{slow_epilog.uri}", "sh", "-c", "sleep 1; echo read late"
@@ -320,7 +331,28 @@ def test_output_taken_once_the_namespace_is_moved_comes_through_job_info(fresh_s
     fresh_source.load_plugin()
     assert fresh_source.status(jobid) == 0
     assert fresh_source.run("job", "attach", jobid).stdout == "read late\n"
-    assert (counts(fresh_source)["output-watched"], counts(fresh_source)["output-from-namespace"]) == (1, 0)
+    assert output_counts(fresh_source) == {
+        "from-namespace": 0,
+        "from-job-directory": 1,
+        "watched": 0,
+    }
+
+
+def test_a_remote_job_without_output_leaves_none_to_the_local_job(fresh_source, target):
+    # Run in test exec mode there: no shell, so no output in its guest
+    # namespace (ENOENT), and job-info, asked what there is, says none.
+    fresh_source.load_plugin()
+    jobid = fresh_source.submit(
+        f"--dependency=delegate:{target.uri}", "--setattr=system.exec.test.run_duration=0.01s", "true"
+    )
+    assert fresh_source.status(jobid) == 0
+    attached = fresh_source.run("job", "attach", jobid, check=False)
+    assert attached.stdout == "" and "No job output found" in attached.stderr
+    assert output_counts(fresh_source) == {
+        "from-namespace": 0,
+        "from-job-directory": 0,
+        "watched": 1,
+    }
 
 
 def test_the_output_is_read_whole_from_the_guest_namespace(fresh_source, target):
@@ -344,10 +376,10 @@ def test_the_output_is_read_whole_from_the_guest_namespace(fresh_source, target)
         attached = fresh_source.run("job", "attach", jobid)
         assert attached.stdout == "hi\n" and "exit 0" in attached.stderr
     # The target moves the namespace a few milliseconds after the finish:
-    # a read that comes later goes through job-info (the test above).
-    taken = counts(fresh_source)
-    assert taken["output-from-namespace"] >= 1, taken
-    assert taken["output-from-namespace"] + taken["output-watched"] == 3, taken
+    # a read that comes later reads the job's directory (the test above).
+    taken = output_counts(fresh_source)
+    assert taken["from-namespace"] >= 1 and taken["watched"] == 0, taken
+    assert sum(taken.values()) == 3, taken
 
 
 def test_two_sources_on_one_target_each_get_their_own_ends(source, fresh_source, target):

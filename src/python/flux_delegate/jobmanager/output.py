@@ -37,9 +37,13 @@ class RemoteOutput:
     before it moves it into the job's KVS directory: it is read there
     first, as it is, streamed one stored piece at a time (a KVS lookup
     with FLUX_KVS_STREAM).  Once the namespace is gone (ENOTSUP: the
-    output is taken later, after a reconnect) it is read through job-info
-    (eventlog-watch of guest.output, which waits for the namespace to be
-    moved before it ends).
+    target was quicker, under load, or the output is taken later, after a
+    reconnect), the same way from where the target moved it, the job's
+    KVS directory (job.ID.guest.output), which the target's instance owner
+    may read.  Where that cannot be read either (a guest of a multi-user
+    target, EPERM), or the namespace holds no output (ENOENT), it is read
+    through job-info (eventlog-watch of guest.output, which waits for the
+    namespace to be moved before it ends).
 
     Once the limit is reached the copy is done; the watch is canceled and
     what the target still sends (job-info sends a finished job's whole
@@ -69,18 +73,23 @@ class RemoteOutput:
             notice = missing_notice("was not copied (plugin option output-limit=0)", self.local_id)
             self.finish(self.copy.text(notice))
             return self
-        namespace = f"job-{int(self.remote_id)}"
-        self.read_from = "output-from-namespace"
+        self.stream(f"job-{int(self.remote_id)}", "output", "output-from-namespace")
+        return self
+
+    def stream(self, namespace, key, read_from):
+        """Read key of namespace (None: the primary one) piece by piece."""
+        self.read_from = read_from
         self.outgoing = self.remote.request(
             1024,
             lambda h: Future(
-                flux.kvs.RAW.flux_kvs_lookup(h, namespace, flux.constants.FLUX_KVS_STREAM, "output")
+                flux.kvs.RAW.flux_kvs_lookup(
+                    h, namespace or ffi.NULL, flux.constants.FLUX_KVS_STREAM, key
+                )
             ),
             self.on_piece,
             job=self.job,
         )
         self.arm()
-        return self
 
     def watch(self):
         """The guest namespace is gone: read through job-info."""
@@ -107,11 +116,16 @@ class RemoteOutput:
                 if not self.done:
                     self.finish(self.copy.text())
             else:
-                # ENOTSUP: the namespace is gone (moved); ENOENT: it holds
-                # no output; or not ours to read: job-info says what there is.
                 self.copy = OutputCopy(self.limit)
                 self.partial = b""
-                self.watch()
+                if exc.errno == errno.ENOTSUP and self.read_from == "output-from-namespace":
+                    # The namespace is gone: moved into the job's directory.
+                    key = f"{self.remote_id.kvs}.guest.output"
+                    self.stream(None, key, "output-from-job-directory")
+                else:
+                    # ENOENT: no output; EPERM: not ours to read; or
+                    # whatever else: job-info says what there is.
+                    self.watch()
             return
         future.reset()
         # Line by line, only as far as the copy takes them: past the cap the

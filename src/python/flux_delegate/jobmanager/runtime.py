@@ -68,7 +68,8 @@ class Runtime:
         # candidates' feasibility asked or taken from preflight-cache.
         # And how many remote jobs' ends came first through a journal (and
         # how much a journal sent that was no journal answer or event), and
-        # their outputs read from the guest namespace or through job-info.
+        # their outputs read from the guest namespace, from the job's
+        # directory (the namespace moved there) or through job-info.
         self.counts = {
             "early": 0,
             "early-queued": 0,  # would have gone from job.new but for the window
@@ -78,6 +79,7 @@ class Runtime:
             "ended-by-journal": 0,
             "journal-malformed": 0,  # what a journal sent that was none of its
             "output-from-namespace": 0,
+            "output-from-job-directory": 0,
             "output-watched": 0,
         }
         connect_timeout = self.conf["connect-timeout"]
