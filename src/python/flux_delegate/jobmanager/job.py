@@ -242,6 +242,7 @@ class DelegatedJob:
         self.stored = None  # the Collect whose result is in the KVS
         self.released = False  # its dependency removed (release_now)
         self.output_stored = False
+        self.output_treeobj = None  # where the stored output is (KVS tree object)
         self.finishing = None
 
     @property
@@ -967,7 +968,7 @@ class DelegatedJob:
         collecting, self.collecting = self.collecting, None
         if collecting is not None:
             collecting.cancel()
-        self.storing = self.stored = None
+        self.storing = self.stored = self.output_treeobj = None
 
     def on_collected(self, token, R, output):
         """R, and the output (written now, while the job is still pending:
@@ -997,8 +998,30 @@ class DelegatedJob:
             return  # taken again since (stop_collecting)
         self.storing = None
         self.stored = token
+        if self.output_stored:
+            self.look_up_output_treeobj(token)
         if self.phase == RELEASING:
             self.once_accepted(self.release_now)
+
+    def look_up_output_treeobj(self, token):
+        """Where the stored output is (its KVS tree object), asked now,
+        while the job waits: the job's run then puts it into the job in
+        one commit (finish.Finish) instead of a copy's lookup and commit."""
+        key = f"{JobID(self.id).kvs}.{OUTPUT_KEY}"
+        future = Future(
+            flux.kvs.RAW.flux_kvs_lookup(
+                self.runtime.handle, ffi.NULL, flux.constants.FLUX_KVS_TREEOBJ, key
+            )
+        )
+        then(future, lambda f: self.on_output_treeobj(f, token), job=self)
+
+    def on_output_treeobj(self, future, token):
+        if self.stored is not token:
+            return  # taken again since (stop_collecting)
+        treeobj = ffi.new("char *[1]")
+        if lib.flux_kvs_lookup_get_treeobj(future.pimpl.handle, treeobj) == 0:
+            self.output_treeobj = ffi.string(treeobj[0]).decode()
+        # else the run copies it the usual way
 
     def release_now(self):
         """Order matters: the phase is set first, because removing the
