@@ -307,11 +307,10 @@ def test_a_job_canceled_while_its_target_cleans_up_ends_canceled(fresh_source, s
 
 
 def output_counts(instance):
+    """How the outputs were read ({way: count}, the ways taken)."""
     taken = counts(instance)
-    return {
-        where: taken[f"output-{where}"]
-        for where in ("from-namespace", "from-job-directory", "watched")
-    }
+    ways = ("from-namespace", "from-job-directory", "watched")
+    return {way: taken[f"output-{way}"] for way in ways if taken[f"output-{way}"]}
 
 
 def test_output_taken_once_the_namespace_is_moved_is_read_where_it_was_moved(
@@ -331,11 +330,7 @@ def test_output_taken_once_the_namespace_is_moved_is_read_where_it_was_moved(
     fresh_source.load_plugin()
     assert fresh_source.status(jobid) == 0
     assert fresh_source.run("job", "attach", jobid).stdout == "read late\n"
-    assert output_counts(fresh_source) == {
-        "from-namespace": 0,
-        "from-job-directory": 1,
-        "watched": 0,
-    }
+    assert output_counts(fresh_source) == {"from-job-directory": 1}
 
 
 def test_a_remote_job_without_output_leaves_none_to_the_local_job(fresh_source, target):
@@ -348,11 +343,7 @@ def test_a_remote_job_without_output_leaves_none_to_the_local_job(fresh_source, 
     assert fresh_source.status(jobid) == 0
     attached = fresh_source.run("job", "attach", jobid, check=False)
     assert attached.stdout == "" and "No job output found" in attached.stderr
-    assert output_counts(fresh_source) == {
-        "from-namespace": 0,
-        "from-job-directory": 0,
-        "watched": 1,
-    }
+    assert output_counts(fresh_source) == {"watched": 1}
 
 
 def test_the_output_is_read_whole_from_the_guest_namespace(fresh_source, target):
@@ -378,7 +369,7 @@ def test_the_output_is_read_whole_from_the_guest_namespace(fresh_source, target)
     # The target moves the namespace a few milliseconds after the finish:
     # a read that comes later reads the job's directory (the test above).
     taken = output_counts(fresh_source)
-    assert taken["from-namespace"] >= 1 and taken["watched"] == 0, taken
+    assert taken.get("from-namespace", 0) >= 1 and "watched" not in taken, taken
     assert sum(taken.values()) == 3, taken
 
 
