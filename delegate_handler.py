@@ -18,7 +18,9 @@ fresh copy of the package run.  entry.plugin_load() takes the
 replacements:
 
     remote_jobspec(jobspec, environment, origin) -> the jobspec submitted
-        to the target (default flux_delegate.jobspec.remote_jobspec);
+        to the target (default flux_delegate.jobspec.remote_jobspec, whose
+        result shares all but its attributes.system tables with jobspec:
+        change the others on a copy);
     policies={NAME: order(job, candidates[, arg])} -> policies usable as
         delegate:NAME, beside the built-in ones.
 

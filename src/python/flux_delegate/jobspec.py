@@ -54,7 +54,10 @@ def remote_jobspec(jobspec, environment=None, origin=None):
     """The jobspec to submit remotely: the local one without what only
     means something here (dependencies, delegation attributes), with the
     environment put back (the job-manager keeps jobspecs without it) and
-    the origin (the local job) recorded."""
+    the origin (the local job) recorded.  Its top level, "attributes" and
+    "attributes.system" are new tables; the others (resources, tasks,
+    attributes.user...) are the given jobspec's own: change those on a
+    copy."""
     attributes = jobspec.get("attributes")
     system = attributes.get("system") if isinstance(attributes, dict) else None
     if not isinstance(system, dict):

@@ -77,7 +77,7 @@ class Runtime:
             "feasibility-asked": 0,
             "feasibility-cached": 0,
             "ended-by-journal": 0,
-            "journal-malformed": 0,  # what a journal sent that was none of its
+            "journal-malformed": 0,  # answers or entries that were neither
             "output-from-namespace": 0,
             "output-from-job-directory": 0,
             "output-watched": 0,
