@@ -5,6 +5,7 @@ send anything.  The answers are handed to it by hand."""
 
 import errno
 
+import pytest
 from unit import needs_flux
 
 pytestmark = needs_flux
@@ -31,13 +32,17 @@ class Runtime:
     def __init__(self):
         self.counts = {"journal-malformed": 0, "ended-by-journal": 0}
         self.jobs = {}
+        self.logged = []
+
+    def log(self, level, text):
+        self.logged.append(text)
 
 
 class Remote:
     uri = "local:///nowhere"
 
-    def __init__(self):
-        self.runtime = Runtime()
+    def __init__(self, runtime):
+        self.runtime = runtime
 
 
 class Follower:
@@ -52,10 +57,21 @@ class Follower:
         self.ended.append(remote)
 
 
+@pytest.fixture(autouse=True)
+def current_runtime(monkeypatch):
+    """The runtime log() writes to (the broker's log, in the broker)."""
+    from flux_delegate.jobmanager import current
+
+    runtime = Runtime()
+    monkeypatch.setattr(current, "runtime", runtime)
+    return runtime
+
+
 def journal_with_follower(remote_id=7):
+    from flux_delegate.jobmanager import current
     from flux_delegate.jobmanager.journal import END_OF_BACKLOG, RemoteJournal
 
-    journal = RemoteJournal(Remote())
+    journal = RemoteJournal(Remote(current.runtime))
     journal.on_answer(Answer({"id": END_OF_BACKLOG[0], "events": []}))
     follower = Follower()
     journal.followers[remote_id] = follower
@@ -69,7 +85,7 @@ def event(name, **context):
 def test_what_is_no_journal_answer_or_event_is_counted_and_let_go():
     journal, follower = journal_with_follower()
     for answer in (
-        "text",
+        "%n%s text",
         ["a", "list"],
         {"id": 7},  # no events
         {"id": 7, "events": "finish"},
@@ -78,6 +94,9 @@ def test_what_is_no_journal_answer_or_event_is_counted_and_let_go():
         journal.on_answer(Answer(answer))
     assert journal.runtime.counts["journal-malformed"] == 8
     assert follower.events == [] and journal.state() == "reading"
+    # The first one logged, the target's text quoted as data.
+    (line,) = journal.runtime.logged
+    assert "an answer that is not a journal's: '%n%s text'" in line
     # The next good entries are taken, in order, those of an answer with a
     # bad one among them too.
     journal.on_answer(Answer({"id": 7, "events": [event("start"), "junk", event("finish")]}))
@@ -89,8 +108,9 @@ def test_what_is_no_journal_answer_or_event_is_counted_and_let_go():
 
 def test_an_ended_journal_says_why_and_hands_its_jobs_to_their_watches():
     journal, follower = journal_with_follower()
-    journal.on_answer(Answer(error=OSError(errno.ENOSYS, "Function not implemented")))
-    assert journal.state() == "ended: Function not implemented"
+    journal.on_answer(Answer(error=OSError(errno.ENOSYS, "gone %n%s")))
+    assert journal.state() == "ended: gone %n%s"
+    assert "journal of local:///nowhere ended (gone %n%s)" in journal.runtime.logged[-1]
     assert follower.ended == [journal.remote] and journal.followers == {}
     # Nothing more is read from it.
     journal.on_answer(Answer({"id": 7, "events": [event("clean")]}))
