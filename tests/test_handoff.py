@@ -213,8 +213,10 @@ def test_jobs_go_on_by_their_eventlog_once_the_targets_journal_ends(fresh_source
     rid = fresh_source.wait_event(pending, "delegated")["context"]["jobid"]
     before = query(fresh_source)["counts"]["ended-by-journal"]
     reload_job_manager(target)
-    journal = query(fresh_source)["journals"][target.uri]
-    assert journal.startswith("ended: "), journal
+    deadline = time.time() + 10
+    while not (journal := query(fresh_source)["journals"][target.uri]).startswith("ended: "):
+        assert time.time() < deadline, journal
+        time.sleep(0.1)
     # A job sent after: followed by its watch from the start.
     later = fresh_source.submit(f"--dependency=delegate:{target.uri}", "true")
     fresh_source.wait_event(later, "delegated")
