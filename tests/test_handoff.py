@@ -262,7 +262,7 @@ def test_output_is_taken_at_the_remote_finish_and_released_at_its_clean(fresh_so
     jobid = fresh_source.submit(f"--dependency=delegate:{slow_epilog.uri}", "echo", "taken early")
     rid = str(fresh_source.wait_event(jobid, "delegated")["context"]["jobid"])
     slow_epilog.run("job", "wait-event", "-t", "30", rid, "finish")
-    key = fresh_source.run("job", "id", "--to=kvs", jobid).stdout.strip() + ".delegate-output"
+    key = fresh_source.run("job", "id", "--to=kvs", jobid).stdout.strip() + ".guest.output"
     deadline = time.monotonic() + 2.5
     while fresh_source.run("kvs", "get", "--raw", key, check=False).returncode != 0:
         assert time.monotonic() < deadline, "output not stored during the remote epilog"

@@ -4,13 +4,10 @@ exit code; 'flux jobs' names the remote nodes."""
 
 import json
 import subprocess
-import tempfile
-import time
 
 import pytest
 from conftest import start_instance
 from flux_instance import FLUX, PERILOG_CONFIG, FluxInstance
-from test_restart import example_config
 
 pytestmark = pytest.mark.integration
 
@@ -22,18 +19,6 @@ noverify = true
 hosts = "remote[0-1]"
 cores = "0-1"
 """
-
-#: A job of the plugin's, released: what the plugin's jobspec updates
-#: make of it (jobspec.release_updates), submitted as it is (without the
-#: plugin, which refuses the attribute at submit).
-RELEASED_JOB_ATTRIBUTES = [
-    "-S", "exec.test.override=1",
-    "-S", "exec.test.reattach_finish=1",
-    "-S", "exec.test.run_duration=300s",
-    "-S", "exec.test.wait_status=768",
-    "-S", "delegate-release.wait_status=768",
-]
-
 
 @pytest.fixture(scope="module")
 def named_target(request):
@@ -188,84 +173,91 @@ def test_no_job_is_submitted_with_the_release_attribute(source):
     assert "delegate-release" in proc.stderr
 
 
-#: An output eventlog, as the plugin copies it.
-OUTPUT = (
-    '{"timestamp":1.0,"name":"header","context":{"version":1,"encoding":'
-    '{"stdout":"UTF-8","stderr":"UTF-8"},"count":{"stdout":1,"stderr":1},"options":{}}}\n'
-    '{"timestamp":1.1,"name":"data","context":{"stream":"stdout","rank":"0","data":"copied\\n"}}\n'
-)
+def names(instance, jobid):
+    return [e["name"] for e in instance.eventlog(jobid)]
 
 
-def released_job(source):
-    """A job as the plugin releases it, waiting in RUN for the plugin to
-    start and finish it (its plugin was unloaded meanwhile)."""
-    jobid = source.submit(*RELEASED_JOB_ATTRIBUTES, "true")
-    source.wait_event(jobid, "alloc")
-    # job-exec has taken it on (its guest namespace is there, "starting"):
-    # job-info shows a guest eventlog only once the job has started.
-    namespace = source.run("job", "namespace", jobid).stdout.strip()
-    deadline = time.time() + 30
-    while True:
-        proc = source.run("kvs", "get", f"--namespace={namespace}", "exec.eventlog", check=False)
-        if '"starting"' in proc.stdout:
-            break
-        assert time.time() < deadline, proc.stderr
-        time.sleep(0.1)
-    assert source.run("jobs", "-no", "{state}", jobid).stdout.strip() == "RUN"
-    return jobid
-
-
-def test_a_released_job_left_running_is_finished_by_the_next_load(fresh_source):
-    source = fresh_source
-    jobid = released_job(source)
+def test_a_released_job_is_run_by_the_plugin_without_job_exec(request, target):
+    """The plugin posts the released job's run itself: no job-exec (none is
+    loaded here), no guest namespace; its output, exit code and exec
+    eventlog are its own all the same."""
+    source = start_instance(request, name="no-job-exec")
+    source.run("module", "remove", "job-exec")
     source.load_plugin()
+    jobid = source.submit(f"--dependency=delegate:{target.uri}", "sh", "-c", "echo ran; exit 3")
     assert source.status(jobid) == 3
-    out, err, code = attach(source, jobid)
-    assert (out, code) == ("", 3)
-    assert "is not here" in err and f"flux remote attach {jobid}" in err
-    assert "released and running" in source.dmesg()
-
-    # Its output stored before the reload (while it was pending) is
-    # given to it.
-    source.remove_plugin()
-    jobid = released_job(source)
-    kvsdir = source.run("job", "id", "--to=kvs", jobid).stdout.strip()
-    source.run("kvs", "put", "--raw", f"{kvsdir}.delegate-output=-", input=OUTPUT)
-    source.load_plugin()
-    assert source.status(jobid) == 3
-    out, err, code = attach(source, jobid)
-    assert (out, code) == ("copied\n", 3)
-    assert "flux remote attach" not in err
-
-    # Output given to it before the reload is kept, and nothing added.
-    source.remove_plugin()
-    jobid = released_job(source)
-    namespace = source.run("job", "namespace", jobid).stdout.strip()
-    source.run("kvs", "put", f"--namespace={namespace}", "--raw", "output=-", input=OUTPUT)
-    source.load_plugin()
-    assert source.status(jobid) == 3
-    out, err, code = attach(source, jobid)
-    assert (out, code) == ("copied\n", 3)
-    assert "flux remote attach" not in err
-
-
-def test_a_released_job_running_at_a_restart_ends_with_its_status(request):
-    """A job still running when the instance stops is canceled by flux's
-    own cleanup, unless it is told not to (FLUX_DISABLE_JOB_CLEANUP): then
-    job-exec finishes the released job as it restarts (reattach_finish),
-    and the plugin's own finish is refused, harmlessly."""
-    statedir = tempfile.mkdtemp(prefix="delegate-statedir-")
-    source = FluxInstance(
-        name="restarting", config=example_config(), statedir=statedir,
-        env={"FLUX_DISABLE_JOB_CLEANUP": "1"},
-    )
-    request.addfinalizer(source.cleanup)
-    source.start()
-    source.remove_plugin()
-    jobid = released_job(source)
-    source.run("job-exec-override", "start", jobid)  # as the plugin does first
-    source.wait_event(jobid, "start")
-    source.stop()
-    source.start()  # the plugin loads again, from the config
-    assert source.status(jobid, timeout=30) == 3
+    events = source.eventlog(jobid)
+    run = [e["name"] for e in events if e["timestamp"] >= source.wait_event(jobid, "prolog-start")["timestamp"]]
+    assert run == ["prolog-start", "alloc", "start", "finish", "release", "prolog-finish", "free", "clean"]
+    byname = {e["name"]: e.get("context", {}) for e in events}
+    assert byname["prolog-start"] == {"description": "delegate"}
+    assert byname["finish"] == {"status": 768}
+    assert byname["release"] == {"ranks": "all", "final": True}
     assert source.exception(jobid) is None
+    out, err, code = attach(source, jobid)
+    assert (out, code) == ("ran\n", 3)
+    exec_events = [e["name"] for e in source.eventlog(jobid, "guest.exec.eventlog")]
+    assert exec_events == ["init", "starting", "complete", "done"]
+    assert source.run("jobs", "-no", "{result} {returncode}", jobid).stdout.split() == ["FAILED", "3"]
+
+
+def prolog_source(request, name, command):
+    source = start_instance(
+        request,
+        name=name,
+        config=PERILOG_CONFIG + f'[job-manager.prolog]\ncommand = {json.dumps(command)}\n',
+    )
+    source.load_plugin()
+    return source
+
+
+def test_a_site_prolog_is_waited_for_before_the_released_job_ends(request, target):
+    source = prolog_source(request, "prolog-waited", ["sleep", "1"])
+    jobid = source.submit(f"--dependency=delegate:{target.uri}", "sh", "-c", "echo out; exit 2")
+    assert source.status(jobid) == 2
+    events = source.eventlog(jobid)
+    prologs = [(e["name"], e["context"]["description"]) for e in events if e["name"].startswith("prolog-")]
+    assert prologs[0] == ("prolog-start", "delegate")
+    site = [d for n, d in prologs if d != "delegate"]
+    assert site, prologs
+    order = [e["name"] for e in events]
+    site_finish = max(i for i, e in enumerate(events) if e["name"] == "prolog-finish" and e["context"]["description"] != "delegate")
+    assert order.index("start") > site_finish
+    assert events[site_finish]["context"]["status"] == 0
+    out, err, code = attach(source, jobid)
+    assert (out, code) == ("out\n", 2)
+
+
+def test_a_failing_site_prolog_ends_the_released_job_clean(request, target):
+    source = prolog_source(request, "prolog-fails", ["false"])
+    jobid = source.submit(f"--dependency=delegate:{target.uri}", "true")
+    source.wait_event(jobid, "clean")
+    assert source.exception(jobid) is not None
+    assert "start" not in names(source, jobid)
+    # Our prolog was closed: nothing holds the job, and the next job goes on.
+    closing = [e for e in source.eventlog(jobid) if e["name"] == "prolog-finish"]
+    assert any(e["context"]["description"] == "delegate" for e in closing)
+
+
+def test_a_released_job_held_by_a_prolog_is_run_by_the_next_load(request, target):
+    source = prolog_source(request, "prolog-reload", ["sleep", "4"])
+    jobid = source.submit(f"--dependency=delegate:{target.uri}", "sh", "-c", "echo kept; exit 5")
+    source.wait_event(jobid, "alloc")
+    source.remove_plugin()
+    assert source.run("jobs", "-no", "{state}", jobid).stdout.strip() == "RUN"
+    source.load_plugin()
+    assert source.status(jobid) == 5
+    assert "its run taken up again" in source.dmesg()
+    out, err, code = attach(source, jobid)
+    assert (out, code) == ("kept\n", 5)
+    assert names(source, jobid).count("start") == 1
+
+    # Unloaded until the job ended otherwise (canceled while held): the
+    # next load closes its prolog, and the job is clean.
+    jobid = source.submit(f"--dependency=delegate:{target.uri}", "true")
+    source.wait_event(jobid, "alloc")
+    source.remove_plugin()
+    source.run("cancel", jobid)
+    source.load_plugin()
+    source.wait_event(jobid, "clean")
+    assert "start" not in names(source, jobid)

@@ -30,13 +30,9 @@ except ImportError:  # pragma: no cover - unit tests without flux-core
 
 from .names import LOCAL_ONLY_ATTRIBUTES, ORIGIN_ATTRIBUTE, RELEASE_ATTRIBUTE
 
-#: How long the released local job may "run" at the most (exec test mode,
-#: override): the plugin starts it, writes the remote job's output into it
-#: and finishes it at once (job-exec.override); this only ends a job the
-#: plugin was unloaded from in the meantime, and never reloaded.  (A
-#: reloaded plugin finishes it; a restarted instance does it at once,
-#: reattach_finish.)
-RELEASE_RUN_DURATION = "300s"
+#: How long the released local job would "run" in job-exec, should job-exec
+#: ever be asked to start it (the plugin runs it itself: localrun.py).
+RELEASE_RUN_DURATION = "0.01s"
 
 
 def lookup(jobspec, path, default=None):
@@ -129,21 +125,17 @@ def job_name(jobspec):
 
 
 def release_updates(wait_status):
-    """Jobspec updates that make job-exec run the released local job
-    without job shells (test exec mode) and report wait_status.
-
-    Override mode: the job starts only when the plugin says so and
-    finishes when it says so (job-exec.override), so that the remote job's
-    output can be written into the job's own guest namespace in between,
-    to be kept with the job when it ends.  A job still running when the
-    instance restarts finishes at once with wait_status (reattach_finish);
-    one whose plugin is gone, after RELEASE_RUN_DURATION."""
+    """Jobspec updates of the released local job: the wait status it ends
+    with (RELEASE_ATTRIBUTE: a plugin loaded again while a prolog holds its
+    run reads it there, localrun.py) and, should job-exec ever be asked to
+    start it, test exec mode: no process runs, the job finishes at once
+    with that status, and so does one job-exec finds at a restart
+    (reattach_finish).  Nothing the job asked for runs twice."""
     wait_status = int(wait_status)
     return {
         "attributes.system.exec.test": {
             "run_duration": RELEASE_RUN_DURATION,
             "wait_status": wait_status,
-            "override": 1,
             "reattach_finish": 1,
         },
         f"attributes.system.{RELEASE_ATTRIBUTE}": {"wait_status": wait_status},

@@ -31,16 +31,9 @@ ORIGIN_ATTRIBUTE = "delegate-origin"
 
 #: The system attribute the plugin gives a job it releases (its remote job
 #: ended with a wait status): {"wait_status": W}.  A plugin loaded again
-#: while the job runs (reload, restart) knows it by this for one of its own
-#: to finish; no job may be submitted with it.
+#: while a prolog holds the job's run (reload, restart) knows it by this
+#: for one of its own to run; no job may be submitted with it.
 RELEASE_ATTRIBUTE = "delegate-release"
-
-
-#: Where, in a released job's KVS directory (job.ID.), the plugin keeps the
-#: remote job's output it copied (an RFC 24 output eventlog), written while
-#: the job is still pending, and copied into the job's guest namespace as
-#: its output (guest.output) once it runs.
-OUTPUT_KEY = "delegate-output"
 
 
 #: Policies built into this handler (site policies are added by config).

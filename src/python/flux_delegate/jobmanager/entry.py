@@ -16,7 +16,7 @@ from ..targets import SELF_DELEGATION, parse_target
 from ..text import shown
 from . import current
 from .job import DelegatedJob
-from .phases import RELEASING
+from .phases import ENDED, RELEASING
 from .reactor import harden_bindings, log
 from .runtime import Runtime
 
@@ -136,10 +136,10 @@ def release_attribute(args):
 
 
 def resume_released(args):
-    """Plugin load (reload, restart) with a job this plugin released still
-    running: it waits for the plugin to finish it (finish.Finish), which
-    the new load does.  At a restart job-exec finishes it itself at once
-    (reattach_finish): the finish asked then is refused, harmlessly."""
+    """Plugin load (reload, restart) with a job this plugin released and
+    whose run a prolog of the site's still holds (localrun.py): its run is
+    taken up again from its eventlog.  A job released by an earlier
+    version of the plugin (exec test mode) is ended by job-exec itself."""
     runtime = current.runtime
     status = released_status(args["jobspec"])
     state = args.get("state")
@@ -149,16 +149,16 @@ def resume_released(args):
     if state == flux.constants.FLUX_JOB_STATE_SCHED:
         log(syslog.LOG_WARNING, f"{name}: released, but the plugin was reloaded before its alloc")
         return
-    if state != flux.constants.FLUX_JOB_STATE_RUN:
-        return  # ending, on its own
+    if state not in (flux.constants.FLUX_JOB_STATE_RUN, flux.constants.FLUX_JOB_STATE_CLEANUP):
+        return  # ended, or ending on its own
     job = DelegatedJob(runtime, args, None)
-    job.phase = RELEASING
+    job.phase = RELEASING if state == flux.constants.FLUX_JOB_STATE_RUN else ENDED
     job.wait_status = status
     runtime.jobs[job.id] = job
     runtime.jobtap.job_attach(job.id, job)
     runtime.jobtap.subscribe(job.id)
-    log(syslog.LOG_INFO, f"{name}: released and running: finishing it")
-    job.finish_released(None, resumed=True)
+    log(syslog.LOG_INFO, f"{name}: released and held by a prolog: its run taken up again")
+    job.resume_run()
 
 
 def on_job_create(args):
@@ -168,8 +168,8 @@ def on_job_create(args):
     handler error (delegate.so): a job that asked for delegation never runs
     here instead.  A job already known (plugin load, restart) is taken on
     again; if its value has gone bad meanwhile, it fails once it can.  A
-    job this plugin released and that still runs is finished
-    (resume_released)."""
+    job this plugin released and whose run a prolog holds is taken up
+    again (resume_released)."""
     at_submit = args.get("state") == flux.constants.FLUX_JOB_STATE_NEW
     if release_attribute(args) is not None:
         if at_submit:
@@ -215,7 +215,8 @@ JOB_CALLBACKS = {
     "job.destroy": DelegatedJob.on_inactive,
     "job.event.dependency-remove": DelegatedJob.on_dependency_removed,
     "job.state.sched": DelegatedJob.on_sched,
-    "job.state.run": DelegatedJob.on_run,
+    "job.event.prolog-start": DelegatedJob.on_prolog,
+    "job.event.prolog-finish": DelegatedJob.on_prolog,
     "job.state.cleanup": DelegatedJob.on_cleanup,
     "job.state.inactive": DelegatedJob.on_inactive,
 }

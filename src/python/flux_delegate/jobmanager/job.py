@@ -31,14 +31,14 @@ through these phases (phases.py):
               an allocation failure: the next candidate may take the job
               (submitting again).
   releasing   R finished: its output (within output-limit) and R are read
-              from the target (output.Collect) and stored in L's KVS
-              directory, L still pending; then L is released and run
-              through to its end without resources or processes
-              (alloc-bypass, exec test mode), its R naming R's nodes; once
-              it runs, the plugin starts it, copies the output into it as
-              its own and finishes it with R's wait status (finish.Finish),
-              so 'flux job attach L' shows R's output and 'flux job status
-              L' gives R's exit code.
+              from the target (output.Collect) and written to L's KVS
+              directory as L's own (guest.output, with an exec eventlog),
+              L still pending; then L is released and run through to its
+              end by the plugin's own events, without resources, processes
+              or job-exec (alloc-bypass, localrun.LocalRun), its R naming
+              R's nodes and its finish carrying R's wait status, so 'flux
+              job attach L' shows R's output and 'flux job status L' gives
+              R's exit code.
   ended       nothing is left to do.  R failed with an exception: L got a
               DelegationFailure exception naming R and the exception; any
               failure before R exists: a severity 0 DelegationFailure whose
@@ -71,14 +71,14 @@ from ..eventlog import (
     outstanding_dependencies,
 )
 from ..jobspec import delegation_is_only_dependency, local_R, release_updates, requeue_allowed
-from ..names import DEPENDENCY, EXCEPTION_TYPE, OUTPUT_KEY
+from ..names import DEPENDENCY, EXCEPTION_TYPE
 from ..policies import Candidate, JobView, PolicyError, apply_policy, no_target_message
 from ..registry import Cluster
 from ..targets import SELF_DELEGATION
 from ..text import shown
 from .cancel import RemoteCancel
 from .connections import CONNECTION_ERRORS, HelperAnswer, submit_on_own_connection
-from .finish import Finish
+from .localrun import LocalRun, exec_eventlog
 from .output import Collect
 from .phases import ENDED, FOLLOWING, RECOVERING, RELEASING, SUBMITTING, WAITING
 from .preflight import Preflight
@@ -234,16 +234,13 @@ class DelegatedJob:
         self.verified = None
         self.identity_check = None  # the one whose answer counts
         # Releasing: what it takes from its remote job (output.Collect),
-        # whether its output was stored (names.OUTPUT_KEY), and its run
-        # (finish.Finish).
+        # and its run (localrun.LocalRun).
         self.collecting = None
         self.remote_R = None  # its remote job's R, from the journal
         self.storing = None  # the Collect whose result is being written
         self.stored = None  # the Collect whose result is in the KVS
         self.released = False  # its dependency removed (release_now)
-        self.output_stored = False
-        self.output_treeobj = None  # where the stored output is (KVS tree object)
-        self.finishing = None
+        self.run = None
 
     @property
     def name(self):
@@ -968,25 +965,27 @@ class DelegatedJob:
         collecting, self.collecting = self.collecting, None
         if collecting is not None:
             collecting.cancel()
-        self.storing = self.stored = self.output_treeobj = None
+        self.storing = self.stored = None
 
     def on_collected(self, token, R, output):
-        """R, and the output (written now, while the job is still pending:
-        finish.Finish copies it into the job once it runs), go to the KVS
-        in one commit."""
+        """R, the output and an exec eventlog go to the job's KVS directory
+        in one commit, while the job is still pending, where job-exec would
+        have left them (guest.*): the job's own from then on, read from
+        there by 'flux job attach' once it has ended (localrun.py)."""
         if self.collecting is None or self.collecting.token is not token:
             return  # no longer wanted
         self.collecting = None
         if self.phase not in (FOLLOWING, RELEASING):
             return  # ended meanwhile
-        self.output_stored = output is not None
         self.R = R if R is not None else local_R(self.runtime.hostname)
         self.R_given = False
         self.releasing_now = False
         txn = flux.kvs.KVSTxn(self.runtime.handle, JobID(self.id).kvs)
         txn.put("R", self.R)
         if output is not None:
-            txn.put(OUTPUT_KEY, output, raw=True)
+            txn.put("guest.output", output, raw=True)
+        if self.outcome.wait_status is not None:
+            txn.put("guest.exec.eventlog", exec_eventlog(self.outcome.wait_status), raw=True)
         self.storing = token
         then(txn.commit_async(), lambda f: self.on_R_committed(f, token), job=self)
 
@@ -998,30 +997,8 @@ class DelegatedJob:
             return  # taken again since (stop_collecting)
         self.storing = None
         self.stored = token
-        if self.output_stored:
-            self.look_up_output_treeobj(token)
         if self.phase == RELEASING:
             self.once_accepted(self.release_now)
-
-    def look_up_output_treeobj(self, token):
-        """Where the stored output is (its KVS tree object), asked now,
-        while the job waits: the job's run then puts it into the job in
-        one commit (finish.Finish) instead of a copy's lookup and commit."""
-        key = f"{JobID(self.id).kvs}.{OUTPUT_KEY}"
-        future = Future(
-            flux.kvs.RAW.flux_kvs_lookup(
-                self.runtime.handle, ffi.NULL, flux.constants.FLUX_KVS_TREEOBJ, key
-            )
-        )
-        then(future, lambda f: self.on_output_treeobj(f, token), job=self)
-
-    def on_output_treeobj(self, future, token):
-        if self.stored is not token:
-            return  # taken again since (stop_collecting)
-        treeobj = ffi.new("char *[1]")
-        if lib.flux_kvs_lookup_get_treeobj(future.pimpl.handle, treeobj) == 0:
-            self.output_treeobj = ffi.string(treeobj[0]).decode()
-        # else the run copies it the usual way
 
     def release_now(self):
         """Order matters: the phase is set first, because removing the
@@ -1039,12 +1016,6 @@ class DelegatedJob:
             self.releasing_now = False
         if self.R_given:
             self.post_alloc()
-
-    def finish_released(self, stored, resumed=False):
-        """The released job runs: start it, give it its output, finish it
-        with the remote wait status (finish.Finish)."""
-        self.finishing = Finish(self, self.wait_status, stored, resumed=resumed)
-        self.finishing.start()
 
     # -- jobtap callbacks for this job -------------------------------------
 
@@ -1072,20 +1043,36 @@ class DelegatedJob:
         return {"R": self.R}
 
     def post_alloc(self):
-        self.runtime.jobtap.post_event(self.id, "alloc", {"bypass": True})
+        """R is given: the plugin runs the job (localrun.LocalRun)."""
+        self.run = LocalRun(self, self.wait_status)
+        self.run.start()
 
-    def on_run(self, args):
-        """The released job runs (job-exec waits for the plugin: override)."""
-        if self.phase != RELEASING or self.finishing is not None:
-            return
-        self.finish_released(self.output_stored)
+    def resume_run(self):
+        """A plugin loaded again while the released job's run was held
+        (resume_released): its eventlog says what is left to do."""
+        self.run = LocalRun(self, self.wait_status)
+        future = self.runtime.handle.rpc(
+            "job-manager.getattr", {"id": self.id, "attrs": ["eventlog"]}
+        )
+        then(future, self.on_run_eventlog, job=self)
+
+    def on_run_eventlog(self, future):
+        self.run.resume(future.get()["eventlog"], running=self.phase == RELEASING)
+
+    def on_prolog(self, args):
+        """job.event.prolog-start / prolog-finish: a prolog of the site's
+        holds the released job's run until it finishes (LocalRun)."""
+        entry = args.get("entry") or {}
+        if self.run is not None:
+            self.run.on_prolog(entry.get("name"), (entry.get("context") or {}).get("description"))
 
     def on_cleanup(self, args):
         """The local job ends.  If that is not our doing, the remote job
         (or the submit in flight) is canceled: nothing runs on its own."""
         if self.phase in (RELEASING, ENDED):
             self.phase = ENDED
-            self.timers.cancel("finish")
+            if self.run is not None:
+                self.run.job_ended()
             self.stop_collecting()
             return
         reason = local_end_reason(args, self.name)

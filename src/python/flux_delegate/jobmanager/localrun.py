@@ -1,0 +1,137 @@
+"""The released job's run: its events posted by the plugin, job-exec never
+involved.
+
+The remote job has run; the local job only has to end the same way.  Its
+output, an exec eventlog and R were written to its KVS directory while it
+was pending (DelegatedJob.on_collected: guest.output, guest.exec.eventlog,
+R), where job-exec would have left them.  Then, once R is given
+(alloc-bypass), the plugin posts, in one pass of the reactor:
+
+  prolog-start   description "delegate": while a prolog is active the
+                 job-manager sends no start request to job-exec, so that
+                 nothing runs here and no guest namespace is made;
+  alloc          bypass: no resources were allocated here;
+  start, finish  with the remote wait status: 'flux job status' and 'flux
+                 jobs' give the remote exit code;
+  release        final: what job-info looks for to read the job's guest
+                 files from its KVS directory ('flux job attach');
+  prolog-finish  the job-manager then frees the (bypassed) resources and
+                 posts clean.
+
+All of them land in the same eventlog commit: a restart finds the job
+either still pending (followed again, released again) or ended.  Without
+job-exec's guest namespace made and moved (about 15 ms of KVS work on each
+side of the run), the local job ends a few milliseconds after it is
+released.
+
+A prolog of the site's (perilog.so) that starts when the job gets its
+alloc is waited for: start and finish come once every other prolog has
+finished, as job-exec's start request would.  Until then the job is RUN,
+its run held by our prolog: a plugin loaded meanwhile (reload, restart)
+takes it up again from its eventlog (resume).  A job that ends otherwise
+meanwhile (a prolog failed: an exception) has our prolog closed, or it
+would never be clean.
+"""
+
+import json
+import time
+
+#: The description of the prolog the plugin holds the job's run with.
+PROLOG = "delegate"
+
+
+def exec_eventlog(wait_status, now=None):
+    """The job's guest.exec.eventlog, as job-exec's test mode writes it for
+    a job without shells: 'flux job attach' reads the output once it sees
+    "complete"."""
+    now = time.time() if now is None else now
+    entries = (
+        {"timestamp": now, "name": "init"},
+        {"timestamp": now, "name": "starting"},
+        {"timestamp": now, "name": "complete", "context": {"status": int(wait_status)}},
+        {"timestamp": now, "name": "done"},
+    )
+    return "".join(json.dumps(e, separators=(",", ":")) + "\n" for e in entries)
+
+
+def open_prologs(eventlog):
+    """From a job's eventlog: (whether our prolog is open, how many other
+    prologs are), counting prolog-start and prolog-finish by description."""
+    ours = False
+    others = 0
+    for entry in eventlog:
+        name = entry.get("name")
+        if name not in ("prolog-start", "prolog-finish"):
+            continue
+        context = entry.get("context") or {}
+        starting = name == "prolog-start"
+        if context.get("description") == PROLOG:
+            ours = starting
+        else:
+            others = others + 1 if starting else max(0, others - 1)
+    return ours, others
+
+
+class LocalRun:
+    """The run of one released job (see the module's docstring)."""
+
+    def __init__(self, job, wait_status):
+        self.job = job
+        self.post = job.runtime.jobtap.post_event
+        self.wait_status = int(wait_status)
+        self.holding = False  # our prolog is open
+        self.others = 0  # prologs of others open
+        self.ended = False  # finish posted
+
+    def start(self):
+        """R is given: hold the run, allocate, and end it unless a prolog of
+        the site's started with the alloc.  The state is set before each
+        post: the job-manager runs the job's callbacks (on_prolog) before
+        post() returns."""
+        self.holding = True
+        self.post(self.job.id, "prolog-start", {"description": PROLOG})
+        self.post(self.job.id, "alloc", {"bypass": True})
+        self.finish_when_ready()
+
+    def resume(self, eventlog, running):
+        """A plugin loaded again (reload, restart) while the run waited for
+        a prolog of the site's: go on from what its eventlog says."""
+        self.holding, self.others = open_prologs(eventlog)
+        if not self.holding:
+            return  # not held by us: nothing of ours to do
+        if running:
+            self.finish_when_ready()
+        else:
+            self.close()  # ended meanwhile: only our prolog is left open
+
+    def on_prolog(self, name, description):
+        """job.event.prolog-start / prolog-finish of the job."""
+        if description == PROLOG:
+            return
+        if name == "prolog-start":
+            self.others += 1
+        else:
+            self.others = max(0, self.others - 1)
+            self.finish_when_ready()
+
+    def finish_when_ready(self):
+        if self.others or self.ended or not self.holding:
+            return
+        self.ended = True
+        job = self.job.id
+        self.post(job, "start", {})
+        self.post(job, "finish", {"status": self.wait_status})
+        self.post(job, "release", {"ranks": "all", "final": True})
+        self.close()
+
+    def job_ended(self):
+        """job.state.cleanup: ended by our finish, or otherwise while held
+        (a prolog failed, a cancel): then our prolog is closed."""
+        if not self.ended:
+            self.close()
+
+    def close(self):
+        """Close our prolog: the job may be clean."""
+        if self.holding:
+            self.holding = False
+            self.post(self.job.id, "prolog-finish", {"description": PROLOG, "status": 0})
