@@ -349,7 +349,7 @@ def test_a_job_may_opt_out_of_requeue(request, fresh_source, spare, tmp_path):
     fresh_source.wait_event(jobid, "clean", timeout=30)
     exc = fresh_source.exception(jobid)
     assert exc["type"] == "DelegationFailure"
-    assert f"failed: alloc exception: node lost" in exc["note"]
+    assert "failed: alloc exception: node lost" in exc["note"]
     assert "not requeued: the job opted out (delegate-requeue=false)" in exc["note"]
     assert "delegate-failover" not in [e["name"] for e in fresh_source.eventlog(jobid)]
     assert spare.jobs() == [] or all(j["name"] != "sh" for j in spare.jobs())
@@ -438,3 +438,40 @@ def test_target_without_feasibility_service_is_unknown_not_no(request, fresh_sou
     delegated(fresh_source, jobid)
     bare.run("module", "load", "sched-simple")  # a scheduler is back
     assert fresh_source.status(jobid, timeout=60) == 0
+
+
+#: A feasibility service that answers what is not JSON (a broken target).
+JUNK_FEASIBILITY = """
+import flux
+h = flux.Flux()
+h.service_register("feasibility").get()
+def answer(h, t, msg, arg):
+    h.respond(msg, "not json %n")
+keep = h.msg_watcher_create(answer, topic_glob="feasibility.*")
+keep.start()
+print("ready", flush=True)
+h.reactor_run()
+"""
+
+
+def test_a_candidate_answering_what_is_not_json_is_passed_over(request, fresh_source, spare):
+    """One broken target in a registry fails no job: it is infeasible, with
+    the reason, and the next candidate takes the job."""
+    import subprocess
+
+    junk = start_instance(request, name="junk-feasibility")
+    junk.remove_scheduler()
+    service = subprocess.Popen(
+        ["flux", "python", "-c", JUNK_FEASIBILITY], env=junk.env(), stdout=subprocess.PIPE, text=True
+    )
+    request.addfinalizer(service.kill)
+    assert service.stdout.readline().strip() == "ready"
+    fresh_source.load_plugin()
+    configure(fresh_source, registry_of(("junk", junk.uri), ("spare", spare.uri)))
+    jobid = fresh_source.submit("-S", "system.delegate=assign:0", "true")
+    assert fresh_source.status(jobid, timeout=60) == 0
+    candidates = {c["label"]: c for c in choice(fresh_source, jobid)["candidates"]}
+    assert candidates["junk"]["verdict"] == "infeasible"
+    assert "not JSON" in candidates["junk"]["reason"]
+    assert delegated(fresh_source, jobid)["uri"] == spare.uri
+    assert "handler error" not in fresh_source.dmesg()

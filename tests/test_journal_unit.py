@@ -4,6 +4,7 @@ integration tests follow jobs through real journals), but a target may
 send anything.  The answers are handed to it by hand."""
 
 import errno
+import json
 
 import pytest
 from unit import needs_flux
@@ -16,6 +17,7 @@ class Answer:
 
     def __init__(self, value=None, error=None):
         self.value, self.error = value, error
+        self.resets = 0
 
     def get(self):
         if self.error is not None:
@@ -23,7 +25,7 @@ class Answer:
         return self.value
 
     def reset(self):
-        pass
+        self.resets += 1
 
 
 class Runtime:
@@ -115,3 +117,21 @@ def test_an_ended_journal_says_why_and_hands_its_jobs_to_their_watches():
     # Nothing more is read from it.
     journal.on_answer(Answer({"id": 7, "events": [event("clean")]}))
     assert follower.events == []
+
+
+def test_an_answer_that_is_not_json_is_taken_and_the_next_ones_read():
+    # The bindings' get() raises on a payload that is not JSON (or not
+    # UTF-8) and leaves it unread: left so, it would stop every answer
+    # after it, for every job followed there.
+    journal, follower = journal_with_follower()
+    for error in (
+        json.JSONDecodeError("Expecting value", "not json %n", 0),
+        UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte"),
+    ):
+        bad = Answer(error=error)
+        journal.on_answer(bad)
+        assert bad.resets == 1
+    assert journal.runtime.counts["journal-malformed"] == 2 and journal.state() == "reading"
+    assert "an answer that is not JSON" in journal.runtime.logged[0]
+    journal.on_answer(Answer({"id": 7, "events": [event("finish"), event("clean")]}))
+    assert [name for _, name, _ in follower.events] == ["finish", "clean"]

@@ -94,3 +94,20 @@ def test_feasibility_jobspec_keeps_resources_and_limits_not_the_environment():
     assert asked["resources"] == spec["resources"]
     assert asked["attributes"]["system"] == {"duration": 60, "queue": "batch"}
     assert "SECRET" not in str(asked)
+
+
+def test_metric_answers_not_understood_leave_the_metric_unknown():
+    # A target may answer anything: the candidate keeps no metric and says
+    # why, with the answer as data ('%n' in it).
+    for odd in ([1, 2], {"job_states": {"sched": "many %n"}}, {"job_states": [1]}, "x", {"job_states": {"sched": 1e400}}):
+        c = candidate()
+        record_answer(c, "pending", odd)
+        assert c.pending is None and c.reason.startswith("pending: an answer not understood")
+    for odd in ([1], {"match": {"succeeded": {"stats": {"max": "%n"}}}}, {"match": 3},
+                {"match": {"succeeded": {"stats": {"max": float("nan")}}}}):
+        c = candidate()
+        record_answer(c, "match_time", odd)
+        assert c.match_time is None and c.reason.startswith("match_time: an answer not understood")
+    c = candidate()
+    record_answer(c, "pending", {"job_states": {"sched": 2, "depend": 1}})
+    assert c.pending == 3 and c.reason is None

@@ -107,7 +107,7 @@ def same_origin(a, b):
         return int(a["jobid"]) == int(b["jobid"]) and (
             abs(float(a["t_submit"]) - float(b["t_submit"])) < 1e-3
         )
-    except (KeyError, TypeError, ValueError):
+    except (KeyError, TypeError, ValueError, OverflowError):  # a target's origin may be anything
         return False
 
 

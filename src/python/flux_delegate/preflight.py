@@ -4,10 +4,11 @@ it (the resources and limits of the job, never its environment).
 
 import errno
 import json
+import math
 
 from .jobspec import lookup
 from .targets import SELF_DELEGATION
-from .text import brief
+from .text import brief, shown
 
 #: What a feasibility check needs of attributes.system: what schedulers
 #: decide with.
@@ -75,16 +76,31 @@ def record_answer(candidate, name, result=None, error=None):
             candidate.verdict = "infeasible"
             candidate.reason = brief(error.strerror or str(error))
     elif name == "pending" and error is None:
-        states = (result or {}).get("job_states", {})
-        candidate.pending = sum(int(states.get(k, 0)) for k in ("depend", "priority", "sched"))
+        try:
+            states = (result or {}).get("job_states", {})
+            candidate.pending = sum(int(states.get(k, 0)) for k in ("depend", "priority", "sched"))
+        except (AttributeError, TypeError, ValueError, OverflowError):
+            error = not_understood(result)
     elif name == "match_time":
         if error is None:
-            stats = (result or {}).get("match", {}).get("succeeded", {}).get("stats", {})
-            candidate.match_time = float(stats.get("max", 0.0))
+            try:
+                stats = (result or {}).get("match", {}).get("succeeded", {}).get("stats", {})
+                match_time = float(stats.get("max", 0.0))
+                if not math.isfinite(match_time):
+                    raise ValueError(match_time)
+                candidate.match_time = match_time
+            except (AttributeError, TypeError, ValueError):
+                error = not_understood(result)
         elif error.errno == errno.ENOSYS:
             candidate.reason = candidate.reason or "runs no Fluxion (no sched-fluxion-resource)"
     if error is not None and name != "feasibility" and not candidate.reason:
         candidate.reason = f"{name}: {error.strerror or error}"
+
+
+def not_understood(answer):
+    """The error of an answer that is not what the question asks for (a
+    target may send anything): the candidate's metric stays unknown."""
+    return OSError(errno.EPROTO, f"an answer not understood: {shown(answer)}")
 
 
 def unsent_verdict(error):

@@ -76,6 +76,12 @@ class RemoteJournal:
         except OSError as exc:
             self.end(exc)
             return
+        except ValueError as exc:
+            # Not JSON, not UTF-8.  Taken (reset) all the same: an answer
+            # left unread would stop every one after it.
+            future.reset()
+            self.malformed("an answer that is not JSON", str(exc))
+            return
         future.reset()
         if not isinstance(answer, dict) or not isinstance(answer.get("events"), list):
             self.malformed("an answer that is not a journal's", answer)
@@ -141,7 +147,7 @@ class RemoteJournal:
         """The job of this load an origin record names, or None."""
         try:
             job = self.runtime.jobs.get(int(origin.get("jobid")))
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             return None
         if job is None or not same_origin(origin, job.origin):
             return None

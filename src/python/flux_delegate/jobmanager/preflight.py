@@ -2,6 +2,7 @@
 concurrently, answers turned into a choice.
 """
 
+import errno
 import syslog
 import time
 
@@ -115,6 +116,8 @@ class Preflight:
             error = None
         except OSError as exc:
             result, error = None, exc
+        except ValueError as exc:  # not JSON, not UTF-8: a broken target
+            result, error = None, OSError(errno.EPROTO, f"an answer that is not JSON ({exc})")
         record_answer(c, name, result, error)
         if name == "feasibility" and c.verdict == "feasible":
             c.remote.feasible_answers.feasible(self.shapes[id(c)], time.monotonic())
