@@ -349,3 +349,88 @@ def test_rejected_submit_leaves_nothing_behind(fresh_source, target):
     assert proc.returncode != 0
     query = json.loads(fresh_source.run("jobtap", "query", "delegate.so").stdout)
     assert query["jobs"] == {}
+
+
+def test_a_failed_handler_rejects_system_delegate_jobs_too(fresh_source, target, tmp_path):
+    """-S system.delegate=TARGET asks for delegation as --dependency does:
+    with no handler to do it, the submit is refused, never run here."""
+    broken = tmp_path / "broken_handler.py"
+    broken.write_text("import no_such_module_here\n")
+    fresh_source.load_plugin(str(broken))
+    proc = fresh_source.run("submit", "-S", f"system.delegate={target.uri}", "true", check=False)
+    assert proc.returncode != 0
+    assert "delegate: ModuleNotFoundError: No module named 'no_such_module_here'" in proc.stderr
+    assert fresh_source.run("jobs", "-a", "-n", "-o", "{id}").stdout.split() == []
+    assert fresh_source.status(fresh_source.submit("true")) == 0
+
+
+#: A handler whose declaration is wrong; its plugin_load leaves a mark.
+BAD_DECLARATION = """\
+from flux_delegate.jobmanager import entry
+from flux_delegate.jobmanager.entry import *
+
+JOB_CREATE_ATTRIBUTES = {value}
+
+
+def plugin_load(conf, jobtap):
+    open({mark!r}, "w").close()
+    entry.plugin_load(conf, jobtap)
+"""
+
+
+@pytest.mark.parametrize(
+    "value, reason",
+    [
+        ('("system.delegate")', "not a single str (a missing comma?)"),
+        ('("system.delegate", "")', "'' is not a name or dotted path"),
+        ('("system..delegate",)', "'system..delegate' is not a name or dotted path"),
+    ],
+)
+def test_a_bad_declaration_is_refused_before_plugin_load(fresh_source, tmp_path, value, reason):
+    """A str where a tuple is meant (its letters would be the attributes)
+    or an empty path (matching every job) is refused at load, before
+    plugin_load: nothing is started that no plugin_unload would stop, and
+    plain jobs never enter Python."""
+    mark = tmp_path / "plugin_load_ran"
+    handler = tmp_path / "declaring.py"
+    handler.write_text(BAD_DECLARATION.format(value=value, mark=str(mark)))
+    fresh_source.load_plugin(str(handler))
+    query = json.loads(fresh_source.run("jobtap", "query", "delegate.so").stdout)
+    assert reason in query["handler_error"], query["handler_error"]
+    assert not mark.exists()
+    assert fresh_source.status(fresh_source.submit("true")) == 0
+
+
+#: A handler that tells 'flux jobtap query' its interpreter's sys.path.
+PATH_TELLING = """\
+import sys
+from flux_delegate.jobmanager import entry
+from flux_delegate.jobmanager.entry import *
+
+
+def callback(topic, args, job):
+    if topic == "plugin.query":
+        return {"sys_path": list(sys.path)}
+    return entry.callback(topic, args, job)
+"""
+
+
+def test_unload_leaves_a_directory_that_was_on_sys_path_before(fresh_source, tmp_path):
+    """pythonpath= naming a directory Python already had (flux's own, the
+    installed default): the unload takes off only the entry the load put
+    first, not flux's."""
+    import flux
+
+    flux_dir = str(__import__("pathlib").Path(flux.__file__).parent.parent)
+    handler = tmp_path / "telling.py"
+    handler.write_text(PATH_TELLING)
+    fresh_source.load_plugin(str(handler))
+    before = json.loads(fresh_source.run("jobtap", "query", "delegate.so").stdout)["sys_path"]
+    assert flux_dir in before[1:]
+    fresh_source.remove_plugin()
+    # The package (and flux's) found there too: a copy of the tree's.
+    fresh_source.load_plugin(str(handler), f"pythonpath={flux_dir}")
+    fresh_source.remove_plugin()
+    fresh_source.load_plugin(str(handler))
+    after = json.loads(fresh_source.run("jobtap", "query", "delegate.so").stdout)["sys_path"]
+    assert after == before

@@ -44,12 +44,22 @@ struct delegate {
     flux_t *h;
     char *handler_path;
     char *python_path;      /* put first on sys.path for the package   */
+    bool path_added;        /* ... by this load, to be taken off again */
     PyObject *handler;      /* the handler module, NULL if it failed   */
     PyObject *jobtap;       /* this load's delegate_jobtap.Jobtap       */
     char *load_error;       /* why the handler failed to load, or NULL */
     char **job_topics;      /* the handler's JOB_TOPICS, NULL: all      */
     char **create_attributes; /* its JOB_CREATE_ATTRIBUTES, NULL: none  */
     char *exception_type;   /* its EXCEPTION_TYPE                       */
+};
+
+/* The jobspec attributes that ask for delegation whatever the handler:
+ * while it failed to load, a job submitted with one is rejected, as one
+ * with --dependency=delegate is, rather than run here.
+ */
+static const char *const builtin_create_attributes[] = {
+    "system.delegate",
+    NULL,
 };
 
 /* The plugin of the load in force: jobtap calls a second plugin's init
@@ -100,8 +110,17 @@ static int handler_strings (struct delegate *d, const char *name, char ***out)
 
     if (!PyObject_HasAttrString (d->handler, name))
         return 0;
-    if (!(obj = PyObject_GetAttrString (d->handler, name))
-        || !(seq = PySequence_Fast (obj, "must be a sequence of str")))
+    if (!(obj = PyObject_GetAttrString (d->handler, name)))
+        goto done;
+    /* ("system.delegate") is a str, not a tuple: its letters would do. */
+    if (PyUnicode_Check (obj) || PyBytes_Check (obj)) {
+        PyErr_Format (PyExc_TypeError,
+                      "%s must be a tuple or list of str, not a single str"
+                      " (a missing comma?)",
+                      name);
+        goto done;
+    }
+    if (!(seq = PySequence_Fast (obj, "must be a sequence of str")))
         goto done;
     n = PySequence_Fast_GET_SIZE (seq);
     if (!(strings = calloc (n + 1, sizeof (char *)))) {
@@ -110,9 +129,20 @@ static int handler_strings (struct delegate *d, const char *name, char ***out)
     }
     for (i = 0; i < n; i++) {
         const char *s = PyUnicode_AsUTF8 (PySequence_Fast_GET_ITEM (seq, i));
-        if (!s || !(strings[i] = strdup (s))) {
-            if (s)
-                PyErr_NoMemory ();
+        if (!s)
+            goto done;
+        /* An empty name, or an empty part of a dotted path, would match
+         * every job. */
+        if (*s == '\0' || *s == '.' || strstr (s, "..")
+            || s[strlen (s) - 1] == '.') {
+            PyErr_Format (PyExc_ValueError,
+                          "%s: '%s' is not a name or dotted path",
+                          name,
+                          s);
+            goto done;
+        }
+        if (!(strings[i] = strdup (s))) {
+            PyErr_NoMemory ();
             goto done;
         }
     }
@@ -150,21 +180,21 @@ done:
     return rc;
 }
 
-/* Does the job in 'args' have one of the handler's JOB_CREATE_ATTRIBUTES
- * (dotted paths under the jobspec's attributes, e.g. "system.delegate")?
+/* Does the job in 'args' have one of 'paths' (dotted paths under the
+ * jobspec's attributes, e.g. "system.delegate"; NULL-terminated)?
  */
-static bool has_create_attribute (struct delegate *d, flux_plugin_arg_t *args)
+static bool has_attribute (const char *const *paths, flux_plugin_arg_t *args)
 {
     json_t *jobspec = NULL;
-    char **path;
+    const char *const *path;
 
-    if (!d->create_attributes
+    if (!paths
         || flux_plugin_arg_unpack (args,
                                    FLUX_PLUGIN_ARG_IN,
                                    "{s:o}",
                                    "jobspec", &jobspec) < 0)
         return false;
-    for (path = d->create_attributes; *path; path++) {
+    for (path = paths; *path; path++) {
         json_t *o = json_object_get (jobspec, "attributes");
         char *copy = strdup (*path);
         char *saveptr = NULL;
@@ -284,6 +314,27 @@ static int dispatch (struct delegate *d,
     return rc;
 }
 
+/* Reject a job that asks for delegation while the handler failed to
+ * load, with the reason.
+ */
+static int reject_without_handler (struct delegate *d,
+                                   flux_plugin_t *p,
+                                   flux_plugin_arg_t *args)
+{
+    char *message = NULL;
+    int rc;
+
+    /* The reason first: flux keeps only 160 bytes of it. */
+    if (asprintf (&message,
+                  "%s (the handler %s failed to load; see the broker log)",
+                  d->load_error ? d->load_error : "unknown error",
+                  d->handler_path) < 0)
+        message = NULL;
+    rc = reject_job (p, args, message ? message : "the handler failed to load");
+    free (message);
+    return rc;
+}
+
 /* job.dependency.delegate: a job asks to be delegated.  At submit, an
  * error here rejects the job; for a job already waiting (plugin load,
  * instance restart), the job-manager logs it and the job keeps waiting.
@@ -295,20 +346,8 @@ static int dependency_delegate_cb (flux_plugin_t *p,
 {
     struct delegate *d = arg;
 
-    if (!d->handler) {
-        char *message = NULL;
-        int rc;
-
-        /* The reason first: flux keeps only 160 bytes of it. */
-        if (asprintf (&message,
-                      "%s (the handler %s failed to load; see the broker log)",
-                      d->load_error ? d->load_error : "unknown error",
-                      d->handler_path) < 0)
-            message = NULL;
-        rc = reject_job (p, args, message ? message : "the handler failed to load");
-        free (message);
-        return rc;
-    }
+    if (!d->handler)
+        return reject_without_handler (d, p, args);
     return dispatch (d, p, topic, args, NULL, PYERROR_SUBMIT);
 }
 
@@ -326,12 +365,18 @@ static int job_create_cb (flux_plugin_t *p,
     struct delegate *d = arg;
     int state = 0;
 
-    if (!d->handler || !has_create_attribute (d, args))
-        return 0;
     (void) flux_plugin_arg_unpack (args,
                                    FLUX_PLUGIN_ARG_IN,
                                    "{s?i}",
                                    "state", &state);
+    if (!d->handler) {
+        if (state == FLUX_JOB_STATE_NEW
+            && has_attribute (builtin_create_attributes, args))
+            return reject_without_handler (d, p, args);
+        return 0;
+    }
+    if (!has_attribute ((const char *const *) d->create_attributes, args))
+        return 0;
     return dispatch (d,
                      p,
                      topic,
@@ -439,13 +484,25 @@ static void handler_start (struct delegate *d)
     /* The package from pythonpath, read afresh: a reload runs the edited
      * files, not what an earlier load left in sys.modules.
      */
-    if (package_path_add (d->python_path) < 0
-        || package_modules_drop (DELEGATE_PACKAGE) < 0) {
+    if (package_path_add (d->python_path) == 0)
+        d->path_added = true;
+    if (!d->path_added || package_modules_drop (DELEGATE_PACKAGE) < 0) {
         handler_failed (d, "cannot be given its package");
         return;
     }
     if (!(d->handler = handler_import (d->handler_path))) {
         handler_failed (d, "failed to import");
+        return;
+    }
+    /* Its declarations first: a handler refused after its plugin_load
+     * would never be given its plugin_unload. */
+    if (handler_strings (d, "JOB_TOPICS", &d->job_topics) < 0
+        || handler_strings (d,
+                            "JOB_CREATE_ATTRIBUTES",
+                            &d->create_attributes) < 0
+        || handler_exception_type (d) < 0) {
+        handler_failed (d, "has a bad JOB_TOPICS, JOB_CREATE_ATTRIBUTES or"
+                        " EXCEPTION_TYPE");
         return;
     }
     if (!(pyconf = json_to_python (conf ? conf : "{}"))
@@ -460,15 +517,6 @@ static void handler_start (struct delegate *d)
     }
     Py_DECREF (result);
     Py_DECREF (pyconf);
-    if (handler_strings (d, "JOB_TOPICS", &d->job_topics) < 0
-        || handler_strings (d,
-                            "JOB_CREATE_ATTRIBUTES",
-                            &d->create_attributes) < 0
-        || handler_exception_type (d) < 0) {
-        handler_failed (d, "has a bad JOB_TOPICS, JOB_CREATE_ATTRIBUTES or"
-                        " EXCEPTION_TYPE");
-        return;
-    }
     flux_log (d->h, LOG_INFO, "delegate: handler %s loaded", d->handler_path);
 }
 
@@ -501,9 +549,11 @@ static void delegate_destroy (void *arg)
         Py_CLEAR (d->handler);
         PYTHON_LEAVE
     }
-    if (d->python_path || d->jobtap) {
+    /* Only what this load did in Python: if Python never started
+     * (interpreter_start failed), it must not be entered at all. */
+    if (d->path_added || d->jobtap) {
         PYTHON_ENTER
-        if (d->python_path)
+        if (d->path_added)
             package_path_remove (d->python_path);
         Py_CLEAR (d->jobtap);
         PYTHON_LEAVE

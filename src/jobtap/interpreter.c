@@ -139,19 +139,22 @@ static int add_flux_python_path (flux_error_t *errp)
     return rc;
 }
 
-/* Remove every occurrence of 'entry' from the list sys_path.  Returns 0,
- * or -1 with a Python exception set.
+/* Remove the first occurrence of 'entry' from the list sys_path (the one
+ * package_path_add put first; another, e.g. flux's own python directory,
+ * stays where it was).  Returns 0, or -1 with a Python exception set.
  */
 static int package_path_remove_entry (PyObject *sys_path, PyObject *entry)
 {
     Py_ssize_t i;
 
-    for (i = PyList_GET_SIZE (sys_path) - 1; i >= 0; i--) {
+    for (i = 0; i < PyList_GET_SIZE (sys_path); i++) {
         int same = PyObject_RichCompareBool (PyList_GET_ITEM (sys_path, i),
                                              entry,
                                              Py_EQ);
-        if (same < 0 || (same && PySequence_DelItem (sys_path, i) < 0))
+        if (same < 0)
             return -1;
+        if (same)
+            return PySequence_DelItem (sys_path, i);
     }
     return 0;
 }
@@ -203,7 +206,8 @@ int interpreter_start (flux_error_t *errp)
 }
 
 /* Put 'dir' first on sys.path (where the handler finds the flux_delegate
- * package), once.  GIL held.  Returns 0, or -1 with a Python exception set.
+ * package); package_path_remove takes that one away again.  GIL held.
+ * Returns 0, or -1 with a Python exception set.
  */
 int package_path_add (const char *dir)
 {
@@ -217,8 +221,7 @@ int package_path_add (const char *dir)
     }
     if (!(entry = PyUnicode_DecodeFSDefault (dir)))
         return -1;
-    if (package_path_remove_entry (sys_path, entry) == 0
-        && PyList_Insert (sys_path, 0, entry) == 0)
+    if (PyList_Insert (sys_path, 0, entry) == 0)
         rc = 0;
     Py_DECREF (entry);
     return rc;
