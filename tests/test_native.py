@@ -261,3 +261,57 @@ def test_a_released_job_held_by_a_prolog_is_run_by_the_next_load(request, target
     source.load_plugin()
     source.wait_event(jobid, "clean")
     assert "start" not in names(source, jobid)
+
+
+@pytest.fixture(scope="module")
+def hold_priority_plugin(tmp_path_factory):
+    """tests/jobtap/hold_priority.c, built here: jobs wait in PRIORITY until
+    released (as under a priority plugin that takes its time)."""
+    import os
+    import shutil
+
+    source = os.path.join(os.path.dirname(__file__), "jobtap", "hold_priority.c")
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        pytest.skip("no C compiler to build tests/jobtap/hold_priority.c")
+    flags = subprocess.run(
+        ["pkg-config", "--cflags", "--libs", "flux-core"], capture_output=True, text=True, check=True
+    ).stdout.split()
+    built = str(tmp_path_factory.mktemp("jobtap") / "hold_priority.so")
+    subprocess.run([compiler, "-shared", "-fPIC", "-o", built, source, *flags], check=True)
+    return built
+
+
+def release_priority(instance, jobid):
+    instance.run(
+        "python", "-c",
+        "import flux, sys; flux.Flux().rpc('job-manager.hold-priority.release',"
+        " {'id': int(sys.argv[1])}).get()",
+        str(instance.run("job", "id", jobid).stdout.strip()),
+    )
+
+
+def test_a_released_job_held_before_its_alloc_is_run_by_the_next_load(
+    request, named_target, hold_priority_plugin
+):
+    """Released (its dependency removed), then held in PRIORITY by a
+    priority plugin while the plugin is reloaded: the next load gives it
+    its R (read back: the remote node's name) once it reaches SCHED, and
+    runs it."""
+    source = start_instance(request, name="priority-held")
+    source.run("jobtap", "load", hold_priority_plugin)
+    source.load_plugin()
+    jobid = source.submit(f"--dependency=delegate:{named_target.uri}", "sh", "-c", "echo held; exit 4")
+    rid = str(source.wait_event(jobid, "delegated")["context"]["jobid"])
+    source.wait_event(jobid, "dependency-remove")
+    assert source.run("jobs", "-no", "{state}", jobid).stdout.strip() == "PRIORITY"
+    source.remove_plugin()
+    source.load_plugin()
+    release_priority(source, jobid)
+    assert source.status(jobid) == 4
+    assert "released, not yet allocated: its run taken up again" in source.dmesg()
+    out, err, code = attach(source, jobid)
+    assert (out, code) == ("held\n", 4)
+    remote = named_target.run("jobs", "-no", "{nodelist}", rid).stdout.strip()
+    assert remote.startswith("remote")
+    assert source.run("jobs", "-no", "{nodelist}", jobid).stdout.strip() == remote

@@ -137,28 +137,31 @@ def release_attribute(args):
 
 def resume_released(args):
     """Plugin load (reload, restart) with a job this plugin released and
-    whose run a prolog of the site's still holds (localrun.py): its run is
-    taken up again from its eventlog.  A job released by an earlier
-    version of the plugin (exec test mode) is ended by job-exec itself."""
+    not ended yet: one a priority plugin held before its alloc is run
+    (DelegatedJob.resume_release), one whose run a prolog of the site's
+    holds (localrun.py) is taken up again from its eventlog."""
     runtime = current.runtime
     status = released_status(args["jobspec"])
     state = args.get("state")
     if status is None or int(args["id"]) in runtime.jobs:
         return
     name = JobID(args["id"]).f58
-    if state == flux.constants.FLUX_JOB_STATE_SCHED:
-        log(syslog.LOG_WARNING, f"{name}: released, but the plugin was reloaded before its alloc")
-        return
-    if state not in (flux.constants.FLUX_JOB_STATE_RUN, flux.constants.FLUX_JOB_STATE_CLEANUP):
+    before_alloc = (flux.constants.FLUX_JOB_STATE_PRIORITY, flux.constants.FLUX_JOB_STATE_SCHED)
+    running = (flux.constants.FLUX_JOB_STATE_RUN, flux.constants.FLUX_JOB_STATE_CLEANUP)
+    if state not in before_alloc + running:
         return  # ended, or ending on its own
     job = DelegatedJob(runtime, args, None)
-    job.phase = RELEASING if state == flux.constants.FLUX_JOB_STATE_RUN else ENDED
+    job.phase = ENDED if state == flux.constants.FLUX_JOB_STATE_CLEANUP else RELEASING
     job.wait_status = status
     runtime.jobs[job.id] = job
     runtime.jobtap.job_attach(job.id, job)
     runtime.jobtap.subscribe(job.id)
-    log(syslog.LOG_INFO, f"{name}: released and held by a prolog: its run taken up again")
-    job.resume_run()
+    if state in before_alloc:
+        log(syslog.LOG_INFO, f"{name}: released, not yet allocated: its run taken up again")
+        job.resume_release(scheduled=state == flux.constants.FLUX_JOB_STATE_SCHED)
+    else:
+        log(syslog.LOG_INFO, f"{name}: released and held by a prolog: its run taken up again")
+        job.resume_run()
 
 
 def on_job_create(args):

@@ -240,6 +240,9 @@ class DelegatedJob:
         self.storing = None  # the Collect whose result is being written
         self.stored = None  # the Collect whose result is in the KVS
         self.released = False  # its dependency removed (release_now)
+        self.R = None  # the local R given at SCHED (alloc-bypass)
+        self.R_given = False
+        self.releasing_now = False
         self.run = None
 
     @property
@@ -393,16 +396,28 @@ class DelegatedJob:
         The job-manager reads the KVS itself: job-info would first check
         that the asker owns the job, one more hop for nothing here."""
         self.phase = SUBMITTING
-        key = f"{JobID(self.id).kvs}.J"
-        future = Future(flux.kvs.RAW.flux_kvs_lookup(self.runtime.handle, ffi.NULL, 0, key))
-        then(future, self.on_J, job=self)
+        self.look_up_own("J", self.on_J)
 
-    def on_J(self, future):
-        J = ffi.new("char *[1]")
-        if lib.flux_kvs_lookup_get(future.pimpl.handle, J) < 0:
-            raise OSError(ffi.errno, f"cannot read the job's J: {os.strerror(ffi.errno)}")
+    def look_up_own(self, key, callback):
+        """Read key of the job's KVS directory (the job-manager's own
+        lookup); callback(future, value) with it (a cffi char *)."""
+        future = Future(
+            flux.kvs.RAW.flux_kvs_lookup(
+                self.runtime.handle, ffi.NULL, 0, f"{JobID(self.id).kvs}.{key}"
+            )
+        )
+
+        def looked_up(future):
+            value = ffi.new("char *[1]")
+            if lib.flux_kvs_lookup_get(future.pimpl.handle, value) < 0:
+                raise OSError(ffi.errno, f"cannot read the job's {key}: {os.strerror(ffi.errno)}")
+            callback(value[0])
+
+        then(future, looked_up, job=self)
+
+    def on_J(self, J):
         # J is the signed original jobspec; unwrapping it is local work.
-        original = lib.flux_unwrap_string(J[0], False, ffi.NULL, ffi.NULL)
+        original = lib.flux_unwrap_string(J, False, ffi.NULL, ffi.NULL)
         if original == ffi.NULL:
             raise OSError(ffi.errno, "cannot unwrap the job's J")
         try:
@@ -1040,12 +1055,28 @@ class DelegatedJob:
         self.R_given = True
         if not self.releasing_now:
             self.timers.start("alloc", 0.0, guard(self.post_alloc, self))
-        return {"R": self.R}
+        return {"R": self.R if self.R is not None else local_R(self.runtime.hostname)}
 
     def post_alloc(self):
         """R is given: the plugin runs the job (localrun.LocalRun)."""
         self.run = LocalRun(self, self.wait_status)
         self.run.start()
+
+    def resume_release(self, scheduled):
+        """A plugin loaded again after the released job's dependency was
+        removed but before its alloc (resume_released): a job in SCHED is
+        run now; one a priority plugin still holds gets its R, read back
+        from its KVS directory, once it reaches SCHED (on_sched)."""
+        self.released = True
+        if scheduled:
+            self.R_given = True
+            self.post_alloc()
+        else:
+            self.look_up_own("R", self.on_stored_R)
+
+    def on_stored_R(self, R):
+        if not self.R_given:
+            self.R = json.loads(ffi.string(R).decode())
 
     def resume_run(self):
         """A plugin loaded again while the released job's run was held
