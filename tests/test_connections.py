@@ -28,7 +28,7 @@ def test_target_killed_while_running_a_job(fresh_source):
     fresh_source.wait_event(jobid, "clean", timeout=30)
     exc = fresh_source.exception(jobid)
     assert exc["type"] == "DelegationFailure"
-    assert f"lost contact with remote job" in exc["note"] and target.uri in exc["note"]
+    assert "lost contact with remote job" in exc["note"] and target.uri in exc["note"]
     assert "cannot reconnect" in exc["note"]
     assert fresh_source.status(fresh_source.submit("true"), timeout=10) == 0
     assert fresh_source.run("jobtap", "list").stdout.strip() == "delegate.so"
@@ -271,3 +271,37 @@ def test_a_jobspec_too_large_for_the_socket_is_delegated_whole(request, fresh_so
     rid = str(fresh_source.wait_event(jobid, "delegated")["context"]["jobid"])
     spec = json.loads(target.run("job", "info", rid, "jobspec").stdout)
     assert len(spec["attributes"]["user"]["blob"]) == size
+
+
+#: A job-ingest that takes submits and never answers them.
+HUNG_JOB_INGEST = HUNG_JOB_INFO.replace("job-info", "job-ingest")
+
+
+def test_an_oversized_submit_never_answered_does_not_keep_its_helper(request, fresh_source):
+    """The helper thread that sends an oversized jobspec waits for the
+    answer no longer than the submit does: a target whose job-ingest never
+    answers fails the job, and leaves no thread behind (eight such would
+    have stopped every connection to every target)."""
+    import subprocess
+    import time
+
+    target = start_instance(request, name="hung-job-ingest")
+    fresh_source.load_plugin(None, "submit-timeout=2")
+    assert fresh_source.status(fresh_source.submit(f"--dependency=delegate:{target.uri}", "true")) == 0
+    query = json.loads(fresh_source.run("jobtap", "query", "delegate.so").stdout)
+    size = query["send-buffers"][target.uri] // 2 + 1024 * 1024
+    target.run("module", "remove", "job-ingest")
+    hung = subprocess.Popen(
+        ["flux", "python", "-c", HUNG_JOB_INGEST], env=target.env(), stdout=subprocess.PIPE, text=True
+    )
+    request.addfinalizer(hung.kill)
+    assert hung.stdout.readline().strip() == "ready"
+
+    jobid = fresh_source.run("python", "-c", SUBMIT_LARGE, target.uri, str(size)).stdout.strip()
+    fresh_source.wait_event(jobid, "clean", timeout=60)
+    assert "over a connection of its own" in fresh_source.dmesg()
+    assert fresh_source.exception(jobid)["type"] == "DelegationFailure"
+    deadline = time.time() + 15
+    while json.loads(fresh_source.run("jobtap", "query", "delegate.so").stdout)["helper-threads"]:
+        assert time.time() < deadline, "the helper thread is still waiting"
+        time.sleep(0.2)

@@ -410,14 +410,22 @@ class Waiter:
             self.on_error(f"no answer within {self.connections.timeout:g}s")
 
 
-def submit_on_own_connection(uri, spec):
+def submit_on_own_connection(uri, spec, timeout, task):
     """On a helper thread: submit an oversized jobspec over a connection
-    of its own (flux_send() may wait there as long as it must)."""
+    of its own (flux_send() may wait there as long as it must), waiting
+    for the answer up to timeout (the submit's own): a target whose
+    job-ingest never answers must not keep the thread, nor, after
+    MAX_HELPER_THREADS of them, every connection to every target."""
     try:
-        handle = flux.Flux(uri)
+        handle = open_connection(uri, timeout, task)
     except OSError as exc:
         raise NotSent(exc) from exc
-    return flux.job.submit_async(handle, spec).get_id()
+    try:
+        future = flux.job.submit_async(handle, spec)
+        future.wait_for(timeout)
+        return future.get_id()
+    finally:
+        close_handle(handle)
 
 
 class HelperAnswer:

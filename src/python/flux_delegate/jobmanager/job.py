@@ -123,9 +123,10 @@ class Submission:
                 f"{self.job.name}: jobspec of {nbytes} bytes: submitting it to"
                 f" {self.uri} over a connection of its own",
             )
+            timeout = max(1.0, self.job.submit_deadline - time.monotonic())
             self.outgoing = self.owner.helpers.start(
                 "submit",
-                lambda task: submit_on_own_connection(self.uri, spec),
+                lambda task: submit_on_own_connection(self.uri, spec, timeout, task),
                 lambda result: self.on_answer(HelperAnswer(result)),
             )
             return
