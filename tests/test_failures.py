@@ -90,6 +90,21 @@ def test_a_job_is_never_delegated_to_its_own_instance(source):
     assert f"'{uri}' is this instance" in exc["note"]
 
 
+def test_a_link_to_its_own_socket_is_found_off_the_job_managers_thread(source, tmp_path):
+    """Another path to the instance's own socket takes a stat to see, which
+    the job-manager's thread does not do on a path a user gave (a hung file
+    system would stall it): the connecting thread finds it, and the job
+    fails with the reason, sent nowhere."""
+    socket_path = source.run("getattr", "local-uri").stdout.strip()[len("local://"):]
+    link = tmp_path / "link-to-own-socket"
+    link.symlink_to(socket_path)
+    jobid = source.submit(f"--dependency=delegate:local://{link}", "true")
+    exc = fails_fast(source, jobid)
+    assert "a job is not delegated to the instance it was submitted to" in exc["note"]
+    assert "this instance's own socket" in exc["note"]
+    assert "delegated" not in [e["name"] for e in source.eventlog(jobid)]
+
+
 @pytest.mark.parametrize(
     "value, note",
     [

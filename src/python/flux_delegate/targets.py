@@ -164,11 +164,14 @@ def check_local_or_ssh(value):
     return value
 
 
-def same_instance(uri, local_uri, hostname):
+def same_instance(uri, local_uri, hostname, stat=True):
     """Whether uri names the instance whose own socket is local_uri (its
     local-uri attribute), on the host hostname: that socket, directly or
     through ssh to this host.  What the plugin checks so that a job is never
-    sent to the instance it was submitted to."""
+    sent to the instance it was submitted to.  stat: also by the file (a
+    link, another path to it); a stat of a path a user gave may block (a
+    hung file system), so the job-manager's thread leaves it to the thread
+    that connects."""
     if not uri or not local_uri or flux is None:
         return False
     try:
@@ -184,7 +187,7 @@ def same_instance(uri, local_uri, hostname):
                 return False
         if os.path.normpath(theirs.path) == os.path.normpath(mine.path):
             return True
-        return os.path.samefile(theirs.path, mine.path)
+        return stat and os.path.samefile(theirs.path, mine.path)
     except Exception:  # pylint: disable=broad-except
         return False
 

@@ -18,6 +18,7 @@ import flux.job
 import flux.uri
 from flux.constants import FLUX_POLLIN
 
+from ..targets import SELF_DELEGATION, same_instance
 from .journal import RemoteJournal
 from .reactor import Timer, free_watcher, guard
 from .remote import NotSent, RemoteInstance, close_handle
@@ -225,13 +226,18 @@ class HelperTask:
                 pass
 
 
-def open_connection(uri, timeout, task):
+def open_connection(uri, timeout, task, own_uri=None, hostname=None):
     """On a helper thread: flux_open(uri).  For a local:// URI the
     broker's handshake (one byte, sent once it accepts the connection) is
     awaited first on a connection of our own, which the job-manager can
     shut down once no job waits any more (task.give_up()), and which gives
     up by itself after timeout: flux_open() would wait for it for ever, and
-    a target that accepts and never answers would keep the thread."""
+    a target that accepts and never answers would keep the thread.
+
+    own_uri: this instance's local-uri: a URI naming its socket by another
+    path (a link) is refused here, where a stat may take its time."""
+    if own_uri and same_instance(uri, own_uri, hostname or socket.gethostname()):
+        raise OSError(errno.ELOOP, f"{SELF_DELEGATION}: it names this instance's own socket")
     if uri.startswith("local://"):
         probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         timeout *= 2  # a backstop: give_up() usually comes first
@@ -293,7 +299,9 @@ class Connections:
             attempt.append(
                 self.runtime.helpers.start(
                     "connect",
-                    lambda task: open_connection(uri, timeout, task),
+                    lambda task: open_connection(
+                        uri, timeout, task, self.runtime.local_uri, self.runtime.hostname
+                    ),
                     lambda result: self.on_result(uri, result, attempt[0]),
                 )
             )

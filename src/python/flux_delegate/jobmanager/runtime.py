@@ -193,17 +193,20 @@ class Runtime:
         self.local_uri = future.get()["value"]
 
     def is_this_instance(self, uri):
-        """Whether uri names this instance: its own socket, directly or
-        through ssh to this host.  Remembered per URI for this load (it
-        takes a stat of the socket, and every job asks for each candidate);
-        this instance's own socket does not move while it runs."""
+        """Whether uri names this instance: its own socket's path, directly
+        or through ssh to this host.  No stat here (it may block): another
+        path to the socket is found by the connecting thread
+        (connections.open_connection).  Remembered per URI for this load:
+        every job asks for each candidate."""
         if not self.local_uri:
             return False
         known = self.this_instance.get(uri)
         if known is None:
             if len(self.this_instance) >= 4096:  # URIs come from users: bounded
                 self.this_instance.clear()
-            known = self.this_instance[uri] = same_instance(uri, self.local_uri, self.hostname)
+            known = self.this_instance[uri] = same_instance(
+                uri, self.local_uri, self.hostname, stat=False
+            )
         return known
 
     def policy_metrics(self, policy):
