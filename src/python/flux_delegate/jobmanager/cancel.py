@@ -113,6 +113,8 @@ class RemoteCancel:
                     f" {exc.strerror or exc}",
                 )
             return
+        except ValueError:
+            pass  # an answer that is not JSON, but no error: it is followed
         remote.listeners.add(self)  # connection_lost() if it goes first
         self.remote = remote
         self.watch = EventlogWatch(

@@ -20,6 +20,23 @@ from .retry import Retrying
 #: a job submitted before an interruption.
 CLOCK_SKEW = 600.0
 
+#: The most jobs a target may list for a search (those submitted since the
+#: interrupted submit, of the job's name): past that it cannot tell, and
+#: says so, rather than hold without end what a target sends.
+MAX_LISTED = 65536
+
+
+def listed(entry):
+    """(id, t_submit) of a job a target listed, or None if it is not one."""
+    try:
+        jobid = entry["id"]
+        t_submit = float(entry.get("t_submit", 0.0))
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None
+    if not isinstance(jobid, int) or isinstance(jobid, bool) or jobid < 0:
+        return None
+    return jobid, t_submit if t_submit == t_submit else 0.0  # NaN: oldest
+
 
 class Recovery:
     """Find the job an interrupted submit may have made on its target.
@@ -163,7 +180,17 @@ class Recovery:
             else:
                 self.retry(f"listing its jobs: {exc.strerror or exc}")
             return
-        self.found_jobs += response.get("jobs", [])
+        except ValueError:
+            response = None  # not JSON
+        jobs = response.get("jobs", []) if isinstance(response, dict) else None
+        if not isinstance(jobs, list):
+            self.retry("listing its jobs: an answer not understood")
+            return
+        # Only what is used (id, t_submit) of what a target sends is kept.
+        self.found_jobs += [listed(j) for j in jobs if listed(j) is not None]
+        if len(self.found_jobs) > MAX_LISTED:
+            self.retry(f"listing its jobs: more than {MAX_LISTED} since the submit")
+            return
         if self.first and "version" not in response:
             self.check_candidates()
             return
@@ -172,9 +199,9 @@ class Recovery:
         future.reset()  # the next response comes to this callback again
 
     def check_candidates(self):
-        jobs = [j for j in self.found_jobs if int(j["id"]) not in self.known]
-        jobs.sort(key=lambda j: j.get("t_submit", 0.0), reverse=True)  # newest first
-        self.candidates = [int(j["id"]) for j in jobs]
+        jobs = [j for j in self.found_jobs if j[0] not in self.known]
+        jobs.sort(key=lambda j: j[1], reverse=True)  # newest first
+        self.candidates = [jobid for jobid, _ in jobs]
         self.check_next()
 
     def check_next(self):
