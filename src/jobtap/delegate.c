@@ -11,7 +11,8 @@
  *  - job.create reaches it only for jobs that have one of the jobspec
  *    attributes the handler lists in JOB_CREATE_ATTRIBUTES (e.g.
  *    system.delegate): plain jobs never enter Python.  At submit an error
- *    there rejects the job.
+ *    there rejects the job, and so does a handler that failed to load, for
+ *    a job with system.delegate: it asked for delegation.
  *  - job.new, job.state.*, job.event.* and job.destroy reach the handler
  *    only for jobs it has taken on (delegate_jobtap.job_attach()), so
  *    other jobs never enter Python.
