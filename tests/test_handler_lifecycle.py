@@ -311,15 +311,25 @@ def test_an_old_load_cannot_act_through_the_next(fresh_source, target, tmp_path)
     assert fresh_source.status(jobid) == 0
 
 
-def test_handler_error_in_continuation_fails_only_that_job(fresh_source, target, tmp_path):
+@pytest.mark.parametrize(
+    "raised, named",
+    [
+        ("RuntimeError('boom in continuation')", "RuntimeError: boom in continuation"),
+        # Not an Exception: the bindings would only print it to the broker's
+        # stderr, and the job would wait for ever.
+        ("SystemExit(3)", "SystemExit: 3"),
+        ("KeyboardInterrupt()", "KeyboardInterrupt"),
+    ],
+)
+def test_handler_error_in_continuation_fails_only_that_job(fresh_source, target, tmp_path, raised, named):
     source = fresh_source
-    path = site_handler(tmp_path / "raising.py", "    raise RuntimeError('boom in continuation')")
+    path = site_handler(tmp_path / "raising.py", f"    raise {raised}")
     source.load_plugin(path)
     jobid = source.submit(f"--dependency=delegate:{target.uri}", "true")
     source.wait_event(jobid, "clean")
     exc = source.exception(jobid)
     assert exc["type"] == "DelegationFailure"
-    assert "RuntimeError: boom in continuation" in exc["note"]
+    assert named in exc["note"]
     assert "on_J" in exc["note"]
     assert "Traceback" in source.dmesg()
     # The job-manager's reactor kept running: plain jobs still run.

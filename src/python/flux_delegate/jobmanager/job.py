@@ -48,6 +48,7 @@ through these phases (phases.py):
 """
 
 import errno
+import functools
 import json
 import os
 import syslog
@@ -408,6 +409,7 @@ class DelegatedJob:
             )
         )
 
+        @functools.wraps(callback)  # named after it in a handler error
         def looked_up(future):
             value = ffi.new("char *[1]")
             if lib.flux_kvs_lookup_get(future.pimpl.handle, value) < 0:

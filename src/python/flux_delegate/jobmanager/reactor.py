@@ -93,7 +93,9 @@ def guard(callback, job=None, owner=None):
             return
         try:
             callback(*args)
-        except Exception:  # pylint: disable=broad-except
+        except BaseException:  # pylint: disable=broad-except
+            # SystemExit, KeyboardInterrupt from site code too: past here
+            # the bindings only print them, and the job would wait for ever.
             where = getattr(callback, "__qualname__", str(callback))
             try:
                 if job is not None:
