@@ -1,5 +1,6 @@
 """A source instance that restarts neither kills nor forgets remote work."""
 
+import json
 import os
 import tempfile
 
@@ -42,3 +43,45 @@ def test_source_restart_during_remote_run(request, target):
     assert source.status(jobid, timeout=30) == 5
     assert target.exception(rid) is None
     assert f"{jobid}: following" in source.dmesg() and " again" in source.dmesg()
+
+
+def test_a_restart_with_outputs_stored_counts_nothing_allocated_here(request):
+    """Jobs whose remote job has finished have their R (naming rank 0 of
+    the remote job's nodes) written while still pending: a restart reads R
+    back.  They are alloc-bypass from the start, so their R is not counted
+    as allocated here (two of them would be a "duplicate allocation" of
+    rank 0, and 'flux resource status' would fail), and they end right."""
+    from conftest import start_instance
+    from flux_instance import PERILOG_CONFIG
+
+    slow = start_instance(
+        request, name="slow-epilog-restart",
+        config=PERILOG_CONFIG + '[job-manager.epilog]\ncommand = ["sleep", "6"]\n',
+    )
+    statedir = tempfile.mkdtemp(prefix="delegate-statedir-")
+    source = FluxInstance(name="restarting-stored", config=example_config(), statedir=statedir)
+    request.addfinalizer(source.cleanup)
+    source.start()
+    jobs = [source.submit(f"--dependency=delegate:{slow.uri}", "sh", "-c", f"exit {n}") for n in (2, 3)]
+    for jobid in jobs:
+        rid = str(source.wait_event(jobid, "delegated")["context"]["jobid"])
+        slow.wait_event(rid, "finish")
+    names = [e["name"] for e in source.eventlog(jobs[0])]
+    assert names.index("set-flags") < names.index("delegated")
+    # Stored while pending: R, the output and its exec eventlog.
+    key = source.run("job", "id", "--to=kvs", jobs[1]).stdout.strip()
+    deadline = __import__("time").time() + 5
+    while source.run("kvs", "get", f"{key}.R", check=False).returncode != 0:
+        assert __import__("time").time() < deadline, "R not stored"
+        __import__("time").sleep(0.1)
+    source.stop()
+    source.start()
+    allocated = source.run(
+        "python", "-c",
+        "import flux, json; print(json.dumps(flux.Flux().rpc('job-manager.resource-status').get()))",
+        check=False,
+    )
+    assert allocated.returncode == 0, allocated.stderr
+    R = json.loads(allocated.stdout)["allocated"] or {}
+    assert not R.get("execution", {}).get("R_lite"), allocated.stdout
+    assert [source.status(j, timeout=60) for j in jobs] == [2, 3]

@@ -218,6 +218,7 @@ JOB_CALLBACKS = {
     "job.destroy": DelegatedJob.on_inactive,
     "job.event.dependency-remove": DelegatedJob.on_dependency_removed,
     "job.state.sched": DelegatedJob.on_sched,
+    "job.state.run": DelegatedJob.on_run,
     "job.event.prolog-start": DelegatedJob.on_prolog,
     "job.event.prolog-finish": DelegatedJob.on_prolog,
     "job.state.cleanup": DelegatedJob.on_cleanup,

@@ -221,7 +221,8 @@ class DelegatedJob:
         self.watch = None
         # Its timers: "identity" (the identity check's answer, when
         # reattaching), "submit-retry" (a target still starting) and
-        # "alloc" (R given at SCHED): all canceled once it is inactive.
+        # "run" (its run goes on, once its events are handled): all canceled
+        # once it is inactive.
         self.timers = Timers(runtime)
         self.reconnecting = None  # Retrying, while following
         self.lost_reason = None
@@ -244,7 +245,7 @@ class DelegatedJob:
         self.released = False  # its dependency removed (release_now)
         self.R = None  # the local R given at SCHED (alloc-bypass)
         self.R_given = False
-        self.releasing_now = False
+        self.bypass_set = False  # alloc-bypass set by this load
         self.run = None
 
     @property
@@ -997,7 +998,6 @@ class DelegatedJob:
             return  # ended meanwhile
         self.R = R if R is not None else local_R(self.runtime.hostname)
         self.R_given = False
-        self.releasing_now = False
         txn = flux.kvs.KVSTxn(self.runtime.handle, JobID(self.id).kvs)
         txn.put("R", self.R)
         if output is not None:
@@ -1026,18 +1026,27 @@ class DelegatedJob:
             return  # ended meanwhile, or released already
         self.released = True
         self.runtime.jobtap.jobspec_update(self.id, release_updates(self.wait_status))
+        if not self.bypass_set:
+            self.set_bypass()
+        self.run = LocalRun(self, self.wait_status)
+        self.runtime.jobtap.dependency_remove(self.id, DEPENDENCY)
+        # Its events handled (SCHED, alloc, RUN) unless this was called from
+        # inside one of its callbacks: then on_sched's timer goes on.
+        self.run.finish_when_ready()
+
+    def set_bypass(self):
+        """alloc-bypass: the job is never allocated from the scheduler here.
+        Set at DEPEND, before its R is written (at the remote finish): a
+        restart reads R back, and R of a job without the flag would count
+        as allocated here."""
+        self.bypass_set = True
         self.runtime.jobtap.set_flag(self.id, "alloc-bypass")
-        self.releasing_now = True
-        try:
-            self.runtime.jobtap.dependency_remove(self.id, DEPENDENCY)
-        finally:
-            self.releasing_now = False
-        if self.R_given:
-            self.post_alloc()
 
     # -- jobtap callbacks for this job -------------------------------------
 
     def on_depend(self, args):
+        if not self.bypass_set:
+            self.set_bypass()
         self.accepted = True
         actions, self.when_accepted = self.when_accepted, []
         for action in actions:
@@ -1048,34 +1057,45 @@ class DelegatedJob:
         self.check_ready()
 
     def on_sched(self, args):
-        """The released job reaches SCHED: give it R (alloc-bypass).  The
-        job-manager takes R when this callback returns, so the alloc event
-        follows it: at once after dependency_remove() returns, or, if SCHED
-        came later (a priority plugin took its time), on the next pass of
-        the reactor."""
-        if self.phase != RELEASING or self.R_given:
+        """The released job reaches SCHED: give it R (alloc-bypass) and
+        post its alloc, handled right after this callback, once the
+        job-manager has taken R.  Its run goes on (localrun.LocalRun) once
+        the job's events are handled: when dependency_remove() returns
+        (release_now), else on the next pass of the reactor."""
+        if self.phase != RELEASING or self.R_given or self.run is None:
             return None
         self.R_given = True
-        if not self.releasing_now:
-            self.timers.start("alloc", 0.0, guard(self.post_alloc, self))
+        self.run.allocate()
+        self.timers.start("run", 0.0, guard(self.run.finish_when_ready, self))
+        if args.get("R") is not None:
+            return None  # the job-manager has it (read back at a restart)
         return {"R": self.R if self.R is not None else local_R(self.runtime.hostname)}
 
-    def post_alloc(self):
-        """R is given: the plugin runs the job (localrun.LocalRun)."""
-        self.run = LocalRun(self, self.wait_status)
-        self.run.start()
+    def on_run(self, args):
+        """The released job runs: hold job-exec's start request."""
+        if self.phase == RELEASING and self.run is not None:
+            self.run.hold()
 
     def resume_release(self, scheduled):
         """A plugin loaded again after the released job's dependency was
         removed but before its alloc (resume_released): a job in SCHED is
-        run now; one a priority plugin still holds gets its R, read back
+        allocated and run on the next pass of the reactor (not inside
+        job.create, where its end would come before other plugins saw it
+        begin); one a priority plugin still holds gets its R, read back
         from its KVS directory, once it reaches SCHED (on_sched)."""
         self.released = True
+        self.bypass_set = True
+        self.run = LocalRun(self, self.wait_status)
         if scheduled:
             self.R_given = True
-            self.post_alloc()
+            self.timers.start("run", 0.0, guard(self.allocate_resumed, self))
         else:
             self.look_up_own("R", self.on_stored_R)
+
+    def allocate_resumed(self):
+        if self.phase == RELEASING:
+            self.run.allocate()  # outside callbacks: handled before it returns
+            self.run.finish_when_ready()
 
     def on_stored_R(self, R):
         if not self.R_given:
@@ -1085,6 +1105,7 @@ class DelegatedJob:
         """A plugin loaded again while the released job's run was held
         (resume_released): its eventlog says what is left to do."""
         self.run = LocalRun(self, self.wait_status)
+        self.run.resuming = []
         future = self.runtime.handle.rpc(
             "job-manager.getattr", {"id": self.id, "attrs": ["eventlog"]}
         )
@@ -1098,7 +1119,11 @@ class DelegatedJob:
         holds the released job's run until it finishes (LocalRun)."""
         entry = args.get("entry") or {}
         if self.run is not None:
-            self.run.on_prolog(entry.get("name"), (entry.get("context") or {}).get("description"))
+            self.run.on_prolog(
+                entry.get("name"),
+                (entry.get("context") or {}).get("description"),
+                entry.get("timestamp", 0.0),
+            )
 
     def on_cleanup(self, args):
         """The local job ends.  If that is not our doing, the remote job

@@ -4,13 +4,16 @@ involved.
 The remote job has run; the local job only has to end the same way.  Its
 output, an exec eventlog and R were written to its KVS directory while it
 was pending (DelegatedJob.on_collected: guest.output, guest.exec.eventlog,
-R), where job-exec would have left them.  Then, once R is given
-(alloc-bypass), the plugin posts, in one pass of the reactor:
+R), where job-exec would have left them.  Then, as R is given
+(alloc-bypass, job.state.sched), the plugin posts, in one pass of the
+reactor:
 
-  prolog-start   description "delegate": while a prolog is active the
-                 job-manager sends no start request to job-exec, so that
+  alloc          bypass: no resources were allocated here; posted from the
+                 job.state.sched callback, so that it follows at once;
+  prolog-start   description "delegate", posted from job.state.run as a
+                 site's prolog is (perilog.so): while a prolog is active or
+                 queued the job-manager sends job-exec no start request, so
                  nothing runs here and no guest namespace is made;
-  alloc          bypass: no resources were allocated here;
   start, finish  with the remote wait status: 'flux job status' and 'flux
                  jobs' give the remote exit code;
   release        final: what job-info looks for to read the job's guest
@@ -24,13 +27,17 @@ job-exec's guest namespace made and moved (about 15 ms of KVS work on each
 side of the run), the local job ends a few milliseconds after it is
 released.
 
-A prolog of the site's (perilog.so) that starts when the job gets its
-alloc is waited for: start and finish come once every other prolog has
-finished, as job-exec's start request would.  Until then the job is RUN,
-its run held by our prolog: a plugin loaded meanwhile (reload, restart)
-takes it up again from its eventlog (resume).  A job that ends otherwise
-meanwhile (a prolog failed: an exception) has our prolog closed, or it
-would never be clean.
+start and finish are posted once the job's queued events are handled
+(outside any callback of the job: the job-manager handles an event posted
+from inside one after the event in hand), so that a prolog of the site's
+(perilog.so) that starts with the alloc is seen, and waited for: start and
+finish come once every other prolog has finished, as job-exec's start
+request would.  Until then the job is RUN, its run held by our prolog: a
+plugin loaded meanwhile (reload, restart) takes it up again from its
+eventlog (resume).  A job that ends otherwise meanwhile (a prolog failed:
+an exception) has our prolog closed, or it would never be clean.  (If the
+plugin is removed and not loaded again while a site's prolog holds a job,
+nothing closes our prolog: the job waits for the next load.)
 """
 
 import json
@@ -82,21 +89,30 @@ class LocalRun:
         self.holding = False  # our prolog is open
         self.others = 0  # prologs of others open
         self.ended = False  # finish posted
+        self.resuming = None  # prolog events seen while its eventlog is read
 
-    def start(self):
-        """R is given: hold the run, allocate, and end it unless a prolog of
-        the site's started with the alloc.  The state is set before each
-        post: the job-manager runs the job's callbacks (on_prolog) before
-        post() returns."""
-        self.holding = True
-        self.post(self.job.id, "prolog-start", {"description": PROLOG})
+    def allocate(self):
+        """R is given (job.state.sched, or a plugin loaded again with the
+        job in SCHED): alloc."""
         self.post(self.job.id, "alloc", {"bypass": True})
-        self.finish_when_ready()
+
+    def hold(self):
+        """job.state.run: our prolog, queued, keeps job-exec's start request
+        from being sent.  The state is set before the post."""
+        if not self.holding and not self.ended:
+            self.holding = True
+            self.post(self.job.id, "prolog-start", {"description": PROLOG})
 
     def resume(self, eventlog, running):
         """A plugin loaded again (reload, restart) while the run waited for
-        a prolog of the site's: go on from what its eventlog says."""
+        a prolog of the site's: go on from what its eventlog says, and what
+        came since (on_prolog)."""
+        seen, self.resuming = self.resuming or [], None
         self.holding, self.others = open_prologs(eventlog)
+        last = max((e.get("timestamp", 0.0) for e in eventlog), default=0.0)
+        for name, description, timestamp in seen:
+            if timestamp > last:
+                self.on_prolog(name, description, timestamp)
         if not self.holding:
             return  # not held by us: nothing of ours to do
         if running:
@@ -104,8 +120,11 @@ class LocalRun:
         else:
             self.close()  # ended meanwhile: only our prolog is left open
 
-    def on_prolog(self, name, description):
+    def on_prolog(self, name, description, timestamp=0.0):
         """job.event.prolog-start / prolog-finish of the job."""
+        if self.resuming is not None:
+            self.resuming.append((name, description, timestamp))
+            return
         if description == PROLOG:
             return
         if name == "prolog-start":
