@@ -444,3 +444,16 @@ def test_unload_leaves_a_directory_that_was_on_sys_path_before(fresh_source, tmp
     fresh_source.load_plugin(str(handler))
     after = json.loads(fresh_source.run("jobtap", "query", "delegate.so").stdout)["sys_path"]
     assert after == before
+
+
+def test_a_handler_error_in_job_new_leaves_the_job_to_go_on_at_depend(fresh_source, target, tmp_path):
+    """A NEW job cannot take an exception (its eventlog is not committed
+    yet): the error is logged with its traceback, no exception is tried,
+    and the job is delegated from DEPEND as any job with other
+    dependencies is."""
+    fresh_source.load_plugin(raising_in(tmp_path, "job.new"))
+    jobid = fresh_source.submit(f"--dependency=delegate:{target.uri}", "true")
+    assert fresh_source.status(jobid) == 0
+    dmesg = fresh_source.dmesg()
+    assert "RuntimeError: boom in %n job.new" in dmesg
+    assert "raising exception" not in dmesg

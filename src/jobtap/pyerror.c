@@ -193,8 +193,12 @@ int raise_job_exception (flux_plugin_t *p,
     return rc;
 }
 
-/* Is the job still able to take a fatal exception?  Once it is in CLEANUP
- * it is ending anyway; another exception there would only add noise.
+/* Is the job still able to take a fatal exception?  Not from a callback
+ * of a NEW job (job.new at submit, job.destroy of a rejected one): the
+ * job-manager refuses it there, and the job goes on to DEPEND, where the
+ * handler looks at it again.  (Outside its callbacks a NEW job takes one:
+ * it is posted once its submit is committed.)  Once it is in CLEANUP it is
+ * ending anyway; another exception there would only add noise.
  */
 static bool job_can_take_exception (flux_plugin_t *p,
                                     flux_plugin_arg_t *args,
@@ -216,7 +220,8 @@ static bool job_can_take_exception (flux_plugin_t *p,
                                        "state", &state);
     else
         return false;
-    result = !(state & (FLUX_JOB_STATE_CLEANUP | FLUX_JOB_STATE_INACTIVE));
+    result = !(state & (FLUX_JOB_STATE_CLEANUP | FLUX_JOB_STATE_INACTIVE))
+             && !(args && state == FLUX_JOB_STATE_NEW);
     flux_plugin_arg_destroy (lookup);
     return result;
 }
