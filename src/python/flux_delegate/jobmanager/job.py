@@ -403,7 +403,8 @@ class DelegatedJob:
 
     def look_up_own(self, key, callback):
         """Read key of the job's KVS directory (the job-manager's own
-        lookup); callback(future, value) with it (a cffi char *)."""
+        lookup); callback(value) with it (a cffi char *, valid during the
+        call)."""
         future = Future(
             flux.kvs.RAW.flux_kvs_lookup(
                 self.runtime.handle, ffi.NULL, 0, f"{JobID(self.id).kvs}.{key}"
@@ -1019,9 +1020,10 @@ class DelegatedJob:
             self.once_accepted(self.release_now)
 
     def release_now(self):
-        """Order matters: the phase is set first, because removing the
-        dependency runs the next state callbacks (job.state.sched, below)
-        before it returns, as a rule."""
+        """Order matters: the state (released, its LocalRun) is set first,
+        because removing the dependency runs the next state callbacks
+        (job.state.sched and job.state.run, below) before it returns, as a
+        rule."""
         if self.phase != RELEASING or self.released:
             return  # ended meanwhile, or released already
         self.released = True
