@@ -37,7 +37,7 @@ RELEASE_ATTRIBUTE = "delegate-release"
 
 
 #: Policies built into this handler (site policies are added by config).
-BUILTIN_POLICIES = ("random", "least_pending", "shortest_match", "assign")
+BUILTIN_POLICIES = ("random", "least_pending", "shortest_match", "assign", "earliest_start")
 
 
 #: Policy for --dependency=delegate with no value, unless configured.

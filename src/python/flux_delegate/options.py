@@ -39,11 +39,14 @@ SECONDS_OPTIONS = {
     "reconnect-timeout": DEFAULT_RECONNECT_TIMEOUT,
     "reconnect-interval": 2.0,
     "preflight-cache": 60.0,
+    # How long a target's plan (earliest_start's estimates) is used before
+    # the target is read again; jobs sent meanwhile are counted in at once.
+    "estimate-cache": 2.0,
 }
 
 #: Duration options that may be 0 (off): preflight-cache, how long a
 #: target's "feasible" answer for a shape of job is taken as still true.
-ZERO_OK_OPTIONS = ("preflight-cache",)
+ZERO_OK_OPTIONS = ("preflight-cache", "estimate-cache")
 
 
 #: Plugin options that are true or false, with their defaults.

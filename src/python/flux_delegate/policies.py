@@ -32,7 +32,7 @@ def parse_policy_config(conf):
     table = conf.get("delegate-policy") or {}
     if not isinstance(table, dict):
         raise ValueError("broker config: [delegate-policy] must be a table")
-    unknown = set(table) - {"default", "custom"}
+    unknown = set(table) - {"default", "custom", "include-local"}
     if unknown:
         raise ValueError(f"broker config: [delegate-policy] has unknown keys: {sorted(unknown)}")
     specs = table.get("custom") or {}
@@ -57,6 +57,32 @@ def parse_policy_config(conf):
     return clusters, custom, default
 
 
+def include_local_of(conf):
+    """[delegate-policy] include-local: whether this instance competes
+    with the targets a policy chooses among (a bool; default false)."""
+    value = (conf.get("delegate-policy") or {}).get("include-local", False)
+    if not isinstance(value, bool):
+        raise ValueError(
+            f"[delegate-policy]: include-local must be true or false, not {value!r}"
+        )
+    return value
+
+
+def job_include_local(jobspec, default):
+    """The job's -S delegate-local=true|false (attributes.system), else
+    default.  ValueError for any other value: the submit is rejected."""
+    value = ((jobspec.get("attributes") or {}).get("system") or {}).get("delegate-local")
+    if value is None:
+        return default
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (str, int)) and str(value).lower() in ("true", "1", "yes"):
+        return True
+    if isinstance(value, (str, int)) and str(value).lower() in ("false", "0", "no"):
+        return False
+    raise ValueError(f"-S delegate-local={value!r}: must be true or false")
+
+
 class Candidate:
     """A target considered for one job, with what the pre-flight learned.
 
@@ -64,7 +90,10 @@ class Candidate:
     "unknown" (no feasibility service there: ENOSYS), "infeasible",
     "unreachable" (no connection or no answer in time), or None before the
     pre-flight.  pending: jobs pending there (job-list), match_time:
-    Fluxion's longest match time in seconds; None where not known.
+    Fluxion's longest match time in seconds; estimate: seconds from now
+    until the job would start there (flux_delegate.estimate), with what it
+    was based on (basis) and the cores it would leave idle; None where not
+    known.  plan: the target's estimate.Plan the estimate came from.
     """
 
     def __init__(self, cluster):
@@ -73,7 +102,17 @@ class Candidate:
         self.reason = None
         self.pending = None
         self.match_time = None
+        self.estimate = None
+        self.basis = None
+        self.idle = None
+        self.plan = None
+        self.schedule = None  # the jobmanager.schedule.TargetSchedule of plan
         self.remote = None
+
+    @property
+    def local(self):
+        """Whether this candidate is the instance the job was submitted to."""
+        return self.cluster.origin == "local"
 
     label = property(lambda self: self.cluster.label)
     uri = property(lambda self: self.cluster.uri)
@@ -89,7 +128,7 @@ class Candidate:
     def record(self):
         """For the provenance event."""
         record = {"uri": self.uri, "verdict": self.verdict}
-        for key in ("label", "reason", "pending", "match_time"):
+        for key in ("label", "reason", "pending", "match_time", "estimate", "basis"):
             value = getattr(self, key)
             if value is not None:
                 record[key] = value
@@ -148,6 +187,21 @@ def order_shortest_match(job, candidates, arg=None):
     return sorted(fluxion, key=lambda c: c.match_time)
 
 
+def order_earliest_start(job, candidates, arg=None):
+    """Earliest estimated start first (flux_delegate.estimate: each
+    target's plan, with the jobs sent there counted in); ties by fewer
+    cores left idle, then registry order.  Candidates whose start is not
+    known come after, by fewest pending jobs."""
+    no_argument("earliest_start", arg)
+
+    def key(c):
+        if c.estimate is None:
+            return (1, c.pending is None, c.pending or 0, 0)
+        return (0, c.estimate, c.idle if c.idle is not None else 0, 0)
+
+    return sorted(candidates, key=key)
+
+
 def order_assign(job, candidates, arg=None):
     """assign:N: the N-th [[delegate]] entry of the broker config, counted
     from 0 as the C delegate plugin does (assign alone is assign:0).  If it
@@ -175,6 +229,7 @@ BUILTIN_ORDERS = {
     "least_pending": order_least_pending,
     "shortest_match": order_shortest_match,
     "assign": order_assign,
+    "earliest_start": order_earliest_start,
 }
 
 
@@ -184,6 +239,7 @@ POLICY_METRICS = {
     "least_pending": ("pending",),
     "shortest_match": ("match_time",),
     "assign": (),
+    "earliest_start": ("estimate", "pending"),
 }
 
 

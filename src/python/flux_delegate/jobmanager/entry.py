@@ -11,6 +11,7 @@ import flux.constants
 from flux.job import JobID
 
 from ..jobspec import released_status
+from ..policies import job_include_local
 from ..names import DEPENDENCY, EXCEPTION_TYPE, RELEASE_ATTRIBUTE  # noqa: F401 (for delegate.so)
 from ..targets import SELF_DELEGATION, parse_target
 from ..text import shown
@@ -112,6 +113,7 @@ def on_dependency(args):
         check_owner(args)
         if target.kind == "uri" and current.runtime.is_this_instance(target.value):
             raise ValueError(f"{SELF_DELEGATION}: {shown(target.value)} is this instance")
+        job_include_local(args["jobspec"], False)  # a bad value is rejected
     except ValueError as exc:
         if args.get("state") == flux.constants.FLUX_JOB_STATE_NEW:
             raise
@@ -200,6 +202,7 @@ def on_job_create(args):
         check_owner(args)
         if target.kind == "uri" and current.runtime.is_this_instance(target.value):
             raise ValueError(f"{SELF_DELEGATION}: {shown(target.value)} is this instance")
+        job_include_local(args["jobspec"], False)  # a bad value is rejected
     except ValueError as exc:
         if at_submit:
             raise

@@ -71,9 +71,17 @@ from ..eventlog import (
     local_end_reason,
     outstanding_dependencies,
 )
+from ..estimate import request_of_jobspec
 from ..jobspec import delegation_is_only_dependency, local_R, release_updates, requeue_allowed
 from ..names import DEPENDENCY, EXCEPTION_TYPE
-from ..policies import Candidate, JobView, PolicyError, apply_policy, no_target_message
+from ..policies import (
+    Candidate,
+    JobView,
+    PolicyError,
+    apply_policy,
+    job_include_local,
+    no_target_message,
+)
 from ..registry import Cluster
 from ..targets import SELF_DELEGATION
 from ..text import shown
@@ -82,7 +90,7 @@ from .connections import CONNECTION_ERRORS, HelperAnswer, submit_on_own_connecti
 from .localrun import LocalRun, exec_eventlog
 from .output import Collect
 from .phases import ENDED, FOLLOWING, RECOVERING, RELEASING, SUBMITTING, WAITING
-from .preflight import Preflight
+from .preflight import Preflight, estimate_candidates, reserve_choice
 from .reactor import Timer, Timers, answered, guard, log, then
 from .recovery import Recovery
 from .remote import answer_of, check_identity, payload_size
@@ -246,6 +254,7 @@ class DelegatedJob:
         self.R = None  # the local R given at SCHED (alloc-bypass)
         self.R_given = False
         self.bypass_set = False  # alloc-bypass set by this load
+        self.stayed = False  # runs here as an ordinary job (stay_local)
         self.run = None
 
     @property
@@ -433,11 +442,46 @@ class DelegatedJob:
         self.remote_spec = self.runtime.remote_jobspec(self.jobspec, environment, self.origin)
         target = self.target
         if target.kind == "policy":
-            self.preflight([Candidate(c) for c in self.runtime.registry.clusters])
+            candidates = [Candidate(c) for c in self.runtime.registry.clusters]
+            if self.may_stay:
+                candidates.insert(0, Candidate(self.this_instance()))
+            self.preflight(candidates)
         elif target.kind == "label":
             self.preflight([Candidate(target.cluster)])
         else:
             resolve_target(self, target, self.on_resolved, self.fail)
+
+    @property
+    def may_stay(self):
+        """Whether the job may yet run here, in the instance it was
+        submitted to (include-local, a policy choosing): not once a
+        target was chosen."""
+        if self.target is None or self.target.kind != "policy" or self.candidate is not None:
+            return False
+        if self.phase not in (WAITING, SUBMITTING):
+            return False
+        return job_include_local(self.jobspec, self.runtime.include_local)
+
+    def this_instance(self):
+        """This instance as a candidate (include-local)."""
+        return Cluster(self.runtime.local_uri or "local", label="local", origin="local")
+
+    def stay_local(self):
+        """This instance would start the job soonest: it runs here as an
+        ordinary job, scheduled here (no alloc-bypass), once its
+        dependency is removed.  The handler has no more to do with it."""
+        self.phase = ENDED
+        self.stayed = True
+        log(syslog.LOG_INFO, f"{self.name}: stays here: this instance starts it soonest")
+        self.once_accepted(lambda: self.runtime.jobtap.dependency_remove(self.id, DEPENDENCY))
+
+    def request_for_estimate(self):
+        """The job's resources and time limit as a plan places them
+        (estimate.Request), or None if its jobspec says otherwise."""
+        try:
+            return request_of_jobspec(self.jobspec)
+        except (ValueError, TypeError, AttributeError):
+            return None
 
     def on_resolved(self, uri):
         """An explicit URI (or job id): the one candidate, named by its
@@ -459,6 +503,10 @@ class DelegatedJob:
         if self.phase != SUBMITTING:
             return
         policy = self.target.policy
+        request = fits = None
+        if "estimate" in self.runtime.policy_metrics(policy):
+            request = self.request_for_estimate()
+            fits = estimate_candidates(request, candidates)
         try:
             if policy is not None and policy not in self.runtime.policies:
                 raise PolicyError(f"policy '{policy}' is no longer configured")
@@ -481,6 +529,15 @@ class DelegatedJob:
         if not usable:
             self.fail(no_target_message(candidates, order))
             return
+        if fits is not None:
+            reserve_choice(request, usable[0], fits)
+        if usable[0].local:
+            self.stay_local()
+            return
+        usable = [c for c in usable if not c.local]
+        self.candidate = usable[0]
+        if self.accepted and not self.bypass_set:
+            self.set_bypass()  # held off while it might have stayed here
         self.untried = usable
         self.failures = []
         self.try_next()
@@ -1047,7 +1104,7 @@ class DelegatedJob:
     # -- jobtap callbacks for this job -------------------------------------
 
     def on_depend(self, args):
-        if not self.bypass_set:
+        if not self.bypass_set and not self.may_stay and not self.stayed:
             self.set_bypass()
         self.accepted = True
         actions, self.when_accepted = self.when_accepted, []

@@ -15,7 +15,7 @@ from ..preflight import (
     this_instance_verdict,
     unsent_verdict,
 )
-from .reactor import Timer, guard, log
+from .reactor import Timer, guard, log, then
 from .remote import FailedRequest, payload_size
 
 
@@ -44,7 +44,7 @@ class Preflight:
 
     def start(self):
         for c in self.candidates:
-            if self.job.runtime.is_this_instance(c.uri):
+            if not c.local and self.job.runtime.is_this_instance(c.uri):
                 c.verdict, c.reason = this_instance_verdict()
         asked = [c for c in self.candidates if c.verdict is None]
         if not asked:
@@ -53,6 +53,9 @@ class Preflight:
         for c in asked:
             self.waiting[id(c)] = [set(), None, []]  # queries, timer, requests
         for c in asked:
+            if c.local:
+                self.ask_this_instance(c)
+                continue
             self.job.runtime.connections.get(
                 c.uri,
                 lambda remote, c=c: self.connected(c, remote),
@@ -90,20 +93,58 @@ class Preflight:
         for name in ("pending", "match_time"):
             if name in self.metrics:
                 wanted.append((name, 1024, lambda h, name=name: h.rpc(QUESTIONS[name], {})))
-        if not wanted:
+        if not wanted and "estimate" not in self.metrics:
             self.settle(c, c.verdict, c.reason)
             return
         outstanding, _, outgoing = self.waiting[id(c)]
         outstanding.update(name for name, _, _ in wanted)
-        self.waiting[id(c)][1] = Timer(
-            self.job.runtime.preflight_timeout, guard(lambda: self.expire(c), self.job)
-        )
+        self.start_timer(c)
         for name, nbytes, send in wanted:
             outgoing.append(
                 remote.request(
                     nbytes, send, lambda f, c=c, name=name: self.answered(c, name, f), self.job
                 )
             )
+        if "estimate" in self.metrics:
+            self.ask_plan(c, remote.schedule)
+
+    def start_timer(self, c):
+        self.waiting[id(c)][1] = Timer(
+            self.job.runtime.preflight_timeout, guard(lambda: self.expire(c), self.job)
+        )
+
+    def ask_plan(self, c, schedule):
+        """The candidate's plan (schedule.TargetSchedule: shared by every
+        job that asks within estimate-cache); the estimate itself is made
+        when the job chooses (estimate_candidates), with what other jobs
+        chose meanwhile counted in."""
+        self.waiting[id(c)][0].add("estimate")
+        schedule.get(lambda plan, error, c=c: self.planned(c, schedule, plan, error))
+
+    def planned(self, c, schedule, plan, error):
+        if id(c) not in self.waiting:
+            return
+        c.plan, c.schedule = plan, schedule
+        if error is not None:
+            c.basis = f"unknown: {error}"
+        outstanding = self.waiting[id(c)][0]
+        outstanding.discard("estimate")
+        if not outstanding:
+            self.settle(c, c.verdict, c.reason)
+
+    def ask_this_instance(self, c):
+        """The source as a candidate (include-local): its own scheduler's
+        feasibility.check and its own plan, asked of this broker without
+        waiting (the job-manager's handle)."""
+        spec = feasibility_jobspec(self.job.remote_spec)
+        self.waiting[id(c)][0].add("feasibility")
+        self.start_timer(c)
+        then(
+            self.job.runtime.handle.rpc(QUESTIONS["feasibility"], {"jobspec": spec}),
+            lambda f, c=c: self.answered(c, "feasibility", f),
+            job=self.job,
+        )
+        self.ask_plan(c, self.job.runtime.local_schedule)
 
     def answered(self, c, name, future):
         if id(c) not in self.waiting:
@@ -119,7 +160,7 @@ class Preflight:
         except ValueError as exc:  # not JSON, not UTF-8: a broken target
             result, error = None, OSError(errno.EPROTO, f"an answer that is not JSON ({exc})")
         record_answer(c, name, result, error)
-        if name == "feasibility" and c.verdict == "feasible":
+        if name == "feasibility" and c.verdict == "feasible" and not c.local:
             c.remote.feasible_answers.feasible(self.shapes[id(c)], time.monotonic())
         outstanding = self.waiting[id(c)][0]
         outstanding.discard(name)
@@ -158,3 +199,31 @@ class Preflight:
         if not self.done:
             self.done = True
             self.on_done(self.candidates)
+
+
+def estimate_candidates(request, candidates):
+    """Each candidate's estimated start for the job (request: its
+    estimate.Request, None if its jobspec says no), from the plan its
+    pre-flight got; returns {id(candidate): the fit found}, for
+    reserve_choice."""
+    fits = {}
+    for c in candidates:
+        if c.plan is None or not c.usable:
+            continue
+        if request is None:
+            c.basis = "unknown: the job's resources are not understood"
+            continue
+        estimate, fit = c.plan.estimate(request)
+        c.estimate, c.idle, c.basis = estimate.seconds, estimate.idle, estimate.basis
+        if c.estimate is None:
+            c.basis += ": the job does not start within the plan"
+        fits[id(c)] = fit
+    return fits
+
+
+def reserve_choice(request, candidate, fits):
+    """The chosen candidate plans the job in at once, so that the next
+    job's estimate counts it (TargetSchedule.reserve)."""
+    fit = fits.get(id(candidate))
+    if fit is not None and request is not None:
+        candidate.schedule.reserve(request, fit)

@@ -25,6 +25,7 @@ from ..jobspec import origin_of, same_origin
 from ..preflight import FeasibleAnswers
 from ..text import shown
 from .reactor import Timer, free_watcher, guard, then
+from .schedule import TargetSchedule, remote_sender
 
 
 def check_identity(remote, remote_id, origin, on_verdict, job=None):
@@ -97,6 +98,8 @@ class RemoteInstance:
         self.listeners = set()  # jobs to tell if it is lost
         # The target's "feasible" answers, for a while (preflight-cache).
         self.feasible_answers = FeasibleAnswers(runtime.preflight_cache)
+        # Its plan, for earliest_start's estimates, read when needed.
+        self.schedule = TargetSchedule(uri, remote_sender(self), runtime.estimate_cache)
         self.journal = None  # RemoteJournal, once open (Connections)
         self.last_heard = time.monotonic()  # when a message last came from it
         # The handle's own reactor, made now (a handle opened by flux_open()

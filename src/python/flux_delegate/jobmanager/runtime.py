@@ -17,6 +17,7 @@ from ..policies import (
     BUILTIN_ORDERS,
     DEFAULT_POLICY,
     POLICY_METRICS,
+    include_local_of,
     parse_policy_config,
 )
 from ..registry import (
@@ -31,6 +32,7 @@ from ..targets import same_instance
 from .admission import Admission
 from .connections import Connections, Helpers
 from .reactor import free_watcher, log_text, then
+from .schedule import TargetSchedule, local_sender
 
 
 class Runtime:
@@ -58,6 +60,10 @@ class Runtime:
         # How long a target's "feasible" stays true for a shape of job
         # (Preflight; 0: every job asks).
         self.preflight_cache = self.conf["preflight-cache"]
+        # How long a target's plan stays in use (schedule.TargetSchedule),
+        # and this instance's own, for a job that may stay (include-local).
+        self.estimate_cache = self.conf["estimate-cache"]
+        self.local_schedule = TargetSchedule("this instance", local_sender(self), self.estimate_cache)
         # Whether a job is sent on from job.new (DelegatedJob.on_new).
         self.early_handoff = self.conf["early-handoff"]
         # Whether each connection reads its target's journal (journal.py).
@@ -107,6 +113,9 @@ class Runtime:
         self.policies = dict(BUILTIN_ORDERS, **self.site_policies)
         self.custom_policies = {}
         self.default_policy = DEFAULT_POLICY
+        # Whether this instance is a candidate too ([delegate-policy]
+        # include-local; a job's -S delegate-local overrides it).
+        self.include_local = False
 
     # -- configuration -------------------------------------------------------
 
@@ -123,6 +132,7 @@ class Runtime:
         self.max_named_nodes = max_named_nodes(conf)
         try:
             clusters, custom, default = parse_policy_config(conf)
+            include_local = include_local_of(conf)
         except Exception as exc:  # pylint: disable=broad-except
             message = (
                 str(exc)
@@ -142,6 +152,7 @@ class Runtime:
         self.configured = True
         self.rejected_conf = None
         self.registry_error = None
+        self.include_local = include_local
         self.config_clusters = clusters
         self.custom_policies = custom
         self.policies = dict(BUILTIN_ORDERS, **self.site_policies, **custom)
@@ -263,6 +274,11 @@ class Runtime:
                 for uri, remote in self.connections.open.items()
             },
             "preflight-cache": self.preflight_cache,
+            "estimate-cache": self.estimate_cache,
+            "schedules": dict(
+                {uri: remote.schedule.query() for uri, remote in self.connections.open.items()},
+                local=self.local_schedule.query(),
+            ),
             "counts": dict(self.counts),
             "registry": [
                 dict(c.extra, uri=c.uri, label=c.label, origin=c.origin)
@@ -273,6 +289,7 @@ class Runtime:
             "user-registry-error": self.user_registry_error,
             "policies": sorted(self.policies),
             "default-policy": self.default_policy,
+            "include-local": self.include_local,
         }
 
     def unload(self):
