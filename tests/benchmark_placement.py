@@ -283,6 +283,50 @@ def run_policy(source, targets, trace, time_scale, policy, include_local=False):
     return summarize(name, waits, spans, ok, len(ids), extra)
 
 
+# -- the cost of choosing -----------------------------------------------------
+
+
+def cost_of_choosing(workdir, ntargets, njobs, policies, rounds=3):
+    """The source job-manager's CPU per job (ms) under each policy, with
+    ntargets targets of 8 made-up cores each (sched-simple: the cost
+    measured is the source's), over bursts of njobs short jobs: the median
+    of 'rounds' interleaved rounds."""
+    started = []
+    try:
+        targets = {}
+        for i in range(ntargets):
+            R = os.path.join(workdir, f"cost{i}.R")
+            write_R(R, [(0, 8)])
+            inst = FluxInstance(
+                config=f'[resource]\npath = "{R}"\nnoverify = true\n', name=f"cost-{i}"
+            ).start()
+            inst.remove_scheduler()
+            inst.run("module", "load", "sched-simple")
+            targets[f"t{i}"] = inst
+            started.append(inst)
+        source = FluxInstance(name="cost-source").start()
+        started.append(source)
+        source.resources = ""
+        source.load_plugin()
+        handle = flux.Flux(source.uri)
+        job = {"cores": 1, "dur": 0.01, "limit": 60}
+        readings = {p: [] for p in policies}
+        for _ in range(rounds):
+            for policy in policies:
+                configure(source, targets, policy, False)
+                time.sleep(2.5)  # the plans of the round before are stale
+                before = job_manager_cpu(source)
+                spec = jobspec(job, 1.0, policy)
+                ids = [flux.job.submit_async(handle, spec) for _ in range(njobs)]
+                ids = [f.get_id() for f in ids]
+                wait_all(source, ids, DRAIN_TIMEOUT)
+                readings[policy].append((job_manager_cpu(source) - before) * 1000 / njobs)
+        return {p: statistics.median(v) for p, v in readings.items()}
+    finally:
+        for inst in reversed(started):
+            inst.cleanup()
+
+
 # -- report -------------------------------------------------------------------
 
 
@@ -337,11 +381,20 @@ def parse_args(argv=None):
     )
     parser.add_argument("--union-policy", default="easy", help="the union's queue policy")
     parser.add_argument("--json", help="write the results to this file")
+    parser.add_argument(
+        "--cost",
+        metavar="N,N",
+        help="instead: the source job-manager's CPU per job under least_pending and"
+        " earliest_start with each number of targets (e.g. 3,16)",
+    )
+    parser.add_argument("--cost-jobs", type=int, default=100, help="jobs per burst (--cost)")
     return parser.parse_args(argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.cost:
+        return cost_main(args)
     total = sum(c for _, c, _ in TARGETS)
     trace = read_trace(args.trace) if args.trace else make_trace(args.seed, args.jobs, args.load, total)
     if args.write_trace:
@@ -394,6 +447,21 @@ def main(argv=None):
     finally:
         for inst in reversed(started):
             inst.cleanup()
+
+
+def cost_main(args):
+    workdir = tempfile.mkdtemp(prefix="placement-cost-")
+    policies = ("least_pending", "earliest_start")
+    for n in (int(x) for x in args.cost.split(",")):
+        per_job = cost_of_choosing(workdir, n, args.cost_jobs, policies)
+        ratio = per_job["earliest_start"] / per_job["least_pending"]
+        print(
+            f"cost: targets={n} jobs={args.cost_jobs}"
+            + "".join(f" {p}_ms={v:.2f}" for p, v in per_job.items())
+            + f" ratio={ratio:.2f}",
+            flush=True,
+        )
+    return 0
 
 
 if __name__ == "__main__":

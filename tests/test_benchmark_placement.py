@@ -6,7 +6,6 @@ machine-readable lines come out."""
 import json
 import os
 import subprocess
-import sys
 
 import pytest
 from flux_instance import FLUX
