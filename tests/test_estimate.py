@@ -124,7 +124,7 @@ def test_reserved_jobs_are_counted_in_at_once():
 
 def test_extra_pending_jobs_go_last():
     plan = build_plan(
-        {"all": R(("0", "0-7"))}, [], "fcfs", NOW, extra_pending=[Request(8, nnodes=1, duration=30)]
+        {"all": R(("0", "0-7"))}, [], "fcfs", NOW, extra_pending=[(Request(8, nnodes=1, duration=30), None)]
     )
     assert estimate(plan, 1, 10).seconds == 30
 
@@ -202,3 +202,32 @@ def test_pooled_plan_of_a_huge_target():
     plan = Plan(nodes, NOW)
     assert plan.pooled
     assert plan.estimate(Request(8000, nnodes=None, duration=5))[0].seconds == 0
+
+
+def test_a_pending_jobs_own_start_is_kept_by_its_id():
+    """start_of: where the plan put a pending job among the others (what
+    a move compares with a start elsewhere)."""
+    jobs = [
+        running("0", 8, NOW + 100),
+        pending(8, 50, t_submit=1.0, id=11),
+        pending(4, 50, t_submit=2.0, id=12),
+    ]
+    extra = [(Request(8, nnodes=1, duration=10), 13)]
+    plan = build_plan({"all": R(("0", "0-7"))}, jobs, "fcfs", NOW, extra_pending=extra)
+    assert plan.start_of(11).seconds == 100
+    assert plan.start_of(12).seconds == 150
+    assert plan.start_of(13).seconds == 200
+    assert plan.start_of(99) is None
+
+
+def test_move_settings():
+    from flux_delegate.policies import move_settings_of
+
+    default = move_settings_of({})
+    assert (default.margin, default.most, default.interval, default.on) == (60.0, 1, 30.0, True)
+    off = move_settings_of({"delegate-policy": {"move-margin": 0}})
+    assert not off.on
+    assert not move_settings_of({"delegate-policy": {"move-max": 0}}).on
+    for bad in ({"move-max": True}, {"move-max": 1.5}, {"move-margin": -1}, {"move-interval": "x"}):
+        with pytest.raises(ValueError, match=r"\[delegate-policy\]: move-"):
+            move_settings_of({"delegate-policy": bad})

@@ -243,6 +243,7 @@ class Plan:
         self.unplanned = 0  # pending jobs past MAX_PLANNED
         self.estimated = 0  # pending jobs placed at Fluxion's t_estimate
         self.unlimited = 0  # pending jobs ahead with no time limit
+        self.starts = {}  # id of a pending job -> its planned start
 
     def hold_running(self, ranks, cores, gpus, expiration):
         """A running job on 'ranks' with cores and gpus in all, until
@@ -325,8 +326,9 @@ class Plan:
             node.hold(start, end, cores, gpus)
         self.floor = max(self.floor, start)
 
-    def add_pending(self, request, t_estimate=None):
-        """Plan one pending job, in priority order."""
+    def add_pending(self, request, t_estimate=None, jobid=None):
+        """Plan one pending job, in priority order (its start is kept
+        by jobid, for start_of)."""
         if self.planned >= MAX_PLANNED:
             self.unplanned += 1
             return
@@ -337,6 +339,16 @@ class Plan:
             self.estimated += 1
         start, shares = self.fit(request, t_estimate)
         self.reserve(request, start, shares)
+        if jobid is not None:
+            self.starts[jobid] = start
+
+    def start_of(self, jobid):
+        """The Estimate of a job pending here, where the plan put it
+        among the others (None: not planned, e.g. past MAX_PLANNED)."""
+        start = self.starts.get(jobid)
+        if start is None:
+            return None
+        return Estimate(start, self.now, None, self.basis())
 
     def estimate(self, request):
         """The new job's Estimate, with the plan's basis."""
@@ -421,8 +433,8 @@ def build_plan(status, jobs, policy, now, extra_pending=()):
     """The Plan of a target from its answers: resource.sched-status, the
     active jobs job-list listed (running and pending, pending in priority
     order), its queue policy, and pending jobs it may not list yet
-    (Requests this instance sent it a moment ago).  ValueError for
-    answers of the wrong shape."""
+    ((Request, id or None) this instance sent it a moment ago).
+    ValueError for answers of the wrong shape."""
     plan = Plan(nodes_of(status), now, policy)
     pending = []
     for job in jobs:
@@ -443,10 +455,11 @@ def build_plan(status, jobs, policy, now, extra_pending=()):
             sched = (job.get("annotations") or {}).get("sched") or {}
             estimate = number(sched.get("t_estimate"), 0) if isinstance(sched, dict) else 0
             key = (-number(job.get("priority"), 0), number(job.get("t_submit"), 0))
-            pending.append((key, request, estimate or None))
+            jobid = job.get("id") if isinstance(job.get("id"), int) else None
+            pending.append((key, request, estimate or None, jobid))
     pending.sort(key=lambda p: p[0])
-    for _, request, estimate in pending:
-        plan.add_pending(request, estimate)
-    for request in extra_pending:
-        plan.add_pending(request)
+    for _, request, estimate, jobid in pending:
+        plan.add_pending(request, estimate, jobid)
+    for request, jobid in extra_pending:
+        plan.add_pending(request, jobid=jobid)
     return plan

@@ -120,7 +120,7 @@ class TargetSchedule:
                 cutoff = self.read_started - SENT_LAG
                 self.sent = [s for s in self.sent if s[0] > cutoff and s[2] not in listed]
                 plan = build_plan(
-                    status, jobs, policy, self.asked_at, extra_pending=[s[1] for s in self.sent]
+                    status, jobs, policy, self.asked_at, extra_pending=[(s[1], s[2]) for s in self.sent]
                 )
             except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
                 error = f"an answer not understood ({type(exc).__name__}: {shown(str(exc))})"
