@@ -211,3 +211,148 @@ def test_bad_include_local_values_are_refused(clean):
     bad = source.resources + '\n[delegate-policy]\ninclude-local = "yes%n"\n'
     proc = source.run("config", "load", input=bad, check=False)
     assert proc.returncode != 0 and "include-local must be true or false" in proc.stderr
+
+
+# -- moving a pending job ------------------------------------------------------
+
+MOVING = {"move-margin": 30, "move-interval": 1}
+
+
+def moved_setup(source):
+    """a busy for 100s, c for 300s: a 4-core job goes to a, pending there
+    behind a's job.  Returns (jobid, its remote id on a, c's busy job)."""
+    a, c = source.targets["a"], source.targets["c"]
+    configure(source, ["a", "c"], **MOVING)
+    a.wait_event(a.submit(*job_args(8, "100s")), "alloc")
+    c_busy = c.submit(*job_args(16, "300s"))
+    c.wait_event(c_busy, "alloc")
+    jobid = source.submit("--dependency=delegate:earliest_start", *job_args(4, "10m", "0.5s"))
+    assert choice(source, jobid)["choice"] == "a"
+    remote = source.wait_event(jobid, "delegated")["context"]["jobid"]
+    return jobid, remote, c_busy
+
+
+def test_a_pending_job_moves_where_it_now_starts_sooner(clean):
+    """c frees up: the job pending on a (about 100s to go) is moved to c
+    (0s): held and canceled on a, where it never started, and run once,
+    on c; the move is an event with both estimates."""
+    source = clean
+    a, c = source.targets["a"], source.targets["c"]
+    before = len(c.jobs())
+    jobid, remote, c_busy = moved_setup(source)
+    c.run("cancel", c_busy)
+    move = source.wait_event(jobid, "delegate-move", timeout=30)["context"]
+    assert move["from"]["label"] == "a" and move["to"]["label"] == "c"
+    assert 60 < move["from"]["estimate"] <= 100 and move["to"]["estimate"] == 0
+    assert move["jobid"] == remote and move["move"] == 1
+    again = source.wait_event(jobid, "delegated", match="label=c")["context"]
+    assert source.status(jobid) == 0
+    on_a = [e["name"] for e in a.eventlog(str(remote))]
+    assert "urgency" in on_a and "alloc" not in on_a and "start" not in on_a
+    assert on_a[-1] == "clean"
+    note = [e for e in a.eventlog(str(remote)) if e["name"] == "exception"][0]["context"]["note"]
+    assert note.startswith("delegate-move: moved to c")
+    ran_on_c = [e["name"] for e in c.eventlog(str(again["jobid"]))]
+    assert "start" in ran_on_c and "finish" in ran_on_c
+    assert len(c.jobs()) == before + 2  # its busy job, and this one: nothing twice
+
+
+def test_a_job_moved_once_is_not_moved_again(clean):
+    """move-max 1: moved from a (200s to go) to c (60s: its job's limit
+    cut), then a frees up: it stays pending on c, and runs there."""
+    source = clean
+    a, c = source.targets["a"], source.targets["c"]
+    configure(source, ["a", "c"], **MOVING)
+    a_busy = a.submit(*job_args(8, "200s"))
+    a.wait_event(a_busy, "alloc")
+    c_busy = c.submit(*job_args(16, "400s"))
+    c.wait_event(c_busy, "alloc")
+    jobid = source.submit("--dependency=delegate:earliest_start", *job_args(8, "10m", "0.5s"))
+    assert choice(source, jobid)["choice"] == "a"
+    c.run("update", c_busy, "duration=60s")
+    move = source.wait_event(jobid, "delegate-move")["context"]
+    assert move["to"]["label"] == "c" and 30 < move["to"]["estimate"] <= 60
+    on_c = source.wait_event(jobid, "delegated", match="label=c")["context"]["jobid"]
+    a.run("cancel", a_busy)
+    time.sleep(6)  # sweeps every second, plans read every 2s: a is now far sooner
+    assert [e["name"] for e in source.eventlog(jobid)].count("delegate-move") == 1
+    assert "alloc" not in [e["name"] for e in c.eventlog(str(on_c))]  # still pending on c
+    c.run("cancel", c_busy)
+    assert source.status(jobid) == 0
+
+
+def test_a_job_allocated_as_it_is_held_stays_where_it_is(clean):
+    """The target starts the job while it is being moved (the hold comes,
+    then its scheduler allocates it): it is not canceled, it runs there,
+    once, and nothing is sent to c."""
+    import flux
+    import flux.job
+
+    source = clean
+    a, c = source.targets["a"], source.targets["c"]
+    before = len(c.jobs())
+    jobid, remote, c_busy = moved_setup(source)
+    a_busy = [j for j in a.run("jobs", "-no", "{id}").stdout.split() if int(flux.job.JobID(j)) != remote]
+    handle = flux.Flux(a.uri)
+    watch = flux.job.event_watch_async(handle, remote)
+    c.run("cancel", c_busy)
+    while True:
+        event = watch.get_event()
+        assert event is not None, "no hold"
+        if event.name == "urgency":
+            break
+    # At once, as the target's own scheduler might have: room, and the job
+    # allocated (its urgency back).
+    flux.job.cancel(handle, flux.job.JobID(a_busy[0]))
+    handle.rpc("job-manager.urgency", {"id": remote, "urgency": 16}).get()
+    watch.cancel()
+    assert source.status(jobid) == 0
+    names = [e["name"] for e in source.eventlog(jobid)]
+    assert "delegate-move" not in names and names.count("delegated") == 1
+    on_a = [e["name"] for e in a.eventlog(str(remote))]
+    assert "start" in on_a and "exception" not in on_a
+    assert len(c.jobs()) == before + 1  # only its own canceled busy job
+    assert "not moved: it was allocated there meanwhile" in source.dmesg()
+
+
+def test_bad_move_settings_are_refused(clean):
+    source = clean
+    for key, value, message in (
+        ("move-margin", "soon%n", "move-margin=soon%n: not a duration"),
+        ("move-max", -1, "move-max must be a whole number"),
+        ("move-interval", 0, "move-interval=0: must be more than 0"),
+    ):
+        bad = source.resources + f"\n[delegate-policy]\n{key} = {json.dumps(value)}\n"
+        proc = source.run("config", "load", input=bad, check=False)
+        assert proc.returncode != 0 and message in proc.stderr, proc.stderr
+
+
+def test_a_move_cut_off_by_a_reload_chooses_again(clean):
+    """The plugin reloaded between a move's cancel and its submit: the
+    reloaded handler finds the remote job ended by the move's cancel (its
+    note), and the job chooses again, here c, and runs once."""
+    source = clean
+    a, c = source.targets["a"], source.targets["c"]
+    jobid, remote, c_busy = moved_setup(source)
+    source.remove_plugin()
+    try:
+        a.run("cancel", "-m", "delegate-move: moved to c", str(remote))
+        a.wait_event(str(remote), "clean")
+        c.run("cancel", c_busy)
+    finally:
+        source.load_plugin()
+    again = source.wait_event(jobid, "delegated", match="label=c")["context"]
+    assert source.status(jobid) == 0
+    assert [e["name"] for e in source.eventlog(jobid)].count("delegated") == 2
+    assert "finish" in [e["name"] for e in c.eventlog(str(again["jobid"]))]
+    assert "canceled to move it: choosing again" in source.dmesg()
+
+
+def test_a_remote_job_canceled_otherwise_still_ends_the_job(clean):
+    """Only the move's own note makes a cancel not the job's end."""
+    source = clean
+    a = source.targets["a"]
+    jobid, remote, _ = moved_setup(source)
+    a.run("cancel", "-m", "moved to c by hand", str(remote))
+    assert source.status(jobid) != 0
+    assert "was canceled: moved to c by hand" in source.exception(jobid)["note"]

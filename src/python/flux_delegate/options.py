@@ -46,7 +46,7 @@ SECONDS_OPTIONS = {
 
 #: Duration options that may be 0 (off): preflight-cache, how long a
 #: target's "feasible" answer for a shape of job is taken as still true.
-ZERO_OK_OPTIONS = ("preflight-cache", "estimate-cache")
+ZERO_OK_OPTIONS = ("preflight-cache", "estimate-cache", "move-margin")
 
 
 #: Plugin options that are true or false, with their defaults.

@@ -32,7 +32,7 @@ def parse_policy_config(conf):
     table = conf.get("delegate-policy") or {}
     if not isinstance(table, dict):
         raise ValueError("broker config: [delegate-policy] must be a table")
-    unknown = set(table) - {"default", "custom", "include-local"}
+    unknown = set(table) - {"default", "custom", "include-local"} - set(MOVE_DEFAULTS)
     if unknown:
         raise ValueError(f"broker config: [delegate-policy] has unknown keys: {sorted(unknown)}")
     specs = table.get("custom") or {}
@@ -66,6 +66,52 @@ def include_local_of(conf):
             f"[delegate-policy]: include-local must be true or false, not {value!r}"
         )
     return value
+
+
+#: [delegate-policy] keys of moving a pending job (jobmanager/move.py),
+#: with their defaults: moved when another candidate would start it more
+#: than move-margin seconds sooner (0: never moved), at most move-max
+#: times, looked at every move-interval seconds.
+MOVE_DEFAULTS = {"move-margin": 60.0, "move-max": 1, "move-interval": 30.0}
+
+
+class MoveSettings:
+    """[delegate-policy] move-margin, move-max and move-interval, checked."""
+
+    def __init__(self, margin, most, interval):
+        self.margin = margin
+        self.most = most
+        self.interval = interval
+
+    @property
+    def on(self):
+        return self.margin > 0 and self.most > 0
+
+
+def move_settings_of(conf):
+    """The MoveSettings of the broker config's [delegate-policy] table.
+    A duration is seconds or a Flux Standard Duration ("1m"), as the
+    plugin's own options; ValueError naming the key for anything else."""
+    from .options import duration  # pylint: disable=import-outside-toplevel
+
+    table = conf.get("delegate-policy") or {}
+    values = {}
+    for key, default in MOVE_DEFAULTS.items():
+        value = table.get(key, default)
+        if key == "move-max":
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(
+                    f"[delegate-policy]: move-max must be a whole number, 0 or more, not {value!r}"
+                )
+            values[key] = value
+            continue
+        try:
+            values[key] = duration(key, value)
+        except ValueError as exc:
+            raise ValueError(
+                f"[delegate-policy]: {str(exc).replace('plugin option ', '')}"
+            ) from None
+    return MoveSettings(values["move-margin"], values["move-max"], values["move-interval"])
 
 
 def job_include_local(jobspec, default):

@@ -88,6 +88,7 @@ from ..text import shown
 from .cancel import RemoteCancel
 from .connections import CONNECTION_ERRORS, HelperAnswer, submit_on_own_connection
 from .localrun import LocalRun, exec_eventlog
+from .move import finish_move, is_move_cancel
 from .output import Collect
 from .phases import ENDED, FOLLOWING, RECOVERING, RELEASING, SUBMITTING, WAITING
 from .preflight import Preflight, estimate_candidates, reserve_choice
@@ -256,6 +257,10 @@ class DelegatedJob:
         self.bypass_set = False  # alloc-bypass set by this load
         self.stayed = False  # runs here as an ordinary job (stay_local)
         self.run = None
+        # Moving it while it is pending on its target (move.py): the Move
+        # under way, and how many were made.
+        self.moving = None
+        self.moves = 0
 
     @property
     def name(self):
@@ -458,6 +463,8 @@ class DelegatedJob:
         target was chosen."""
         if self.target is None or self.target.kind != "policy" or self.candidate is not None:
             return False
+        if self.moves:
+            return False  # sent away before: alloc-bypass is set
         if self.phase not in (WAITING, SUBMITTING):
             return False
         return job_include_local(self.jobspec, self.runtime.include_local)
@@ -932,6 +939,8 @@ class DelegatedJob:
             return
         self.reconnecting.contact()
         self.outcome.update(event.name, event.context)
+        if self.moving is not None:
+            self.moving.on_remote_event(event)
         if self.requeue() and not self.outcome.allocated:
             # The target cannot allocate: the remote job will never start,
             # so another target may take the job at once.
@@ -971,7 +980,11 @@ class DelegatedJob:
             return
         self.stop_following()
         exception = self.outcome.exception
-        if self.requeue():
+        if is_move_cancel(exception):
+            # Canceled by this plugin to move it (move.py): not its end.
+            moving, self.moving = self.moving, None
+            finish_move(self, moving)
+        elif self.requeue():
             # It may have run, and has ended there: only now may it run
             # elsewhere.
             self.phase = SUBMITTING

@@ -32,9 +32,10 @@ from ..jobspec import origin_of, same_origin
 from ..text import shown
 from .reactor import guard, log
 
-#: The events a followed job needs (RemoteOutcome), and "submit", whose
-#: jobspec names the local job (its origin record).
-WANTED = ("submit", "alloc", "start", "exception", "finish", "clean")
+#: The events a followed job needs (RemoteOutcome), "urgency" (a move's
+#: hold shows: move.py), and "submit", whose jobspec names the local job
+#: (its origin record).
+WANTED = ("submit", "urgency", "alloc", "start", "exception", "finish", "clean")
 
 #: Remote jobs of ours whose submit the journal saw before their local job
 #: follows them (the submit's answer comes after the target's first events):

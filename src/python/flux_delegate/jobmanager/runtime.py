@@ -17,7 +17,10 @@ from ..policies import (
     BUILTIN_ORDERS,
     DEFAULT_POLICY,
     POLICY_METRICS,
+    MoveSettings,
+    MOVE_DEFAULTS,
     include_local_of,
+    move_settings_of,
     parse_policy_config,
 )
 from ..registry import (
@@ -31,6 +34,7 @@ from ..jobspec import remote_jobspec as default_remote_jobspec
 from ..targets import same_instance
 from .admission import Admission
 from .connections import Connections, Helpers
+from .move import Mover
 from .reactor import free_watcher, log_text, then
 from .schedule import TargetSchedule, local_sender
 
@@ -116,6 +120,13 @@ class Runtime:
         # Whether this instance is a candidate too ([delegate-policy]
         # include-local; a job's -S delegate-local overrides it).
         self.include_local = False
+        # Moving pending jobs ([delegate-policy] move-*; move.py).
+        self.mover = Mover(
+            self,
+            MoveSettings(
+                MOVE_DEFAULTS["move-margin"], MOVE_DEFAULTS["move-max"], MOVE_DEFAULTS["move-interval"]
+            ),
+        )
 
     # -- configuration -------------------------------------------------------
 
@@ -133,6 +144,7 @@ class Runtime:
         try:
             clusters, custom, default = parse_policy_config(conf)
             include_local = include_local_of(conf)
+            move_settings = move_settings_of(conf)
         except Exception as exc:  # pylint: disable=broad-except
             message = (
                 str(exc)
@@ -153,6 +165,7 @@ class Runtime:
         self.rejected_conf = None
         self.registry_error = None
         self.include_local = include_local
+        self.mover.configure(move_settings)
         self.config_clusters = clusters
         self.custom_policies = custom
         self.policies = dict(BUILTIN_ORDERS, **self.site_policies, **custom)
@@ -290,6 +303,12 @@ class Runtime:
             "policies": sorted(self.policies),
             "default-policy": self.default_policy,
             "include-local": self.include_local,
+            "move": dict(
+                self.mover.counts,
+                margin=self.mover.settings.margin,
+                most=self.mover.settings.most,
+                interval=self.mover.settings.interval,
+            ),
         }
 
     def unload(self):
@@ -298,6 +317,7 @@ class Runtime:
         no helper's pipe, no watcher on the job-manager's reactor.  The
         jobs are left as they are, for the next load to follow."""
         self.unloaded = True
+        self.mover.stop()
         for job in list(self.jobs.values()):
             job.stop_following()  # its watch's cancel, while it can be sent
         self.connections.close()
