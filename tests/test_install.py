@@ -33,3 +33,19 @@ def test_installed_plugin_loads_by_bare_name(fresh_source, target):
     assert found.stdout.strip().startswith(query["pythonpath"] + "/flux_delegate/")
     jobid = fresh_source.submit(f"--dependency=delegate:{target.uri}", "true")
     assert fresh_source.status(jobid) == 0
+
+
+def test_installed_man_pages_are_what_flux_help_shows(fresh_source):
+    """make install puts flux-remote(1) and flux-delegate(7) in flux's man
+    path (built where docutils' rst2man is): 'flux help remote' shows it."""
+    man_path = fresh_source.run("config", "builtin", "man_path").stdout.strip()
+    page = os.path.join(man_path, "man1", "flux-remote.1")
+    if not os.path.exists(page):
+        pytest.skip(f"{page} is not installed (make install, with rst2man)")
+    assert os.path.exists(os.path.join(man_path, "man7", "flux-delegate.7"))
+    env = dict(os.environ, MANPAGER="cat", PAGER="cat", MANWIDTH="80")
+    shown = subprocess.run(
+        ["flux", "help", "remote"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert "flux remote attach" in shown.stdout and "EXIT STATUS" in shown.stdout
