@@ -356,3 +356,80 @@ def test_a_remote_job_canceled_otherwise_still_ends_the_job(clean):
     a.run("cancel", "-m", "moved to c by hand", str(remote))
     assert source.status(jobid) != 0
     assert "was canceled: moved to c by hand" in source.exception(jobid)["note"]
+
+
+# -- a target whose plan answers are hostile -------------------------------------
+
+#: A job-list service whose list answers are what the file MODE says:
+#: not JSON, the wrong shape, values that are no numbers, a huge list, or
+#: no answer at all.
+HOSTILE_JOB_LIST = r"""
+import json, sys
+import flux
+mode_file = sys.argv[1]
+h = flux.Flux()
+h.service_register("job-list").get()
+def answer(h, t, msg, arg):
+    mode = open(mode_file).read().strip()
+    if mode == "junk":
+        h.respond(msg, "not json %n")
+    elif mode == "shape":
+        h.respond(msg, {"jobs": "%s%n"})
+    elif mode == "values":
+        h.respond(msg, '{"jobs": [{"state": 16, "ncores": 1e308, "ranks": "0-%n",'
+                  ' "expiration": NaN}, {"state": 8, "ncores": -5, "nnodes": "x",'
+                  ' "duration": Infinity, "priority": [], "annotations": "%n"}, 7]}')
+    elif mode == "huge":
+        job = {"state": 16, "ncores": 1, "ranks": "0", "expiration": 0, "id": 1}
+        h.respond(msg, {"jobs": [job] * 200000})
+    # slow: never answers
+keep = h.msg_watcher_create(answer, topic_glob="job-list.*")
+keep.start()
+print("ready", flush=True)
+h.reactor_run()
+"""
+
+
+WHY_UNKNOWN = {
+    "junk": "not JSON",
+    "shape": "not understood",
+    "values": "not understood",
+    "huge": "more than a plan needs",
+    "slow": "not read within",
+}
+
+
+@pytest.mark.parametrize("mode", sorted(WHY_UNKNOWN))
+def test_a_target_with_hostile_plan_answers_is_unknown(request, clean, tmp_path, mode):
+    """Whatever a target's job-list answers (or not: preflight-timeout),
+    its estimate is unknown, with why, never a handler error or a stall:
+    the job goes to the target that can tell, and ends ok."""
+    source = clean
+    b = source.targets["b"]
+    configure(source, ["b", "c"])
+    mode_file = tmp_path / "mode"
+    mode_file.write_text(mode)
+    b.run("module", "remove", "job-list")
+    service = subprocess.Popen(
+        [FLUX, "python", "-c", HOSTILE_JOB_LIST, str(mode_file)],
+        env=b.env(),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert service.stdout.readline().strip() == "ready"
+        jobid = source.submit("--dependency=delegate:earliest_start", *job_args(2, "1m", "0.1s"))
+        context = choice(source, jobid)
+        by_label = {x["label"]: x for x in context["candidates"]}
+        assert by_label["b"]["verdict"] == "feasible"  # its scheduler says so
+        assert by_label["b"].get("estimate") is None
+        basis = by_label["b"]["basis"]
+        assert basis.startswith("unknown: "), by_label["b"]
+        assert WHY_UNKNOWN[mode] in basis, basis
+        assert context["order"] == ["c", "b"]
+        assert source.status(jobid, timeout=90) == 0
+        assert "handler error" not in source.dmesg()
+    finally:
+        service.kill()
+        service.wait()
+        b.run("module", "load", "job-list")

@@ -181,6 +181,8 @@ class Preflight:
             f"{self.job.name}: pre-flight of {c.describe()}: no answer within {wait}"
             f" to {sorted(outstanding)}" + (f" ({unsent} not sent yet)" if unsent else ""),
         )
+        if "estimate" in outstanding:
+            c.basis = f"unknown: its plan was not read within {wait}"
         self.settle(c, *expired_verdict(c, outstanding, len(outgoing), wait))
 
     def settle(self, c, verdict, reason):

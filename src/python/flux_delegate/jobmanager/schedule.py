@@ -17,6 +17,8 @@ import json
 import syslog
 import time
 
+from flux.core.inner import ffi, lib
+
 from ..estimate import JOB_ATTRS, MAX_PLANNED, build_plan, queue_policy
 from ..text import shown
 from .reactor import log
@@ -33,6 +35,11 @@ MAX_LISTED = 4 * MAX_PLANNED
 #: (job-list learns of jobs from the journal, a moment after the submit is
 #: answered); sent earlier and not listed, it has ended.
 SENT_LAG = 1.0
+
+#: The largest answer a plan is read from (bytes): MAX_LISTED jobs take
+#: well under 1 MB; a target that sends more is not decoded on the
+#: job-manager's thread, and cannot tell.
+MAX_ANSWER = 4 * 1024 * 1024
 
 QUESTIONS = {
     "status": ("resource.sched-status", {}),
@@ -91,7 +98,10 @@ class TargetSchedule:
     def answered(self, reading, name, future):
         if reading is not self.reading:
             return  # an older read, given up
+        nbytes = answer_size(future)
         try:
+            if nbytes is not None and nbytes > MAX_ANSWER:
+                raise OSError(errno.E2BIG, f"an answer of {nbytes} bytes, more than a plan needs")
             reading[name] = (future.get(), None)
         except OSError as exc:
             reading[name] = (None, exc)
@@ -115,7 +125,7 @@ class TargetSchedule:
         else:
             try:
                 policy = queue_policy(params) if policy_error is None else "fcfs"
-                jobs = listing["jobs"]
+                jobs = listing["jobs"][:MAX_LISTED]  # no more than was asked for
                 listed = {job.get("id") for job in jobs if isinstance(job, dict)}
                 cutoff = self.read_started - SENT_LAG
                 self.sent = [s for s in self.sent if s[0] > cutoff and s[2] not in listed]
@@ -155,6 +165,19 @@ class TargetSchedule:
             "policy": self.plan.policy if self.plan else None,
             "error": self.error,
         }
+
+
+def answer_size(future):
+    """Bytes of an RPC future's answer payload, without decoding it (None
+    if it has none, or is no RPC answer)."""
+    pimpl = getattr(future, "pimpl", None)
+    if pimpl is None:
+        return None
+    data = ffi.new("const void **")
+    size = ffi.new("size_t *")
+    if lib.flux_rpc_get_raw(pimpl.handle, data, size) < 0:
+        return None
+    return size[0]
 
 
 def remote_sender(remote):
