@@ -62,14 +62,17 @@ DRAIN_TIMEOUT = 900
 def make_trace(seed, jobs, load, total_cores, min_dur=2.0, max_dur=12.0):
     """Jobs [{idx, at, cores, dur, limit}]: cores 2^U(0,5) rounded (1-32,
     more small than large), run time U(min_dur, max_dur), limit 1.2-3x
-    the run time, Poisson arrivals at the rate that offers 'load' of the
+    the run time (and a second more at least), Poisson arrivals at the rate that offers 'load' of the
     total cores."""
     rng = random.Random(seed)
     trace, mean_work = [], 0.0
     for idx in range(jobs):
         cores = max(1, min(32, round(2 ** rng.uniform(0, 5))))
         dur = round(rng.uniform(min_dur, max_dur), 2)
-        limit = math.ceil(dur * rng.uniform(1.2, 3.0))
+        # Whole seconds, and one more than the run time at least: Fluxion
+        # counts time in whole seconds, so an allocation can expire up to
+        # a second before its limit is up.
+        limit = max(math.ceil(dur * rng.uniform(1.2, 3.0)), math.ceil(dur) + 1)
         trace.append({"idx": idx, "cores": cores, "dur": dur, "limit": limit})
         mean_work += cores * dur / jobs
     rate = load * total_cores / mean_work  # jobs per second
@@ -215,16 +218,20 @@ def run_union(union, trace, time_scale):
     return summarize("union", waits, spans, ok, len(ids), {})
 
 
-def configure(source, targets, policy, include_local):
+def configure(source, targets, policy, include_local, move=None):
+    """The source's registry and [delegate-policy]; move: (margin,
+    interval) seconds for moving pending jobs, else never moved."""
     toml = source.resources
     for label, inst in targets.items():
         toml += f'\n[[delegate]]\nlabel = "{label}"\nuri = "{inst.uri}"\n'
     toml += f'\n[delegate-policy]\ndefault = "least_pending"\ninclude-local = {str(include_local).lower()}\n'
+    margin, interval = move or (0, 30)
+    toml += f"move-margin = {margin}\nmove-interval = {interval}\n"
     source.run("config", "load", input=toml)
 
 
-def run_policy(source, targets, trace, time_scale, policy, include_local=False):
-    configure(source, targets, policy, include_local)
+def run_policy(source, targets, trace, time_scale, policy, include_local=False, move=None):
+    configure(source, targets, policy, include_local, move)
     handle = flux.Flux(source.uri)
     before_cpu = job_manager_cpu(source)
     t0 = time.time()
@@ -237,10 +244,20 @@ def run_policy(source, targets, trace, time_scale, policy, include_local=False):
     placed = {label: 0 for label in targets}
     placed["local"] = 0
     referenced = set()
+    failed, moves = [], 0
     for i in ids:
         job = local[i]
         ok += bool(job.get("success"))
         events = eventlog(handle, i)
+        moves += sum(1 for e in events if e["name"] == "delegate-move")
+        if not job.get("success"):
+            notes = [e["context"].get("note") for e in events if e["name"] == "exception"]
+            failure = {"id": i, "result": job.get("result"), "notes": notes, "events": events}
+            sent = [e["context"] for e in events if e["name"] == "delegated"]
+            if sent:
+                where = targets[sent[-1].get("label") or by_uri[sent[-1]["uri"]]]
+                failure["remote_events"] = eventlog(flux.Flux(where.uri), sent[-1]["jobid"])
+            failed.append(failure)
         delegated = [e for e in events if e["name"] == "delegated"]
         choices = [e for e in events if e["name"] == "delegate-choice"]
         if delegated:
@@ -265,12 +282,14 @@ def run_policy(source, targets, trace, time_scale, policy, include_local=False):
                 name = c.get("label") or c["uri"]
                 if name == chosen.get("choice") and c.get("estimate") is not None:
                     errors.append(c["estimate"] - (start - choices[-1]["timestamp"]))
-    # Remote jobs made during this run: each must be one local job's.
-    made = sum(
-        1 for jobs in remote.values() for j in jobs.values() if j["t_submit"] >= t0 - 1
-    )
+    # Remote jobs made during this run that ran: each must be one local
+    # job's (a job moved leaves one behind that never ran).
+    made = [j for jobs in remote.values() for j in jobs.values() if j["t_submit"] >= t0 - 1]
     extra = {
-        "remote_jobs": made,
+        "remote_jobs": sum(1 for j in made if j.get("t_run")),
+        "remote_jobs_made": len(made),
+        "moves": moves,
+        "failed": failed,
         "referenced": len(referenced),
         "placed": placed,
         "cpu_ms_per_job": cpu_ms,
@@ -279,7 +298,7 @@ def run_policy(source, targets, trace, time_scale, policy, include_local=False):
         extra["estimate_error_p50"] = statistics.median(errors)
         extra["estimate_error_p90"] = percentile(errors, 0.9)
         extra["estimate_error_abs_p90"] = percentile([abs(e) for e in errors], 0.9)
-    name = policy + ("+local" if include_local else "")
+    name = policy + ("+local" if include_local else "") + ("+move" if move else "")
     return summarize(name, waits, spans, ok, len(ids), extra)
 
 
@@ -344,6 +363,8 @@ def report(results, union):
         note = ""
         if "placed" in r:
             note = " ".join(f"{k}={v}" for k, v in r["placed"].items() if v)
+        if r.get("moves"):
+            note += f" moved={r['moves']}"
         if "estimate_error_p50" in r:
             note += (
                 f"; error p50 {r['estimate_error_p50']:+.1f}s"
@@ -356,6 +377,9 @@ def report(results, union):
             f" {r.get('remote_jobs', '-'):>7} {r.get('cpu_ms_per_job', float('nan')):>7.1f}  {note}"
         )
     print()
+    for r in results:
+        for f in r.get("failed", ()):
+            print(f"{r['policy']}: job {f['id']} ended {f['result']}: {f['notes']}")
     for r in results:
         print(
             f"placement: policy={r['policy']} mean_wait_ratio={r['mean_wait_ratio']:.3f}"
@@ -372,7 +396,14 @@ def parse_args(argv=None):
         "--policies",
         default=",".join(POLICIES),
         help="comma-separated; NAME+local runs NAME with include-local (the source"
-        f" has {SOURCE_CORES} cores of its own)",
+        f" has {SOURCE_CORES} cores of its own), NAME+move with pending jobs moved"
+        " (--move-margin, --move-interval), NAME+local+move both",
+    )
+    parser.add_argument(
+        "--move-margin", type=float, default=5.0, help="move-margin of +move, in trace seconds"
+    )
+    parser.add_argument(
+        "--move-interval", type=float, default=1.0, help="move-interval of +move (seconds)"
     )
     parser.add_argument("--trace", help="a trace file (JSON lines: idx, at, cores, dur, limit)")
     parser.add_argument("--write-trace", help="write the trace used to this file")
@@ -433,16 +464,27 @@ def main(argv=None):
         print(f"  union: mean wait {union_result['mean_wait']:.2f}s ({time.time() - t:.0f}s)", flush=True)
         results = []
         for name in policies:
-            policy, _, local = name.partition("+")
+            policy, *variants = name.split("+")
+            move = None
+            if "move" in variants:
+                move = (args.move_margin * args.time_scale, args.move_interval)
             t = time.time()
-            result = run_policy(source, targets, trace, args.time_scale, policy, bool(local))
+            result = run_policy(
+                source, targets, trace, args.time_scale, policy, "local" in variants, move
+            )
             print(f"  {name}: mean wait {result['mean_wait']:.2f}s ({time.time() - t:.0f}s)", flush=True)
             results.append(result)
         report(results, union_result)
         if args.json:
             with open(args.json, "w") as fp:
                 json.dump({"union": union_result, "policies": results, "args": vars(args)}, fp, indent=1)
-        bad = [r for r in results if r["ok"] != r["jobs"] or r["remote_jobs"] != r["referenced"]]
+        bad = [
+            r
+            for r in results
+            if r["ok"] != r["jobs"]
+            or r["remote_jobs"] != r["referenced"]
+            or r["remote_jobs_made"] != r["referenced"] + r["moves"]
+        ]
         return 1 if bad or union_result["ok"] != union_result["jobs"] else 0
     finally:
         for inst in reversed(started):
