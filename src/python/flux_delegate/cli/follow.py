@@ -8,12 +8,17 @@ say the rest (output, exceptions, the wait status).  A job not delegated
 yet is waited for; a job failed over to another target is followed there;
 a job whose target cannot be reached is followed here, to its end (its
 status mirrors the remote's, but not its output).
+
+The subcommand itself is attach_job (its parsed arguments); follow_jobs
+follows one or several jobs, as attach and submit --watch do, and gives
+the highest exit code.
 """
 
 import errno
 import json
 import os
 import signal
+import sys
 import threading
 
 import flux
@@ -23,6 +28,7 @@ from flux.job.output import output_watch_async
 from ..eventlog import describe_origin
 from ..jobspec import origin_of, same_origin
 from .check import delegate_value
+from .command import LOGGER
 from .delegated import GONE, Delegation, describe_failover
 
 
@@ -297,3 +303,49 @@ class RemoteStream:
         if self.exception is not None:
             return Outcome(code=code or 1, exception=True)
         return Outcome(code=code)
+
+
+# -- flux remote attach (and flux remote submit --watch) -----------------------
+
+
+def follow_jobs(jobids, timeout, quiet=False):
+    """Follow jobs to their end (one thread each if several), their output
+    on stdout and stderr; the highest exit code.  quiet: no word on
+    waiting for a job to be delegated (it was just submitted)."""
+    sink = Sink(sys.stdout, sys.stderr, several=len(jobids) > 1)
+
+    def follow(jobid):
+        try:
+            return Follower(jobid, sink, timeout=timeout, quiet=quiet).run()
+        except (AttachError, OSError) as exc:
+            LOGGER.error("%s", why(exc))
+            return 1
+
+    codes = [1] * len(jobids)
+
+    def run(i, jobid):
+        codes[i] = follow(jobid)
+
+    try:
+        if len(jobids) == 1:
+            return follow(jobids[0])
+        threads = [
+            threading.Thread(target=run, args=(i, j), daemon=True) for i, j in enumerate(jobids)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    except KeyboardInterrupt:
+        # Detach: the jobs go on, here and there.
+        names = [JobID(j).f58 for j in jobids]
+        if len(names) == 1:
+            sink.say(f"detached: the job goes on ('flux remote attach {names[0]}' follows it again)")
+        else:
+            sink.say(f"detached: the jobs go on ({' '.join(names)})")
+        return 128 + signal.SIGINT
+    return max(codes)
+
+
+def attach_job(args):
+    sys.exit(follow_jobs([args.jobid], args.timeout))

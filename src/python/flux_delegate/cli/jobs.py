@@ -9,18 +9,27 @@ their state and result, and their jobspec for the origin they record (a
 job of the same id made for someone else, by a different instance at the
 same URI, is not shown as ours).  A job whose target does not answer is
 listed with what is known here.
+
+The subcommand itself is list_jobs (its parsed arguments: the table or
+JSON it prints, exit 1 when none of the JOBIDs asked for is found), and
+filter_names the type of its --filter option.
 """
 
+import argparse
 import errno
 import json
+import sys
 
+import flux
 import flux.constants
 from flux.job import JobID, JobInfo, JobList
 
 from ..jobspec import origin_of, same_origin
 from ..text import brief
 from . import probe as probes
+from .command import LOGGER
 from .delegated import GONE, Delegation
+from .formats import formatter
 
 #: What is asked of job-list about the remote jobs.
 REMOTE_ATTRS = ["all"]
@@ -363,3 +372,50 @@ def delegated_jobs(handle, filters, user=None, count=1000, ids=None, timeout=5.0
     if not ids:
         rows = [r for r in rows if matches(r.effective, states, results)]
     return rows, errors
+
+
+# -- flux remote jobs ----------------------------------------------------------
+
+
+def filter_names(value):
+    """--filter: job-list's state and result names, comma separated."""
+    names = [n.strip().lower() for n in value.split(",") if n.strip()]
+    for name in names:
+        if name not in JobList.STATES and name not in JobList.RESULTS:
+            raise argparse.ArgumentTypeError(
+                f"invalid filter '{name}' (states: {', '.join(JobList.STATES)};"
+                f" results: {', '.join(JobList.RESULTS)})"
+            )
+    return names
+
+
+def list_jobs(args):
+    fmt = formatter("jobs", args.format, Row.headings)
+    filters = set()
+    for names in args.filter or ():
+        filters.update(names)
+    if args.a:
+        if filters:
+            LOGGER.warning("Both -a and --filter specified, ignoring -a")
+        else:
+            filters = {"pending", "running", "inactive"}
+    if not filters:
+        filters = {"pending", "running"}
+    user = args.user
+    if args.A:
+        user = "all"
+    try:
+        handle = flux.Flux()
+        rows, errors = delegated_jobs(
+            handle, filters, user=user, count=args.count, ids=args.jobids, timeout=args.timeout
+        )
+    except ValueError as exc:
+        args.parser.error(str(exc))
+    for error in errors:
+        LOGGER.error("%s", error)
+    if args.json:
+        print(json.dumps({"jobs": [r.as_dict() for r in rows]}))
+    else:
+        fmt.print_items(rows, no_header=args.no_header)
+    if args.jobids and not rows:
+        sys.exit(1)
