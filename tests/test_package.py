@@ -86,3 +86,37 @@ def test_make_install_installs_every_module():
                 if path not in listed:
                     missing.append(path)
     assert not missing, f"not in src/python/Makefile.am: {missing}"
+
+
+#: The house's rooms (issue 21): no module over 600 lines, no class over
+#: 300, no function over 60, in the package, the command and the handler.
+MAX_FILE, MAX_CLASS, MAX_FUNCTION = 600, 300, 60
+
+
+def house_files():
+    """The tree's own (whatever DELEGATE_PYTHONPATH points at)."""
+    tree = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    yield os.path.join(tree, "delegate_handler.py")
+    yield os.path.join(tree, "src", "cmd", "flux-remote.py")
+    for root, _, files in os.walk(os.path.join(tree, "src", "python", "flux_delegate")):
+        yield from (os.path.join(root, n) for n in sorted(files) if n.endswith(".py"))
+
+
+def oversized(path):
+    with open(path) as fp:
+        source = fp.read()
+    found = []
+    if source.count("\n") > MAX_FILE:
+        found.append(f"{path}: {source.count(chr(10))} lines")
+    for node in ast.walk(ast.parse(source, path)):
+        limit = {ast.ClassDef: MAX_CLASS, ast.FunctionDef: MAX_FUNCTION}.get(type(node))
+        if limit is not None and node.end_lineno - node.lineno + 1 > limit:
+            found.append(f"{path}: {node.name}: {node.end_lineno - node.lineno + 1} lines")
+    return found
+
+
+def test_the_rooms_are_small():
+    files = list(house_files())
+    assert len(files) > 40 and all(os.path.exists(f) for f in files), files
+    found = [line for path in files for line in oversized(path)]
+    assert not found, "over the house's sizes:\n" + "\n".join(found)

@@ -214,6 +214,33 @@ def idset_text(ids):
     return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in parts)
 
 
+def R_lite_entries(R_lite):
+    """[(ranks, children)] of an R_lite list, or None if it is not one of
+    at most MAX_R_IDS ranks, each entry's ranks and children idsets."""
+    if not isinstance(R_lite, list) or not R_lite:
+        return None
+    entries = []
+    total = 0
+    for entry in R_lite:
+        if not (
+            isinstance(entry, dict)
+            and isinstance(entry.get("children"), dict)
+            and all(
+                isinstance(k, str) and idset_count(v) is not None
+                for k, v in entry["children"].items()
+            )
+        ):
+            return None
+        ranks = idset_ids(entry.get("rank"))
+        if not ranks:
+            return None
+        total += len(ranks)
+        if total > MAX_R_IDS:
+            return None
+        entries.append((ranks, dict(entry["children"])))
+    return entries
+
+
 def R_naming(remote_R, now=None, count=None, max_nodes=None):
     """The released local job's R, naming where its remote job ran: the
     remote R's nodes (nodelist) and what it had on each (cores, gpus), so
@@ -236,29 +263,11 @@ def R_naming(remote_R, now=None, count=None, max_nodes=None):
     execution = remote_R.get("execution")
     if not isinstance(execution, dict):
         return None
-    R_lite = execution.get("R_lite")
     nodelist = execution.get("nodelist")
-    if not isinstance(R_lite, list) or not R_lite or not isinstance(nodelist, list) or not nodelist:
+    entries = R_lite_entries(execution.get("R_lite"))
+    if entries is None or not isinstance(nodelist, list) or not nodelist:
         return None
-    entries = []
-    total = 0
-    for entry in R_lite:
-        if not (
-            isinstance(entry, dict)
-            and isinstance(entry.get("children"), dict)
-            and all(
-                isinstance(k, str) and idset_count(v) is not None
-                for k, v in entry["children"].items()
-            )
-        ):
-            return None
-        ranks = idset_ids(entry.get("rank"))
-        if not ranks:
-            return None
-        total += len(ranks)
-        if total > MAX_R_IDS:
-            return None
-        entries.append((ranks, dict(entry["children"])))
+    total = sum(len(ranks) for ranks, _ in entries)
     remote_ranks = sorted({r for ranks, _ in entries for r in ranks})
     if len(remote_ranks) != total:
         return None  # a rank named twice

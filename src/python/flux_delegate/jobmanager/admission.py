@@ -30,7 +30,7 @@ class Admission:
 
     def admit(self, job):
         """Whether job may go ahead now; if not, it is called back
-        (check_ready()) when its turn comes."""
+        (Waiting.check_ready()) when its turn comes."""
         if job.id in self.active:
             return True
         if len(self.active) < self.limit and not self.waiting:
@@ -49,6 +49,6 @@ class Admission:
         while self.waiting and len(self.active) < self.limit:
             _, following = self.waiting.popitem(last=False)
             self.active.add(following.id)
-            guard(following.check_ready, following)()
+            guard(following.waiting.check_ready, following)()
             if following.phase == WAITING and not following.checking:
                 self.active.discard(following.id)  # nothing to do now (held)

@@ -21,7 +21,8 @@ from flux.constants import FLUX_POLLIN
 from ..targets import SELF_DELEGATION, same_instance
 from .journal import RemoteJournal
 from .reactor import Timer, free_watcher, guard
-from .remote import NotSent, RemoteInstance, close_handle
+from .outgoing import NotSent
+from .remote import RemoteInstance, close_handle
 
 #: Errors after which a connection is not reused.
 CONNECTION_ERRORS = {

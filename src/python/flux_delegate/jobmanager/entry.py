@@ -52,7 +52,7 @@ def claim(args, target, doomed=None):
     # recorded yet: job.state.depend starts the check.  A job already in
     # DEPEND (plugin load, restart) is checked now.
     if args.get("state") == flux.constants.FLUX_JOB_STATE_DEPEND:
-        job.check_ready()
+        job.waiting.check_ready()
     return job
 
 
@@ -140,7 +140,7 @@ def release_attribute(args):
 def resume_released(args):
     """Plugin load (reload, restart) with a job this plugin released and
     not ended yet: one a priority plugin held before its alloc is run
-    (DelegatedJob.resume_release), one whose run a prolog of the site's
+    (Resuming.release_again), one whose run a prolog of the site's
     holds (localrun.py) is taken up again from its eventlog."""
     runtime = current.runtime
     status = released_status(args["jobspec"])
@@ -160,10 +160,10 @@ def resume_released(args):
     runtime.jobtap.subscribe(job.id)
     if state in before_alloc:
         log(syslog.LOG_INFO, f"{name}: released, not yet allocated: its run taken up again")
-        job.resume_release(scheduled=state == flux.constants.FLUX_JOB_STATE_SCHED)
+        job.resuming.release_again(scheduled=state == flux.constants.FLUX_JOB_STATE_SCHED)
     else:
         log(syslog.LOG_INFO, f"{name}: released and held by a prolog: its run taken up again")
-        job.resume_run()
+        job.resuming.run_again()
 
 
 def on_job_create(args):

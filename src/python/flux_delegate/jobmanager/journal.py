@@ -12,7 +12,7 @@ and needs no watch of its own (one request less per job for the target's
 job-info).  The journal saw every event of such a job, in order.  Jobs
 it did not see submitted (sent before it was open, followed again after a
 reload or a reconnect) are followed by their watch, and so are its jobs
-once it ends (DelegatedJob.journal_ended): a lost connection ends both,
+once it ends (Following.journal_ended): a lost connection ends both,
 and the job is followed again, by a watch, once the target answers.
 
 Only the target's instance owner may read its journal: for anyone else it

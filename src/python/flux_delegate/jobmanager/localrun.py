@@ -3,7 +3,7 @@ involved.
 
 The remote job has run; the local job only has to end the same way.  Its
 output, an exec eventlog and R were written to its KVS directory while it
-was pending (DelegatedJob.on_collected: guest.output, guest.exec.eventlog,
+was pending (Releasing.on_collected: guest.output, guest.exec.eventlog,
 R), where job-exec would have left them.  Then, as R is given
 (alloc-bypass, job.state.sched), the plugin posts, in one pass of the
 reactor:

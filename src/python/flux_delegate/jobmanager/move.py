@@ -140,7 +140,7 @@ class Mover:
     def consider(self, job, plans):
         """Move the job if another candidate would start it sooner by more
         than move-margin; unknown anywhere means no move."""
-        request = job.request_for_estimate()
+        request = job.choosing.request_for_estimate()
         here_plan = plans.get(id(job.remote.schedule))
         if request is None or here_plan is None:
             return
@@ -170,7 +170,7 @@ class Mover:
 
 class Move:
     """One job's move: hold, settle, cancel, and, once the cancel is
-    through, submit to the destination (DelegatedJob.conclude calls
+    through, submit to the destination (Releasing.conclude calls
     finish_move)."""
 
     def __init__(self, mover, job, destination, here, there, request):
@@ -316,12 +316,12 @@ def finish_move(job, move):
             " (delegate-requeue=false)"
         )
         return
-    job.stop_following()
+    job.following.stop()
     job.moves += 1
     job.phase = SUBMITTING
     if move is None or job.remote_spec is None:
         log(syslog.LOG_INFO, f"{job.name}: {where} was canceled to move it: choosing again")
-        job.start()
+        job.choosing.start()
         return
     move.mover.counts["moves"] += 1
     rest = [c for c in job.untried if c is not move.destination]
@@ -332,5 +332,5 @@ def finish_move(job, move):
         f"{job.name}: {where} canceled (it never started): moving to"
         f" {move.destination.describe()}",
     )
-    job.try_next()
+    job.submitting.try_next()
 

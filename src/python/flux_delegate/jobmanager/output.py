@@ -23,7 +23,7 @@ from flux.job import JobID
 from ..jobspec import R_naming, flux_counts
 from ..outputlog import OutputCopy, capped_notice, missing_notice, size_text
 from .reactor import Timer, guard, log
-from .remote import answer_of
+from .outgoing import answer_of
 
 
 class RemoteOutput:

@@ -16,7 +16,8 @@ from ..preflight import (
     unsent_verdict,
 )
 from .reactor import Timer, guard, log, then
-from .remote import FailedRequest, payload_size
+from .outgoing import FailedRequest
+from .remote import payload_size
 
 
 #: A target's cached "feasible" (preflight-cache) is taken only if it has

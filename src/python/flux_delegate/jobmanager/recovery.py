@@ -233,7 +233,7 @@ class Recovery:
     def found(self, remote_id):
         job = self.job
         if job.phase == RECOVERING:
-            job.adopt(self, remote_id)
+            job.submitting.adopt(self, remote_id)
         elif job.phase == ENDED:  # ended while looking
             job.uri, job.remote, job.remote_id = self.uri, self.remote, JobID(remote_id)
             job.cancel_remote(job.canceled_reason or f"job {job.name} ended")
@@ -250,4 +250,4 @@ class Recovery:
             job.fail(job.doomed)
             return
         log(syslog.LOG_INFO, f"{job.name}: delegating afresh")
-        job.start()
+        job.choosing.start()

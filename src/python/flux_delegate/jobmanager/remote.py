@@ -1,16 +1,10 @@
-"""Remote I/O: an open connection to a target, the requests sent on it
-(never more than its socket buffer can take without blocking), and the
-identity check of a remote job.
+"""Remote I/O: an open connection to a target, and the identity check of
+a remote job.  The requests sent on it (never more than its socket buffer
+can take without blocking): outgoing.py.
 """
 
 import errno
-import fcntl
 import json
-import os
-import socket
-import stat
-import struct
-import termios
 import time
 import weakref
 
@@ -23,8 +17,8 @@ from flux.core.inner import ffi, lib
 from ..eventlog import describe_origin
 from ..jobspec import origin_of, same_origin
 from ..preflight import FeasibleAnswers
-from ..text import shown
-from .reactor import Timer, free_watcher, guard, then
+from .outgoing import SEND_BUDGET, UNLOADED, FailedRequest, Outgoing, SendBuffer, answer_of, forget
+from .reactor import Timer, free_watcher, guard
 from .schedule import TargetSchedule, remote_sender
 
 
@@ -125,8 +119,7 @@ class RemoteInstance:
         # or to ssh), to see how much room its buffer has left.
         self.socket = SendBuffer.of_handle(fd)
         self.writable = None  # POLLOUT watcher while requests wait for room
-        self.draining = None  # Timer: unloaded, closed once answered (shutdown())
-        self.drain_check = None
+        self.draining = None  # Drain: unloaded, closed once answered (shutdown())
         # Every future made on this connection, while it lives: once the
         # connection is closed, none is answered any more (close()).
         self.futures = weakref.WeakSet()
@@ -214,7 +207,8 @@ class RemoteInstance:
     def release(self, nbytes):
         self.unanswered = max(0, self.unanswered - nbytes)
         self.flush()
-        self.check_drained()
+        if self.draining is not None:
+            self.draining.answered()
 
     def on_ready(self, *unused):
         """Run the handle's reactor until it has nothing more to do now;
@@ -299,7 +293,7 @@ class RemoteInstance:
         for outgoing in list(self.sent):
             outgoing.drop(reason)
         if self.draining is not None:  # unloaded: nothing more to await
-            self.drained()
+            self.draining.done()
 
     def shutdown(self):
         """The plugin is unloaded: close the connection (the target then
@@ -322,37 +316,14 @@ class RemoteInstance:
         for outgoing in list(self.sent):
             if outgoing.guarded:
                 outgoing.drop(UNLOADED)
-        if not self.lost and self.awaited():
-            # Not guard()ed: these run after the unload, on purpose.
-            self.draining = Timer(
-                2 * self.runtime.submit_timeout, self.safely(self.drained), self.runtime
-            )
+        if not self.lost and awaited(self):
+            self.draining = Drain(self)
             return
-        self.drained()
+        self.unloaded()
 
-    def awaited(self):
-        """Whether a request acted on after an unload is still unanswered."""
-        return any(not outgoing.guarded for outgoing in self.in_flight)
-
-    def check_drained(self):
-        """After an answer, while draining (see shutdown()): closed once
-        nothing awaited is left.  Checked on the next pass of the reactor,
-        never in the answer's callback: that callback may send another
-        request (a withdraw) that must get out first."""
-        if self.draining is not None and self.drain_check is None:
-            self.drain_check = Timer(0.0, self.safely(self.after_answer), self.runtime)
-
-    def after_answer(self):
-        self.drain_check = None
-        if self.draining is not None and (self.lost or not self.awaited()):
-            self.drained()
-
-    def drained(self):
+    def unloaded(self):
         """Unloaded, and nothing more awaited: close the connection now."""
-        for timer in (self.draining, self.drain_check):
-            if timer is not None:
-                timer.cancel()
-        self.draining = self.drain_check = None
+        self.draining = None
         if not self.lost:
             self.lost = UNLOADED
             self.let_go()
@@ -360,22 +331,10 @@ class RemoteInstance:
         for outgoing in list(self.sent):
             outgoing.drop(UNLOADED)
 
-    def safely(self, callback):
-        """callback, for a timer of a connection that outlives its
-        plugin's unload: an error is logged, and goes no further."""
-
-        def run(*unused):
-            try:
-                callback()
-            except Exception:  # pylint: disable=broad-except
-                self.runtime.log_exception(f"connection to {self.uri}")
-
-        return run
-
     def watchers(self):
         """Its watchers on the job-manager's reactor (the fd watcher, and
         timers: see Runtime.unload())."""
-        timers = (self.more, self.draining, self.drain_check)
+        timers = (self.more,) + (self.draining.timers() if self.draining else ())
         found = [self.watcher, self.writable] + [t.watcher for t in timers if t is not None]
         return {w for w in found if w is not None}
 
@@ -397,32 +356,6 @@ class RemoteInstance:
         close_handle(handle)
 
 
-def forget(future):
-    """A future made on a connection being closed: destroyed now (its
-    answers, if any are still to come, are never read; no callback runs).
-
-    flux's bindings would keep it for ever: they hold every future with a
-    continuation until its last answer (flux.future._THEN_HANDLES), which
-    on a closed connection never comes; and, as each refers to itself
-    (the handle its continuation gets), even one let go of waits for the
-    garbage collector.  Meanwhile it would keep its connection's handle
-    (flux_future_set_flux() takes a reference) and with it the socket and
-    reactor.  So it is taken out of that table, marked as needing no
-    cancel request (one sent when it is collected would go to a closed
-    connection and fail on the broker's stderr), and destroyed
-    (flux_future_destroy(), what leaving 'with future:' does): no
-    continuation runs for it any more, and libflux drops answers that
-    still come for it (while a connection drains: see shutdown())."""
-    if hasattr(future, "needs_cancel"):
-        future.needs_cancel = False
-    future.stop()
-    future.delegate_unanswered = None
-    pending = getattr(flux.future, "_THEN_HANDLES", None)
-    if pending is not None:
-        pending.pop(future, None)
-    future.__exit__(None, None, None)
-
-
 def close_handle(handle):
     """Close a handle this plugin opened (flux_close(): it is destroyed
     with its last reference).  flux's Flux.close() refuses, lest the handle
@@ -432,171 +365,55 @@ def close_handle(handle):
     handle.__exit__(None, None, None)
 
 
-class Outgoing:
-    """A request to a target: sent, or waiting in its connection's queue."""
+def awaited(remote):
+    """Whether a request acted on after an unload is still unanswered."""
+    return any(not outgoing.guarded for outgoing in remote.in_flight)
 
-    def __init__(self, remote, nbytes, send, callback, job, guarded):
+
+def safely(remote, callback):
+    """callback, for a timer of a connection that outlives its plugin's
+    unload: an error is logged, and goes no further."""
+
+    def run(*unused):
+        try:
+            callback()
+        except Exception:  # pylint: disable=broad-except
+            remote.runtime.log_exception(f"connection to {remote.uri}")
+
+    return run
+
+
+class Drain:
+    """A connection kept open after its plugin's unload until the requests
+    acted on even then are answered, for at most twice submit-timeout
+    (RemoteInstance.shutdown())."""
+
+    def __init__(self, remote):
         self.remote = remote
-        self.nbytes = nbytes
-        self.send = send
-        self.callback = callback
-        self.job = job
-        self.guarded = guarded
-        self.future = None
-        self.canceled = False
+        # Not guard()ed: these run after the unload, on purpose.
+        self.deadline = Timer(2 * remote.runtime.submit_timeout, safely(remote, self.done), remote.runtime)
+        self.check = None
 
-    @property
-    def sent(self):
-        return self.future is not None
+    def timers(self):
+        return (self.deadline, self.check)
 
-    def fail(self, error, sent=False):
-        """Answer the request with error ('sent': it may have reached the
-        target)."""
-        self.future = FailedRequest(error, sent)
-        if self.guarded:
-            guard(self.callback, self.job, self.remote.runtime)(self.future)
-        else:
-            self.callback(self.future)
+    def answered(self):
+        """After an answer: closed once nothing awaited is left.  Checked
+        on the next pass of the reactor, never in the answer's callback:
+        that callback may send another request (a withdraw) that must get
+        out first."""
+        if self.check is None:
+            self.check = Timer(0.0, safely(self.remote, self.after_answer), self.remote.runtime)
 
-    def send_now(self):
-        try:
-            future = self.send(self.remote.handle)
-        except OSError as exc:
-            self.fail(exc)  # not sent (e.g. the connection broke)
-            return
-        self.future = future
-        self.remote.futures.add(future)
-        self.remote.sent.add(self)
-        self.remote.unanswered += self.nbytes
-        self.remote.in_flight.add(self)
-        future.delegate_unanswered = self
-        then(future, self.callback, job=self.job, guarded=self.guarded)
+    def after_answer(self):
+        self.check = None
+        if self.remote.draining is self and (self.remote.lost or not awaited(self.remote)):
+            self.done()
 
-    def drop(self, reason):
-        """Its connection is closed (lost, or the plugin unloaded): let go
-        of the request's future, answered or not (a future keeps its
-        handle); what is left answers as a lost connection would."""
-        self.remote.in_flight.discard(self)
-        future = self.future
-        if future is not None and not isinstance(future, FailedRequest):
-            forget(future)
-            self.future = FailedRequest(
-                OSError(errno.ECONNRESET, f"the connection was lost: {reason}"), sent=True
-            )
-
-    def withdraw(self):
-        """Withdraw the request if it is still queued; True if it was."""
-        if self.future is None and self in self.remote.queue:
-            self.remote.queue.remove(self)
-            self.canceled = True
-            return True
-        return False
-
-
-class FailedRequest:
-    """Stands in for the future of a request that failed on our side: not
-    sent, or sent on a connection that then broke ('sent')."""
-
-    def __init__(self, error, sent=False):
-        self.error = error
-        self.sent = sent
-
-    def get(self):
-        raise self.error
-
-    get_id = get_event = get_jobinfo = get
-
-    def cancel(self, stop=False):
-        pass
-
-
-#: Why a connection closed at unload is closed.
-UNLOADED = "the plugin was unloaded"
-
-
-#: Where the socket of a connection cannot be found: bytes of requests a
-#: target may leave unanswered before further requests wait their turn.
-SEND_BUDGET = 128 * 1024
-
-
-class SendBuffer:
-    """The send buffer of a connection's socket.
-
-    libflux writes a message whole: when the socket's buffer has no room
-    for it, flux_send() waits (poll for POLLOUT) until the target has read
-    enough, and on the job-manager's thread a target that stops reading
-    would stall everything.  So a request is written only when the buffer
-    has room for all of it (its room is the buffer's size less what the
-    target has not read yet, SIOCOUTQ); and one too large for even an empty
-    buffer is never written on the job-manager's thread at all.
-    """
-
-    #: Asked of the kernel for each connection: it grants up to
-    #: net.core.wmem_max (twice that, for its own accounting).
-    WANTED = 4 * 1024 * 1024
-
-    def __init__(self, fd):
-        self.fd = fd
-        sock = socket.socket(fileno=fd)
-        try:
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.WANTED)
-            except OSError:
-                pass
-            self.size = sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
-        finally:
-            sock.detach()  # the fd stays the connection's
-
-    @classmethod
-    def of_handle(cls, pollfd):
-        """The SendBuffer of the socket behind a handle's poll fd (an epoll
-        fd whose watched fds /proc lists), or None if there is none."""
-        try:
-            with open(f"/proc/self/fdinfo/{pollfd}") as fp:
-                fds = [int(line.split()[1]) for line in fp if line.startswith("tfd:")]
-            for fd in fds:
-                if stat.S_ISSOCK(os.fstat(fd).st_mode):
-                    return cls(fd)
-        except (OSError, ValueError, IndexError):
-            pass
-        return None
-
-    def unread(self):
-        """Bytes written and not yet read by the other end (with the
-        kernel's overhead)."""
-        buf = fcntl.ioctl(self.fd, termios.TIOCOUTQ, b"\0\0\0\0")  # SIOCOUTQ
-        return struct.unpack("i", buf)[0]
-
-    @staticmethod
-    def cost(nbytes):
-        """What nbytes take in the buffer: the kernel counts its own
-        bookkeeping (a few hundred bytes to a page per buffer of data)."""
-        return nbytes + nbytes // 4 + 8192
-
-    def has_room(self, nbytes):
-        return self.cost(nbytes) <= self.size - self.unread()
-
-    def could_hold(self, nbytes):
-        """Whether nbytes would fit once the other end has read enough to
-        wake a writer (POLLOUT comes when under a quarter is unread)."""
-        return self.cost(nbytes) <= self.size // 2
-
-
-def answer_of(get):
-    """get(): the value of a future, with any failure to read the answer
-    (an error string that is not UTF-8, a malformed payload) as an OSError
-    (EPROTO), so that it is handled as an error answer, not lost."""
-    try:
-        return get()
-    except OSError:
-        raise
-    except Exception as exc:  # pylint: disable=broad-except
-        raise OSError(errno.EPROTO, f"unreadable answer: {type(exc).__name__}: {shown(str(exc))}")
-
-
-class NotSent(OSError):
-    """A request that never left (no connection): another target may take
-    the job."""
-
-    def __init__(self, exc):
-        super().__init__(exc.errno, exc.strerror or str(exc))
+    def done(self):
+        for timer in self.timers():
+            if timer is not None:
+                timer.cancel()
+        self.check = None
+        if self.remote.draining is self:
+            self.remote.unloaded()

@@ -12,7 +12,7 @@ import flux.uri
 from ..targets import check_local_or_ssh, parse_jobid_path
 from ..text import shown
 from .reactor import Timer, guard, then
-from .remote import answer_of
+from .outgoing import answer_of
 
 
 def resolve_target(job, target, on_uri, on_error):

@@ -2,7 +2,7 @@
 after each failure, every reconnect-interval, until a deadline.
 
 What the remote cancel (cancel.py), the search after an interrupted submit
-(recovery.py) and the reconnect of a followed job (job.py) all do; each
+(recovery.py) and the reconnect of a followed job (following.py) all do; each
 chooses its own deadline rule where it makes its Retrying.
 """
 

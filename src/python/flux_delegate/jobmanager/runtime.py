@@ -39,6 +39,29 @@ from .reactor import free_watcher, log_text, then
 from .schedule import TargetSchedule, local_sender
 
 
+def new_counts():
+    """What a load counts (flux remote status shows it): how jobs went on
+    to choose a target, from job.new ("early"), or when their turn came in
+    a burst without a look at their eventlog ("early-queued"), or after
+    that look ("at-depend"); candidates' feasibility asked or taken from
+    preflight-cache; how many remote jobs' ends came first through a
+    journal (and how much a journal sent that was no journal answer or
+    event); and outputs read from the guest namespace, from the job's
+    directory (the namespace moved there) or through job-info."""
+    return {
+        "early": 0,
+        "early-queued": 0,  # would have gone from job.new but for the window
+        "at-depend": 0,
+        "feasibility-asked": 0,
+        "feasibility-cached": 0,
+        "ended-by-journal": 0,
+        "journal-malformed": 0,  # answers or entries that were neither
+        "output-from-namespace": 0,
+        "output-from-job-directory": 0,
+        "output-watched": 0,
+    }
+
+
 class Runtime:
     """State of one loaded handler: plugin conf, the job-manager's handle,
     connections, the registry and policies, and the jobs it follows."""
@@ -68,30 +91,11 @@ class Runtime:
         # and this instance's own, for a job that may stay (include-local).
         self.estimate_cache = self.conf["estimate-cache"]
         self.local_schedule = TargetSchedule("this instance", local_sender(self), self.estimate_cache)
-        # Whether a job is sent on from job.new (DelegatedJob.on_new).
+        # Whether a job is sent on from job.new (Waiting.on_new).
         self.early_handoff = self.conf["early-handoff"]
         # Whether each connection reads its target's journal (journal.py).
         self.journal = self.conf["journal"]
-        # How jobs went on to choose a target: from job.new ("early"), or
-        # when their turn came in a burst without a look at their eventlog
-        # ("early-queued"), or after that look ("at-depend"); and
-        # candidates' feasibility asked or taken from preflight-cache.
-        # And how many remote jobs' ends came first through a journal (and
-        # how much a journal sent that was no journal answer or event), and
-        # their outputs read from the guest namespace, from the job's
-        # directory (the namespace moved there) or through job-info.
-        self.counts = {
-            "early": 0,
-            "early-queued": 0,  # would have gone from job.new but for the window
-            "at-depend": 0,
-            "feasibility-asked": 0,
-            "feasibility-cached": 0,
-            "ended-by-journal": 0,
-            "journal-malformed": 0,  # answers or entries that were neither
-            "output-from-namespace": 0,
-            "output-from-job-directory": 0,
-            "output-watched": 0,
-        }
+        self.counts = new_counts()
         connect_timeout = self.conf["connect-timeout"]
         self.reconnect_interval = self.conf["reconnect-interval"]
         self.reconnect_timeout = self.conf["reconnect-timeout"]
@@ -102,6 +106,10 @@ class Runtime:
         self.admission = Admission()
         self.helpers = Helpers(self)
         self.connections = Connections(self, connect_timeout)
+        self.init_registry()
+
+    def init_registry(self):
+        """The registry, the policies and moving, until configure() sets them."""
         # Registry: broker config [[delegate]] + the user's registry file.
         self.configured = False
         self.rejected_conf = None
@@ -319,7 +327,7 @@ class Runtime:
         self.unloaded = True
         self.mover.stop()
         for job in list(self.jobs.values()):
-            job.stop_following()  # its watch's cancel, while it can be sent
+            job.following.stop()  # its watch's cancel, while it can be sent
         self.connections.close()
         self.helpers.close()
         # Timers still pending (timeouts, retries) would only fire to find

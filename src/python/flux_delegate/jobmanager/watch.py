@@ -1,4 +1,4 @@
-"""Watching a remote job's eventlog: what following a job (job.py) and
+"""Watching a remote job's eventlog: what following a job (following.py) and
 making sure a cancel took (cancel.py) both do.
 """
 

@@ -1,0 +1,83 @@
+"""Resuming: a job taken up again after a plugin reload or an instance
+restart, from what its eventlog says.
+
+A job delegated before ("delegated" event) follows its remote job again
+(follow_again: the remote id is checked to be its own first, Following).
+A job this plugin released and had not run through yet (resume_released
+in entry.py) is allocated and run again (release_again), or its run,
+held by a site's prolog, taken up where it was (run_again).  A submit
+whose answer was lost is looked for on its target (recovery.py).
+"""
+
+import json
+import syslog
+
+from flux.core.inner import ffi
+from flux.job import JobID
+
+from .localrun import LocalRun
+from .phases import RELEASING
+from .reactor import guard, log, then
+from .waiting import look_up_own
+
+
+class Resuming:
+    """What a reload takes up again of one job (job.py holds its state)."""
+
+    __slots__ = ("job",)
+
+    def __init__(self, job):
+        self.job = job
+
+    def follow_again(self, delegation):
+        """Follow again a remote job delegated before a reload/restart
+        (its "delegated" event)."""
+        job = self.job
+        job.uri = delegation.get("uri")
+        job.following.start()
+        job.remote_id = JobID(delegation.get("jobid"))
+        log(syslog.LOG_INFO, f"{job.name}: following {job.remote_id.f58} on {job.uri} again")
+        job.lost_reason = "the source reloaded"
+        job.reconnecting.start()
+
+    def release_again(self, scheduled):
+        """A plugin loaded again after the released job's dependency was
+        removed but before its alloc (resume_released): a job in SCHED is
+        allocated and run on the next pass of the reactor (not inside
+        job.create, where its end would come before other plugins saw it
+        begin); one a priority plugin still holds gets its R, read back
+        from its KVS directory, once it reaches SCHED (on_sched)."""
+        job = self.job
+        job.released = True
+        job.bypass_set = True
+        job.run = LocalRun(job, job.wait_status)
+        if scheduled:
+            job.R_given = True
+            job.timers.start("run", 0.0, guard(self.allocate, job))
+        else:
+            look_up_own(job, "R", self.on_stored_R)
+
+    def allocate(self):
+        job = self.job
+        if job.phase == RELEASING:
+            job.run.allocate()  # outside callbacks: handled before it returns
+            job.run.finish_when_ready()
+
+    def on_stored_R(self, R):
+        if not self.job.R_given:
+            self.job.R = json.loads(ffi.string(R).decode())
+
+    def run_again(self):
+        """A plugin loaded again while the released job's run was held
+        (resume_released): its eventlog says what is left to do."""
+        job = self.job
+        job.run = LocalRun(job, job.wait_status)
+        job.run.resuming = []
+        future = job.runtime.handle.rpc(
+            "job-manager.getattr", {"id": job.id, "attrs": ["eventlog"]}
+        )
+        then(future, self.on_run_eventlog, job=job)
+
+    def on_run_eventlog(self, future):
+        job = self.job
+        job.run.resume(future.get()["eventlog"], running=job.phase == RELEASING)
