@@ -231,6 +231,37 @@ def test_handler_error_in_callback_rejects_with_traceback(fresh_source, target, 
     assert "Traceback" in dmesg and "raise RuntimeError('boom in callback')" in dmesg
 
 
+@pytest.mark.parametrize(
+    "raised, shown",
+    [
+        ("b'\\xff'.decode()", "handler error (traceback in broker log): UnicodeDecodeError: "),
+        ("json.loads('{')", "handler error (traceback in broker log): JSONDecodeError: "),
+        ("raise ValueError('no such %n cluster')", "no such %n cluster"),
+    ],
+)
+def test_only_a_plain_value_error_at_submit_is_the_users(fresh_source, target, tmp_path, raised, shown):
+    """At submit a ValueError is a rejection for the user, as is; a
+    UnicodeError or a JSONDecodeError (ValueErrors too) is a decoding bug
+    of the handler's or what a target sent: a handler error, its
+    traceback in the broker log."""
+    path = tmp_path / "decoding.py"
+    path.write_text(
+        "import json\n"
+        "from flux_delegate.jobmanager import entry\n"
+        "from flux_delegate.jobmanager.entry import *\n"
+        "def callback(topic, args, job):\n"
+        "    if topic == 'job.dependency.delegate':\n"
+        f"        {raised}\n"
+        "    return entry.callback(topic, args, job)\n"
+    )
+    fresh_source.load_plugin(str(path))
+    proc = fresh_source.run("submit", f"--dependency=delegate:{target.uri}", "true", check=False)
+    assert proc.returncode != 0
+    assert shown in proc.stderr, proc.stderr
+    traceback_logged = "Traceback" in fresh_source.dmesg()
+    assert traceback_logged == shown.startswith("handler error"), fresh_source.dmesg()
+
+
 def raising_in(tmp_path, topic):
     """A site handler whose callback raises for one topic."""
     path = tmp_path / "raising.py"

@@ -4,12 +4,13 @@ twice nor loses it: the target is searched for the job by its origin."""
 
 import json
 import os
+import subprocess
 import tempfile
 import time
 
 import pytest
 from conftest import start_instance
-from flux_instance import PLUGIN, FluxInstance, plugin_conf_toml
+from flux_instance import FLUX, PLUGIN, FluxInstance, plugin_conf_toml
 
 pytestmark = pytest.mark.integration
 
@@ -209,3 +210,44 @@ def test_cancel_mid_submit_then_reload_withdraws_the_late_job(request, fresh_sou
         assert time.time() < deadline, target.jobs()
         time.sleep(0.2)
     assert len(target.jobs()) == 1
+
+
+#: A job-info service whose every answer is text that is not UTF-8.
+NOT_UTF8_JOB_INFO = r"""
+import flux
+h = flux.Flux()
+h.service_register("job-info").get()
+def answer(h, t, msg, arg):
+    h.respond(msg, b'{"jobspec": "\xff\xfe"}')
+keep = h.msg_watcher_create(answer, topic_glob="job-info.*")
+keep.start()
+print("ready", flush=True)
+h.reactor_run()
+"""
+
+
+def test_a_target_answering_text_that_is_not_utf8_is_the_targets_error(request, fresh_source):
+    """The search's lookups are answered with text that is not UTF-8: an
+    unreadable answer from the target (EPROTO), searched again until
+    reconnect-timeout, then the job fails saying so, not a handler error,
+    and nothing is submitted twice."""
+    target = SlowTarget(request)
+    options = (f"submit-timeout={SUBMIT_TIMEOUT}", "reconnect-timeout=3", "reconnect-interval=0.5")
+    fresh_source.load_plugin(None, *options)
+    jobid = submit_and_interrupt(fresh_source, target, "true")
+    target.instance.run("module", "remove", "job-info")
+    service = subprocess.Popen(
+        [FLUX, "python", "-c", NOT_UTF8_JOB_INFO],
+        env=target.instance.env(),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    request.addfinalizer(service.wait)
+    request.addfinalizer(service.kill)
+    assert service.stdout.readline().strip() == "ready"
+    fresh_source.load_plugin(None, *options)
+    fresh_source.wait_event(jobid, "clean", timeout=90)
+    note = fresh_source.exception(jobid)["note"]
+    assert "cannot be told" in note and "unreadable answer: UnicodeDecodeError" in note, note
+    assert "handler error" not in fresh_source.dmesg()
+    assert len(target.jobs()) == 1  # the one the interrupted submit made

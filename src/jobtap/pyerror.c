@@ -226,6 +226,31 @@ static bool job_can_take_exception (flux_plugin_t *p,
     return result;
 }
 
+/* At submit a ValueError is the handler's way of saying "this value is
+ * wrong": the user's error.  Not a UnicodeError nor a json.JSONDecodeError,
+ * though they are ValueErrors too: text that could not be decoded is a
+ * handler bug or what a target sent, never what the user typed wrong, and
+ * its traceback is kept.  json is in sys.modules (the handler imports it).
+ */
+static bool is_user_error (PyObject *type)
+{
+    PyObject *json;
+    PyObject *decode_error = NULL;
+    bool result;
+
+    if (!type
+        || !PyErr_GivenExceptionMatches (type, PyExc_ValueError)
+        || PyErr_GivenExceptionMatches (type, PyExc_UnicodeError))
+        return false;
+    if ((json = PyImport_ImportModule ("json")))
+        decode_error = PyObject_GetAttrString (json, "JSONDecodeError");
+    result = !(decode_error && PyErr_GivenExceptionMatches (type, decode_error));
+    Py_XDECREF (decode_error);
+    Py_XDECREF (json);
+    PyErr_Clear ();
+    return result;
+}
+
 int pyerror_report (flux_plugin_t *p,
                     flux_plugin_arg_t *args,
                     enum pyerror_site site,
@@ -237,8 +262,7 @@ int pyerror_report (flux_plugin_t *p,
                     PyObject *tb)
 {
     flux_t *h = flux_jobtap_get_flux (p);
-    bool user_error = type && PyErr_GivenExceptionMatches (type,
-                                                           PyExc_ValueError);
+    bool user_error = is_user_error (type);
     char *summary = format_summary (type, value);
     char *traceback = format_traceback (type, value, tb);
     char idbuf[64] = "";
@@ -247,10 +271,10 @@ int pyerror_report (flux_plugin_t *p,
 
     switch (site) {
         case PYERROR_SUBMIT:
-            /* A ValueError is the handler's way of saying "this value is
-             * wrong": the message is for the user, as is.  Anything else
-             * is a handler bug: say so, and keep the traceback for the
-             * admin.
+            /* A ValueError (is_user_error) is the handler's way of
+             * saying "this value is wrong": the message is for the user,
+             * as is.  Anything else is a handler bug: say so, and keep
+             * the traceback for the admin.
              */
             if (user_error) {
                 char *message = format_message (value);

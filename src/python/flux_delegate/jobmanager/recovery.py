@@ -12,6 +12,7 @@ import flux.job
 from flux.job import JobID
 
 from ..jobspec import job_name, origin_of, same_origin
+from .outgoing import answer_of
 from .phases import ENDED, RECOVERING
 from .reactor import Timer, guard, log
 from .retry import Retrying
@@ -217,7 +218,8 @@ class Recovery:
 
     def on_jobspec(self, future, jobid):
         try:
-            jobspec = future.get_decode()["jobspec"]
+            # Text that is not UTF-8 is the target's error answer (EPROTO).
+            jobspec = answer_of(lambda: future.get_decode()["jobspec"])
         except OSError as exc:
             if exc.errno in (errno.ENOENT, errno.EPERM):  # purged, not ours
                 self.check_next()
