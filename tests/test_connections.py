@@ -305,3 +305,74 @@ def test_an_oversized_submit_never_answered_does_not_keep_its_helper(request, fr
     while json.loads(fresh_source.run("jobtap", "query", "delegate.so").stdout)["helper-threads"]:
         assert time.time() < deadline, "the helper thread is still waiting"
         time.sleep(0.2)
+
+
+#: A proxy to a target's socket that passes everything both ways, but
+#: stops reading what a client sends once it has passed 1 MiB of it: a
+#: target that stopped reading its socket in the middle of a large message
+#: (SIGSTOP, a hung ssh), while its other connections work.
+STOPS_READING = r"""
+import select, socket, sys
+listen_path, target_path = sys.argv[1], sys.argv[2]
+server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+server.bind(listen_path)
+server.listen(64)
+peer, passed = {}, {}
+print("ready", flush=True)
+while True:
+    readable = [server] + [s for s in peer if passed.get(s, 0) <= 1 << 20]
+    for sock in select.select(readable, [], [])[0]:
+        if sock is server:
+            client, _ = server.accept()
+            upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            upstream.connect(target_path)
+            peer[client], peer[upstream] = upstream, client
+            passed[client] = 0
+            continue
+        data = sock.recv(65536)
+        other = peer[sock]
+        if not data:
+            for s in (sock, other):
+                peer.pop(s, None)
+                passed.pop(s, None)
+                s.close()
+            continue
+        if sock in passed:
+            passed[sock] += len(data)
+        other.sendall(data)
+"""
+
+
+def test_an_oversized_submit_to_a_target_that_stops_reading_does_not_keep_its_helper(
+    request, fresh_source, tmp_path
+):
+    """flux_send() of an oversized jobspec waits for the target to read
+    it: a target that stops reading fails the job at submit-timeout, and
+    the helper thread's send is cut off then (its socket shut down), not
+    left waiting for ever."""
+    import subprocess
+    import time
+
+    target = start_instance(request, name="stops-reading")
+    path = str(tmp_path / "stops-reading.sock")
+    proxy = subprocess.Popen(
+        ["flux", "python", "-c", STOPS_READING, path, target.uri[len("local://") :]],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    request.addfinalizer(proxy.kill)
+    assert proxy.stdout.readline().strip() == "ready"
+    uri = f"local://{path}"
+    fresh_source.load_plugin(None, "submit-timeout=2")
+    assert fresh_source.status(fresh_source.submit(f"--dependency=delegate:{uri}", "true")) == 0
+    query = json.loads(fresh_source.run("jobtap", "query", "delegate.so").stdout)
+    size = query["send-buffers"][uri] // 2 + 1024 * 1024
+    jobid = fresh_source.run("python", "-c", SUBMIT_LARGE, uri, str(size)).stdout.strip()
+    fresh_source.wait_event(jobid, "clean", timeout=60)
+    assert "over a connection of its own" in fresh_source.dmesg()
+    exception = fresh_source.exception(jobid)
+    assert exception["type"] == "DelegationFailure" and "within 2s" in exception["note"], exception
+    deadline = time.time() + 15
+    while json.loads(fresh_source.run("jobtap", "query", "delegate.so").stdout)["helper-threads"]:
+        assert time.time() < deadline, "the helper thread is still sending"
+        time.sleep(0.2)

@@ -17,11 +17,12 @@ import flux
 import flux.job
 import flux.uri
 from flux.constants import FLUX_POLLIN
+from flux.core.inner import lib
 
 from ..targets import SELF_DELEGATION, same_instance
 from .journal import RemoteJournal
 from .reactor import Timer, free_watcher, guard
-from .outgoing import NotSent
+from .outgoing import NotSent, shut_down, socket_of
 from .remote import RemoteInstance, close_handle
 
 #: Errors after which a connection is not reused.
@@ -421,19 +422,28 @@ class Waiter:
 
 def submit_on_own_connection(uri, spec, timeout, task):
     """On a helper thread: submit an oversized jobspec over a connection
-    of its own (flux_send() may wait there as long as it must), waiting
-    for the answer up to timeout (the submit's own): a target whose
-    job-ingest never answers must not keep the thread, nor, after
-    MAX_HELPER_THREADS of them, every connection to every target."""
+    of its own (flux_send() may wait there, until the task is given up),
+    waiting for the answer up to timeout (the submit's own): a target
+    that never reads the submit, or whose job-ingest never answers, must
+    not keep the thread, nor, after MAX_HELPER_THREADS of them, every
+    connection to every target."""
     try:
         handle = open_connection(uri, timeout, task)
     except OSError as exc:
         raise NotSent(exc) from exc
+    # flux_send() waits for room as long as it takes, and a target that
+    # stopped reading (SIGSTOP, a hung ssh) never makes any: the submit's
+    # timeout gives the task up (Submitting.on_submit_timeout), which shuts
+    # the socket down, and the send fails.
+    fd = socket_of(lib.flux_pollfd(handle.handle))
+    if fd is not None:
+        task.on_give_up(lambda: shut_down(fd))
     try:
         future = flux.job.submit_async(handle, spec)
         future.wait_for(timeout)
         return future.get_id()
     finally:
+        task.on_give_up(None)  # before the fd is closed, and maybe reused
         close_handle(handle)
 
 

@@ -131,6 +131,30 @@ UNLOADED = "the plugin was unloaded"
 SEND_BUDGET = 128 * 1024
 
 
+def socket_of(pollfd):
+    """The socket behind a handle's poll fd (an epoll fd whose watched fds
+    /proc lists), or None if there is none."""
+    try:
+        with open(f"/proc/self/fdinfo/{pollfd}") as fp:
+            fds = [int(line.split()[1]) for line in fp if line.startswith("tfd:")]
+        for fd in fds:
+            if stat.S_ISSOCK(os.fstat(fd).st_mode):
+                return fd
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def shut_down(fd):
+    """Shut down the socket fd (its owner still closes it): a send or a
+    receive waiting on it, on any thread, fails at once."""
+    sock = socket.socket(fileno=os.dup(fd))
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    finally:
+        sock.close()
+
+
 class SendBuffer:
     """The send buffer of a connection's socket.
 
@@ -161,17 +185,10 @@ class SendBuffer:
 
     @classmethod
     def of_handle(cls, pollfd):
-        """The SendBuffer of the socket behind a handle's poll fd (an epoll
-        fd whose watched fds /proc lists), or None if there is none."""
-        try:
-            with open(f"/proc/self/fdinfo/{pollfd}") as fp:
-                fds = [int(line.split()[1]) for line in fp if line.startswith("tfd:")]
-            for fd in fds:
-                if stat.S_ISSOCK(os.fstat(fd).st_mode):
-                    return cls(fd)
-        except (OSError, ValueError, IndexError):
-            pass
-        return None
+        """The SendBuffer of the socket behind a handle's poll fd, or None
+        if there is none."""
+        fd = socket_of(pollfd)
+        return cls(fd) if fd is not None else None
 
     def unread(self):
         """Bytes written and not yet read by the other end (with the

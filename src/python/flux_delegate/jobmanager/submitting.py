@@ -168,6 +168,11 @@ class Submitting:
                 f" within {job.runtime.submit_timeout:g}s"
             )
             return
+        # A helper thread still sending or waiting: its wait ends now (the
+        # answer, an error then, goes to Submission.on_answer as any).
+        give_up = getattr(submission.outgoing, "give_up", None)
+        if give_up is not None:
+            give_up()
         job.fail(
             f"submit to {job.uri} failed: no answer within"
             f" {job.runtime.submit_timeout:g}s (not tried elsewhere: the target may"
