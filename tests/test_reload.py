@@ -95,3 +95,43 @@ def test_a_connection_kept_for_a_late_answer_is_closed_once_answered(request, qu
     after = settled_fds(pid, at_most=before)
     assert not fds_grown(before, after), f"{dict(before)} -> {dict(after)}"
     assert "Exception ignored" not in source.broker_log(tail=None)
+
+
+#: A handler that counts its plugin.query callbacks in a threading.local:
+#: the count goes on only while the thread's Python state is kept.
+COUNTING_HANDLER = """
+import threading
+from flux_delegate.jobmanager import entry
+from flux_delegate.jobmanager.entry import *
+
+per_thread = threading.local()
+
+def callback(topic, args, job):
+    result = entry.callback(topic, args, job)
+    if topic == "plugin.query":
+        per_thread.calls = getattr(per_thread, "calls", 0) + 1
+        result = dict(result, **{"calls-this-thread": per_thread.calls})
+    return result
+"""
+
+
+def test_per_thread_state_survives_a_job_manager_reload(fresh_source, tmp_path):
+    """'flux module reload job-manager' runs the job-manager, and so the
+    plugin's callbacks, on a new thread: its Python thread state is kept
+    from one callback to the next there too (threading.local lasts), as on
+    the thread that started Python."""
+    import json
+
+    handler = tmp_path / "counting.py"
+    handler.write_text(COUNTING_HANDLER)
+
+    def calls():
+        return json.loads(fresh_source.run("jobtap", "query", "delegate.so").stdout)[
+            "calls-this-thread"
+        ]
+
+    fresh_source.load_plugin(str(handler))
+    assert [calls(), calls()] == [1, 2]
+    fresh_source.run("module", "reload", "job-manager")
+    fresh_source.load_plugin(str(handler))
+    assert [calls(), calls(), calls()] == [1, 2, 3]

@@ -159,13 +159,34 @@ static int package_path_remove_entry (PyObject *sys_path, PyObject *entry)
     return 0;
 }
 
+/* This thread's own Python thread state, made once and kept.  The thread
+ * that started Python has one (Py_InitializeFromConfig's).  A job-manager
+ * reloaded ('flux module reload job-manager') runs on a new thread, which
+ * has none: PyGILState_Ensure() would make one for each callback and
+ * destroy it at the matching PyGILState_Release(), and per-thread state
+ * (threading.local, anything the handler keeps per thread) would not
+ * outlive a callback.  (cffi keeps one alive after its first callback on
+ * a thread, for speed; nothing here should rest on that.)  One made by
+ * PyThreadState_New() is this thread's for PyGILState_Ensure() from then
+ * on, and no release destroys it (its count starts at one).  One per
+ * job-manager thread, kept for the life of the process, as the interpreter
+ * is.
+ */
+static void keep_thread_state (void)
+{
+    if (PyGILState_GetThisThreadState () == NULL)
+        (void) PyThreadState_New (PyInterpreterState_Main ());
+}
+
 int interpreter_start (flux_error_t *errp)
 {
     PyObject *module;
     int rc = -1;
 
-    if (interpreter_started)
+    if (interpreter_started) {
+        keep_thread_state ();
         return 0;
+    }
     if (pin_self (errp) < 0 || make_libpython_global (errp) < 0)
         return -1;
 
@@ -180,6 +201,7 @@ int interpreter_start (flux_error_t *errp)
          */
         (void) PyEval_SaveThread ();
     }
+    keep_thread_state ();  /* Python started by another component, maybe elsewhere */
 
     PYTHON_ENTER
     if (add_flux_python_path (errp) == 0) {
