@@ -328,3 +328,56 @@ def test_a_released_job_held_before_its_alloc_is_run_by_the_next_load(
     assert source.status(jobid) == 6
     out, err, code = attach(source, jobid)
     assert (out, code) == ("late\n", 6)
+
+
+def annotation(instance, jobid):
+    """The job's annotation user.delegate, as flux jobs has it."""
+    listing = json.loads(instance.run("jobs", "-a", "--json", jobid).stdout)
+    return listing.get("annotations", {}).get("user", {}).get("delegate")
+
+
+def test_flux_jobs_shows_where_a_delegated_job_runs(source, named_target, tmp_path):
+    """The annotation user.delegate follows the remote job (pending, then
+    running on its nodes, then ended), and the shipped named format
+    (flux jobs -o delegate) shows it."""
+    import os
+    import time
+
+    jobid = source.submit(f"--dependency=delegate:{named_target.uri}", "-N2", "sleep", "4")
+    rid = source.wait_event(jobid, "delegated")["context"]["jobid"]
+    named_target.wait_event(str(rid), "start")
+    deadline = time.time() + 15
+    while (annotation(source, jobid) or {}).get("state") != "running":
+        assert time.time() < deadline, annotation(source, jobid)
+        time.sleep(0.2)
+    remote = named_target.run("job", "id", "--to=f58", str(rid)).stdout.strip()
+    assert annotation(source, jobid) == {
+        "target": named_target.uri,
+        "uri": named_target.uri,
+        "jobid": remote,
+        "state": "running",
+        "nodelist": "remote[0-1]",
+    }
+    config = tmp_path / "flux"
+    config.mkdir()
+    shipped = os.path.join(os.path.dirname(__file__), "..", "etc", "flux-jobs.delegate.toml")
+    (config / "flux-jobs.delegate.toml").write_text(open(shipped).read())
+    env = {"XDG_CONFIG_DIRS": str(tmp_path)}
+    row = source.run("jobs", "-n", "-o", "delegate", jobid, env=env).stdout.split()
+    assert row[0] == source.run("job", "id", "--to=f58", jobid).stdout.strip(), row
+    assert {remote, "running", "remote[0-1]"} <= set(row), row
+    assert source.status(jobid) == 0
+    assert annotation(source, jobid)["state"] == "ended"
+    assert source.run("jobs", "-no", "{nodelist}", jobid).stdout.strip() == "remote[0-1]"
+
+
+def test_annotate_false_posts_no_remote_state(fresh_source, target):
+    """annotate=false: no jobspec-update while the job is pending; the
+    annotation comes with the release (job.state.sched), for nothing."""
+    fresh_source.load_plugin(None, "annotate=false")
+    jobid = fresh_source.submit(f"--dependency=delegate:{target.uri}", "true")
+    assert fresh_source.status(jobid) == 0
+    names = [e["name"] for e in fresh_source.eventlog(jobid)]
+    updates = [e for e in fresh_source.eventlog(jobid) if e["name"] == "jobspec-update"]
+    assert not any("attributes.system.delegate-remote" in e["context"] for e in updates), names
+    assert annotation(fresh_source, jobid)["state"] == "ended"

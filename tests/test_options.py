@@ -50,7 +50,8 @@ def test_durations_are_read_as_flux_reads_them():
             {"submit-timout": "5"},
             "unknown plugin option 'submit-timout' (known: handler, pythonpath, registry,"
             " submit-timeout, connect-timeout, preflight-timeout, reconnect-timeout,"
-            " reconnect-interval, preflight-cache, estimate-cache, output-limit, early-handoff, journal)",
+            " reconnect-interval, preflight-cache, estimate-cache, output-limit, early-handoff, journal,"
+            " annotate)",
         ),
         ({"connect-timeout": "-3"}, "plugin option connect-timeout=-3: must be more than 0 seconds"),
         ({"connect-timeout": -1.5}, "plugin option connect-timeout=-1.5: must be more than 0 seconds"),
@@ -157,8 +158,8 @@ def test_preflight_cache_is_a_duration_that_may_be_off():
     [(True, True), ("true", True), ("Yes", True), ("1", True), (False, False), ("false", False),
      ("no", False), (" 0 ", False), (0, False)],
 )
-def test_early_handoff_and_journal_are_true_or_false(value, expected):
-    for key in ("early-handoff", "journal"):
+def test_early_handoff_journal_and_annotate_are_true_or_false(value, expected):
+    for key in ("early-handoff", "journal", "annotate"):
         assert plugin_options(None)[key] is True
         assert plugin_options({key: value})[key] is expected
 

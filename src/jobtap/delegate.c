@@ -575,6 +575,7 @@ static const struct flux_plugin_handler tab[] = {
     { "job.state.*",             job_cb,                 NULL },
     { "job.event.*",             job_cb,                 NULL },
     { "job.destroy",             job_cb,                 NULL },
+    { "job.update",              job_cb,                 NULL },
     { "conf.update",             conf_update_cb,         NULL },
     { "plugin.query",            plugin_query_cb,        NULL },
     { 0 },

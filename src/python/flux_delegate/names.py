@@ -19,6 +19,7 @@ LOCAL_ONLY_ATTRIBUTES = (
     "delegate-origin",
     "delegate-requeue",
     "delegate-release",
+    "delegate-remote",
 )
 
 
@@ -34,6 +35,14 @@ ORIGIN_ATTRIBUTE = "delegate-origin"
 #: while a prolog holds the job's run (reload, restart) knows it by this
 #: for one of its own to run; no job may be submitted with it.
 RELEASE_ATTRIBUTE = "delegate-release"
+
+
+#: The system attribute that holds, in a local job whose remote job is
+#: followed, that job's state ("pending", "running"): its jobspec update
+#: is how the plugin keeps the local job's annotation user.delegate
+#: current (the job-manager takes a plugin's annotations only in the
+#: callback of a state change or of a jobspec update).
+REMOTE_STATE_ATTRIBUTE = "delegate-remote"
 
 
 #: Policies built into this handler (site policies are added by config).

@@ -58,9 +58,13 @@ ZERO_OK_OPTIONS = ("preflight-cache", "estimate-cache", "move-margin")
 #: journal: follow remote jobs through their target's job-manager journal
 #: as well as their eventlogs (jobmanager/journal.py): their end is known
 #: as it happens, not once the target has committed it.
+#: annotate: keep the local job's annotation user.delegate (target, remote
+#: job id and state, nodes) current while it is pending, at the price of a
+#: jobspec-update event in its eventlog per remote state change.
 BOOLEAN_OPTIONS = {
     "early-handoff": True,
     "journal": True,
+    "annotate": True,
 }
 
 BOOLEAN_VALUES = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}

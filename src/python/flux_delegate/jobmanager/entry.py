@@ -215,6 +215,7 @@ def on_job_create(args):
 JOB_CALLBACKS = {
     "job.new": DelegatedJob.on_new,
     "job.state.depend": DelegatedJob.on_depend,
+    "job.update": DelegatedJob.on_update,
     "job.event.urgency": DelegatedJob.on_urgency,
     # A submit rejected after the job was taken on (e.g. by a later
     # dependency) is destroyed without becoming inactive.

@@ -20,6 +20,17 @@ from .retry import Retrying
 from .watch import EventlogWatch
 
 
+def nodelist_of(R):
+    """{"nodelist": the nodes R names} for an annotation, or {} (no R)."""
+    try:
+        nodes = R["execution"]["nodelist"]
+    except (KeyError, TypeError):
+        return {}
+    if not isinstance(nodes, list) or not all(isinstance(n, str) for n in nodes):
+        return {}
+    return {"nodelist": ",".join(nodes)}
+
+
 class Following:
     """The following phase of one job (job.py holds its state)."""
 
@@ -251,6 +262,8 @@ class Following:
             return
         job.reconnecting.contact()
         job.outcome.update(event.name, event.context)
+        if event.name == "alloc":
+            job.annotate(state="running", **nodelist_of(job.remote_R))
         if job.moving is not None:
             job.moving.on_remote_event(event)
         if job.failover.requeue_wanted() and not job.outcome.allocated:

@@ -57,13 +57,13 @@ import flux.constants
 from flux.job import JobID
 
 from ..eventlog import RemoteOutcome, local_end_reason
-from ..names import EXCEPTION_TYPE
+from ..names import EXCEPTION_TYPE, REMOTE_STATE_ATTRIBUTE
 from .cancel import RemoteCancel
 from .choosing import Choosing
 from .failover import Failover
 from .following import Following
 from .phases import ENDED, FOLLOWING, RECOVERING, RELEASING, WAITING
-from .reactor import Timers, log
+from .reactor import Timers, guard, log
 from .releasing import Releasing
 from .resuming import Resuming
 from .submitting import Submitting
@@ -144,6 +144,8 @@ class DelegatedJob:
         # under way, and how many were made.
         self.moving = None
         self.moves = 0
+        # What 'flux jobs' shows of its remote job (annotate()).
+        self.annotation = None
 
     def release_state(self):
         """Releasing: what it takes from its remote job (output.Collect),
@@ -226,6 +228,43 @@ class DelegatedJob:
         as it is back.  It must not run on alone."""
         RemoteCancel(self, reason).start()
 
+    # -- where it runs, in flux jobs (annotation user.delegate) -------------
+
+    def annotate(self, **changes):
+        """Change what 'flux jobs' shows of its remote job: the annotation
+        user.delegate {target, uri, jobid, state, nodelist}.  The
+        job-manager takes a plugin's annotations only from the callback of
+        a state change or of a jobspec update: while the job is pending
+        here, an update of system.delegate-remote (the remote state) brings
+        job.update, whose answer carries them (on_update).  Posted on the
+        next pass of the reactor: never inside a callback for this job,
+        where flux refuses it; not at all with annotate=false.  At DEPEND
+        and at the release the state callbacks carry them (on_depend,
+        Releasing.on_sched), whatever annotate says: they cost nothing."""
+        annotation = dict(self.annotation or {}, **changes)
+        if annotation == self.annotation:
+            return  # a watch replaying the eventlog: nothing new
+        self.annotation = annotation
+        if self.accepted and self.runtime.annotate and "annotate" not in self.timers:
+            self.timers.start("annotate", 0.0, guard(self.post_annotation, self))
+
+    def post_annotation(self):
+        if self.phase != FOLLOWING or self.released:
+            return  # the release's callbacks carry it
+        try:
+            self.runtime.jobtap.jobspec_update(
+                self.id, {f"attributes.system.{REMOTE_STATE_ATTRIBUTE}": self.annotation["state"]}
+            )
+        except OSError as exc:  # e.g. ending meanwhile: only what it shows
+            log(syslog.LOG_DEBUG, f"{self.name}: annotation not updated: {exc.strerror or exc}")
+
+    def annotations(self, answer=None):
+        """A callback's answer (answer: what else it says), with the
+        annotation."""
+        if self.annotation is None:
+            return answer
+        return dict(answer or {}, annotations={"user": {"delegate": self.annotation}})
+
     # -- what its target's connection and journal tell it (Following) -------
 
     def connection_lost(self, remote, reason):
@@ -250,6 +289,11 @@ class DelegatedJob:
         for action in actions:
             action()
         self.waiting.check_ready()
+        return self.annotations()  # of a job delegated from job.new, if any
+
+    def on_update(self, args):
+        """job.update: a jobspec update (annotate()'s, or a user's)."""
+        return self.annotations()
 
     def on_dependency_removed(self, args):
         self.waiting.check_ready()

@@ -21,6 +21,7 @@ from ..jobspec import local_R, release_updates
 from ..names import DEPENDENCY
 from .localrun import LocalRun, exec_eventlog
 from .move import finish_move, is_move_cancel
+from .following import nodelist_of
 from .output import Collect
 from .phases import FOLLOWING, RELEASING, SUBMITTING
 from .reactor import guard, then
@@ -81,6 +82,8 @@ class Releasing:
         job = self.job
         job.phase = RELEASING
         job.wait_status = wait_status
+        if job.annotation is not None:
+            job.annotation = dict(job.annotation, state="ended")  # shown at SCHED
         if job.stored is not None:
             job.once_accepted(self.release_now)  # taken at its finish
         elif job.collecting is None and job.storing is None:
@@ -126,6 +129,8 @@ class Releasing:
         if job.phase not in (FOLLOWING, RELEASING):
             return  # ended meanwhile
         job.R = R if R is not None else local_R(job.runtime.hostname)
+        if job.annotation is not None and "nodelist" not in job.annotation:
+            job.annotation = dict(job.annotation, **nodelist_of(R))  # shown at SCHED
         job.R_given = False
         txn = flux.kvs.KVSTxn(job.runtime.handle, JobID(job.id).kvs)
         txn.put("R", job.R)
@@ -188,8 +193,8 @@ class Releasing:
         job.run.allocate()
         job.timers.start("run", 0.0, guard(job.run.finish_when_ready, job))
         if args.get("R") is not None:
-            return None  # the job-manager has it (read back at a restart)
-        return {"R": job.R if job.R is not None else local_R(job.runtime.hostname)}
+            return job.annotations()  # the job-manager has R (read back at a restart)
+        return job.annotations({"R": job.R if job.R is not None else local_R(job.runtime.hostname)})
 
     def on_run(self, args):
         """The released job runs: hold job-exec's start request."""

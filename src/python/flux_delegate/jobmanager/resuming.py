@@ -38,6 +38,8 @@ class Resuming:
         job.remote_id = JobID(delegation.get("jobid"))
         log(syslog.LOG_INFO, f"{job.name}: following {job.remote_id.f58} on {job.uri} again")
         job.lost_reason = "the source reloaded"
+        label = delegation.get("label")
+        job.annotate(target=label or job.uri, uri=job.uri, jobid=job.remote_id.f58, state="pending")
         job.reconnecting.start()
 
     def release_again(self, scheduled):

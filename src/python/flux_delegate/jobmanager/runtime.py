@@ -95,6 +95,8 @@ class Runtime:
         self.early_handoff = self.conf["early-handoff"]
         # Whether each connection reads its target's journal (journal.py).
         self.journal = self.conf["journal"]
+        # Whether a pending job's annotation follows its remote job (annotate()).
+        self.annotate = self.conf["annotate"]
         self.counts = new_counts()
         connect_timeout = self.conf["connect-timeout"]
         self.reconnect_interval = self.conf["reconnect-interval"]
@@ -290,6 +292,7 @@ class Runtime:
             "output-limit": self.output_limit,
             "early-handoff": self.early_handoff,
             "journal": self.journal,
+            "annotate": self.annotate,
             "journals": {
                 uri: remote.journal.state() if remote.journal else "off"
                 for uri, remote in self.connections.open.items()

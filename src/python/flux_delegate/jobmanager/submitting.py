@@ -264,3 +264,4 @@ class Submitting:
         if label:
             context["label"] = label
         job.runtime.jobtap.post_event(job.id, "delegated", context)
+        job.annotate(target=label or uri, uri=uri, jobid=job.remote_id.f58, state="pending")
