@@ -410,5 +410,10 @@ def test_a_remote_clean_during_the_output_write_releases_the_job_once(fresh_sour
     for jobid in jobs:
         assert fresh_source.status(jobid) == 0, fresh_source.exception(jobid)
         assert len(fresh_source.run("job", "attach", jobid).stdout) == 1000000
-        names = [e["name"] for e in fresh_source.eventlog(jobid)]
-        assert names.count("jobspec-update") == 1 and names.count("dependency-remove") == 1
+        eventlog = fresh_source.eventlog(jobid)
+        releases = [
+            e for e in eventlog
+            if e["name"] == "jobspec-update" and "attributes.system.delegate-release" in e["context"]
+        ]
+        names = [e["name"] for e in eventlog]
+        assert len(releases) == 1 and names.count("dependency-remove") == 1, names

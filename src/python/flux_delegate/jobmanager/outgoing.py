@@ -43,7 +43,6 @@ def forget(future):
     future.__exit__(None, None, None)
 
 
-
 class Outgoing:
     """A request to a target: sent, or waiting in its connection's queue."""
 
