@@ -26,20 +26,17 @@ from ..policies import (
 from ..registry import Cluster
 from ..targets import SELF_DELEGATION
 from ..text import shown
-from .phases import ENDED, SUBMITTING, WAITING
+from .phases import ENDED, SUBMITTING, WAITING, Phase
 from .preflight import Preflight, estimate_candidates, reserve_choice
 from .reactor import log
 from .resolve import resolve_target
 from .waiting import look_up_own
 
 
-class Choosing:
+class Choosing(Phase):
     """The choosing phase of one job (job.py holds its state)."""
 
-    __slots__ = ("job",)
-
-    def __init__(self, job):
-        self.job = job
+    __slots__ = ()
 
     def start(self):
         """Fetch the job's environment (only in J), then choose and submit."""

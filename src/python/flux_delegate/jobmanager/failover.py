@@ -13,17 +13,14 @@ job on node failure, it runs again elsewhere unless it opted out with
 import syslog
 
 from ..jobspec import requeue_allowed
-from .phases import SUBMITTING
+from .phases import SUBMITTING, Phase
 from .reactor import log
 
 
-class Failover:
+class Failover(Phase):
     """Failover of one job (job.py holds its state)."""
 
-    __slots__ = ("job",)
-
-    def __init__(self, job):
-        self.job = job
+    __slots__ = ()
 
     def next(self, reason, started=None):
         """This candidate failed for sure (no remote job runs): note it in

@@ -13,7 +13,7 @@ import errno
 import syslog
 
 from ..eventlog import RemoteOutcome, describe_remote_exception
-from .phases import FOLLOWING, SUBMITTING
+from .phases import FOLLOWING, SUBMITTING, Phase
 from .reactor import guard, log
 from .remote import check_identity
 from .retry import Retrying
@@ -31,13 +31,10 @@ def nodelist_of(R):
     return {"nodelist": ",".join(nodes)}
 
 
-class Following:
+class Following(Phase):
     """The following phase of one job (job.py holds its state)."""
 
-    __slots__ = ("job",)
-
-    def __init__(self, job):
-        self.job = job
+    __slots__ = ()
 
     def start(self):
         """The remote job exists (on job.uri): follow it from now on.

@@ -23,17 +23,14 @@ from .localrun import LocalRun, exec_eventlog
 from .move import finish_move, is_move_cancel
 from .following import nodelist_of
 from .output import Collect
-from .phases import FOLLOWING, RELEASING, SUBMITTING
+from .phases import FOLLOWING, RELEASING, SUBMITTING, Phase
 from .reactor import guard, then
 
 
-class Releasing:
+class Releasing(Phase):
     """The releasing phase of one job (job.py holds its state)."""
 
-    __slots__ = ("job",)
-
-    def __init__(self, job):
-        self.job = job
+    __slots__ = ()
 
     def conclude(self):
         """The remote job has ended: end the local one the same way."""

@@ -16,18 +16,15 @@ from flux.core.inner import ffi
 from flux.job import JobID
 
 from .localrun import LocalRun
-from .phases import RELEASING
+from .phases import RELEASING, Phase
 from .reactor import guard, log, then
 from .waiting import look_up_own
 
 
-class Resuming:
+class Resuming(Phase):
     """What a reload takes up again of one job (job.py holds its state)."""
 
-    __slots__ = ("job",)
-
-    def __init__(self, job):
-        self.job = job
+    __slots__ = ()
 
     def follow_again(self, delegation):
         """Follow again a remote job delegated before a reload/restart

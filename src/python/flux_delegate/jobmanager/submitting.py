@@ -18,7 +18,7 @@ from flux.job import JobID
 
 from ..eventlog import RemoteOutcome
 from .connections import CONNECTION_ERRORS, HelperAnswer, submit_on_own_connection
-from .phases import ENDED, RECOVERING, SUBMITTING
+from .phases import ENDED, RECOVERING, SUBMITTING, Phase
 from .reactor import Timer, answered, guard, log
 from .recovery import Recovery
 from .outgoing import answer_of
@@ -122,13 +122,10 @@ class Submission:
         )
 
 
-class Submitting:
+class Submitting(Phase):
     """The submitting phase of one job (job.py holds its state)."""
 
-    __slots__ = ("job",)
-
-    def __init__(self, job):
-        self.job = job
+    __slots__ = ()
 
     def try_next(self):
         """Submit to the next candidate left (job.untried)."""

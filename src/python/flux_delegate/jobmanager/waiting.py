@@ -24,18 +24,15 @@ from ..eventlog import (
 )
 from ..jobspec import delegation_is_only_dependency
 from ..names import DEPENDENCY
-from .phases import RECOVERING, WAITING
+from .phases import RECOVERING, WAITING, Phase
 from .reactor import then
 from .recovery import Recovery
 
 
-class Waiting:
+class Waiting(Phase):
     """The waiting phase of one job (job.py holds its state)."""
 
-    __slots__ = ("job",)
-
-    def __init__(self, job):
-        self.job = job
+    __slots__ = ()
 
     def on_new(self, args):
         """job.new: the job is accepted.  At submit, one whose only
