@@ -131,13 +131,14 @@ def test_job_in_flight_survives_remove_and_load(fresh_source, target):
     source.load_plugin()
     jobid = source.submit(f"--dependency=delegate:{target.uri}", "sh", "-c", "sleep 2; exit 7")
     rid = str(source.wait_event(jobid, "delegated")["context"]["jobid"])
+    source.wait_event(jobid, "prolog-start")  # running, as its remote job is
 
     source.remove_plugin()
     # The remote job ends while no handler follows it; the local job stays
-    # held (DEPEND), nothing is lost.
+    # running, held by our prolog: nothing is lost.
     target.wait_event(rid, "clean", timeout=30)
     state = source.run("jobs", "-n", "-o", "{state}", jobid).stdout.strip()
-    assert state == "DEPEND"
+    assert state == "RUN"
 
     source.load_plugin()
     assert source.status(jobid) == 7

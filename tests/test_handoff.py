@@ -166,7 +166,8 @@ def test_the_end_comes_through_the_targets_journal(fresh_source, target):
     # the journal is asked as the connection opens, with its submit).
     assert query(fresh_source)["counts"]["ended-by-journal"] >= 3
     # While one runs, the target's job-info watches what it watches for a
-    # job submitted there directly (its shell's): no eventlog watch of ours.
+    # job submitted there directly (its shell's), and one more, of ours:
+    # its output's, copied as it comes (live output); no eventlog watch.
     direct = target.submit("sleep", "300")
     target.run("job", "wait-event", direct, "start")
     baseline = settled_watchers(target)
@@ -176,7 +177,7 @@ def test_the_end_comes_through_the_targets_journal(fresh_source, target):
     sleeper = fresh_source.submit(f"--dependency=delegate:{target.uri}", "sleep", "300")
     rid = fresh_source.wait_event(sleeper, "delegated")["context"]["jobid"]
     target.run("job", "wait-event", str(rid), "start")
-    assert settled_watchers(target) == baseline
+    assert settled_watchers(target) == baseline + 1
     target.run("cancel", "--message=not now", str(rid))
     fresh_source.wait_event(sleeper, "clean")
     exc = fresh_source.exception(sleeper)
@@ -200,7 +201,10 @@ def test_jobs_go_on_by_their_eventlog_once_the_targets_journal_ends(fresh_source
 
     target = start_instance(request, name="journal-end")
     target.use_sched_simple()
-    fresh_source.load_plugin()
+    # Copied at the end: a target whose job-manager was reloaded under a
+    # job may leave its output's watch unanswered (a known limit of live
+    # output, doc/design.md).
+    fresh_source.load_plugin(None, "live-output=false")
     warm = fresh_source.submit(f"--dependency=delegate:{target.uri}", "true")
     assert fresh_source.status(warm) == 0
     assert query(fresh_source)["journals"] == {target.uri: "reading"}
@@ -222,7 +226,8 @@ def test_jobs_go_on_by_their_eventlog_once_the_targets_journal_ends(fresh_source
     fresh_source.wait_event(later, "delegated")
     target.run("queue", "start")
     assert fresh_source.status(pending) == 4
-    assert fresh_source.run("job", "attach", pending, check=False).stdout == "pending\n"
+    attached = fresh_source.run("job", "attach", pending, check=False)
+    assert attached.stdout == "pending\n", (attached, fresh_source.dmesg()[-4000:])
     assert fresh_source.status(later) == 0
     assert target.status(str(rid)) == 4  # the same remote job, run once
     assert query(fresh_source)["counts"]["ended-by-journal"] == before
@@ -257,7 +262,7 @@ def state(instance, jobid):
 
 def test_output_is_taken_at_the_remote_finish_and_released_at_its_clean(fresh_source, slow_epilog):
     # Between the remote job's finish and its clean, its output is already
-    # stored with the local job, which stays pending until the clean.
+    # stored with the local job, which runs on until the clean.
     fresh_source.load_plugin()
     jobid = fresh_source.submit(f"--dependency=delegate:{slow_epilog.uri}", "echo", "taken early")
     rid = str(fresh_source.wait_event(jobid, "delegated")["context"]["jobid"])
@@ -269,16 +274,16 @@ def test_output_is_taken_at_the_remote_finish_and_released_at_its_clean(fresh_so
         time.sleep(0.05)
     assert "taken early" in fresh_source.run("kvs", "get", "--raw", key).stdout
     assert "clean" not in [e["name"] for e in slow_epilog.eventlog(rid)]
-    assert state(fresh_source, jobid) == "DEPEND"
+    assert state(fresh_source, jobid) == "RUN"
     assert fresh_source.status(jobid) == 0
-    released = fresh_source.wait_event(jobid, "dependency-remove")["timestamp"]
-    assert released >= slow_epilog.wait_event(rid, "clean")["timestamp"]
+    finished = fresh_source.wait_event(jobid, "finish")["timestamp"]
+    assert finished >= slow_epilog.wait_event(rid, "clean")["timestamp"]
     assert fresh_source.run("job", "attach", jobid).stdout == "taken early\n"
 
 
 def test_a_remote_exception_after_the_finish_fails_the_job(fresh_source, slow_epilog):
     # A fatal exception on the remote job during its epilog, its output
-    # taken already: the job ends with it, never released.
+    # taken already: the job ends with it, never finished as if it had not.
     fresh_source.load_plugin()
     jobid = fresh_source.submit(f"--dependency=delegate:{slow_epilog.uri}", "echo", "ran")
     rid = str(fresh_source.wait_event(jobid, "delegated")["context"]["jobid"])
@@ -289,7 +294,7 @@ def test_a_remote_exception_after_the_finish_fails_the_job(fresh_source, slow_ep
     assert exc["type"] == "DelegationFailure", exc
     assert "test exception: after the finish" in exc["note"], exc
     names = [e["name"] for e in fresh_source.eventlog(jobid)]
-    assert "dependency-remove" not in names and "start" not in names
+    assert "finish" not in names  # (its "start": its output was copied as it came)
     assert fresh_source.status(jobid) != 0
     # The plugin is at rest, and the next job goes on.
     assert fresh_source.status(fresh_source.submit("true")) == 0
@@ -303,7 +308,7 @@ def test_a_job_canceled_while_its_target_cleans_up_ends_canceled(fresh_source, s
     fresh_source.run("cancel", "--message=enough", jobid)
     fresh_source.wait_event(jobid, "clean")
     assert fresh_source.exception(jobid)["type"] == "cancel"
-    assert "start" not in [e["name"] for e in fresh_source.eventlog(jobid)]
+    assert "finish" not in [e["name"] for e in fresh_source.eventlog(jobid)]
     slow_epilog.wait_event(rid, "clean")  # and the remote job ends on its own
     assert query(fresh_source)["jobs"] == {}
 
@@ -322,14 +327,14 @@ def test_output_taken_once_the_namespace_is_moved_is_read_where_it_was_moved(
     # while it ran, loaded again during the target's 3 s epilog) finds the
     # guest namespace moved, and reads the output from the job's KVS
     # directory, where the target moved it.
-    fresh_source.load_plugin()
+    fresh_source.load_plugin(None, "live-output=false")
     jobid = fresh_source.submit(
         f"--dependency=delegate:{slow_epilog.uri}", "sh", "-c", "sleep 1; echo read late"
     )
     rid = str(fresh_source.wait_event(jobid, "delegated")["context"]["jobid"])
     fresh_source.remove_plugin()
     slow_epilog.run("job", "wait-event", "-t", "30", rid, "finish")
-    fresh_source.load_plugin()
+    fresh_source.load_plugin(None, "live-output=false")
     assert fresh_source.status(jobid) == 0
     assert fresh_source.run("job", "attach", jobid).stdout == "read late\n"
     assert output_counts(fresh_source) == {"from-job-directory": 1}
@@ -338,7 +343,7 @@ def test_output_taken_once_the_namespace_is_moved_is_read_where_it_was_moved(
 def test_a_remote_job_without_output_leaves_none_to_the_local_job(fresh_source, target):
     # Run in test exec mode there: no shell, so no output in its guest
     # namespace (ENOENT), and job-info, asked what there is, says none.
-    fresh_source.load_plugin()
+    fresh_source.load_plugin(None, "live-output=false")
     jobid = fresh_source.submit(
         f"--dependency=delegate:{target.uri}", "--setattr=system.exec.test.run_duration=0.01s", "true"
     )
@@ -356,7 +361,7 @@ def test_the_output_is_read_whole_from_the_guest_namespace(fresh_source, target)
     # read that comes later (a busy machine) reads the job's directory (the
     # test above), whole too.  Jobs are sent until one is read from the
     # namespace, up to 12.
-    fresh_source.load_plugin()
+    fresh_source.load_plugin(None, "live-output=false")
     for n in range(1, 13):
         jobid = fresh_source.submit(
             f"--dependency=delegate:{target.uri}", "-o", "verbose=2", "sh", "-c", "echo hi"
@@ -404,7 +409,7 @@ def test_a_remote_clean_during_the_output_write_releases_the_job_once(fresh_sour
     # the target takes from the job's finish to its clean: the clean comes
     # while the output is being written, and the job is released once, when
     # it is written.
-    fresh_source.load_plugin()
+    fresh_source.load_plugin(None, "live-output=false")
     jobs = [
         fresh_source.submit(
             f"--dependency=delegate:{target.uri}", "sh", "-c", "head -c 1000000 /dev/zero | tr '\\\\0' x"

@@ -52,9 +52,9 @@ def test_attach_prints_the_remote_output_and_exit_code(source, target):
     assert names[0] == "header" and names.count("data") >= 4
 
 
-def test_attach_to_a_pending_delegated_job_waits_for_its_output(source, target):
-    """Attached while the remote job runs: the local job is pending (no
-    live output), and attach prints the output once it ends."""
+def test_attach_to_a_running_delegated_job_waits_for_its_output(source, target):
+    """Attached while the remote job runs: the local job runs too (RUN), and
+    attach prints the output once it ends."""
     jobid = source.submit(
         f"--dependency=delegate:{target.uri}",
         "sh", "-c", "sleep 2; echo late; echo later >&2; exit 4",
@@ -62,7 +62,7 @@ def test_attach_to_a_pending_delegated_job_waits_for_its_output(source, target):
     rid = str(source.wait_event(jobid, "delegated")["context"]["jobid"])
     target.wait_event(rid, "start")
     state = source.run("jobs", "-no", "{state}", jobid).stdout.strip()
-    assert state == "DEPEND"
+    assert state == "RUN"
     proc = subprocess.run(
         [FLUX, "job", "attach", jobid],
         env=source.env(), capture_output=True, text=True, timeout=60,
@@ -92,7 +92,7 @@ def test_output_redirected_on_the_target_is_said_so(source, target, tmp_path):
 
 def test_output_beyond_output_limit_is_capped_with_a_notice(fresh_source, target):
     source = fresh_source
-    source.load_plugin(None, "output-limit=16K")
+    source.load_plugin(None, "output-limit=16K", "live-output=false")  # copied at the end
     jobid = source.submit(
         f"--dependency=delegate:{target.uri}", "sh", "-c", "echo begin >&2; seq 1 20000"
     )
@@ -179,8 +179,8 @@ def names(instance, jobid):
 
 def test_a_released_job_is_run_by_the_plugin_without_job_exec(request, target):
     """The plugin posts the released job's run itself: no job-exec (none is
-    loaded here), no guest namespace; its output, exit code and exec
-    eventlog are its own all the same."""
+    loaded here); its guest namespace, output, exit code and exec eventlog
+    are its own all the same (liveoutput.py)."""
     source = start_instance(request, name="no-job-exec")
     source.run("module", "remove", "job-exec")
     source.load_plugin()
@@ -197,7 +197,7 @@ def test_a_released_job_is_run_by_the_plugin_without_job_exec(request, target):
     out, err, code = attach(source, jobid)
     assert (out, code) == ("ran\n", 3)
     exec_events = [e["name"] for e in source.eventlog(jobid, "guest.exec.eventlog")]
-    assert exec_events == ["init", "starting", "complete", "done"]
+    assert exec_events == ["init", "starting", "shell.init", "complete", "done"]
     assert source.run("jobs", "-no", "{result} {returncode}", jobid).stdout.split() == ["FAILED", "3"]
 
 

@@ -50,8 +50,8 @@ def test_durations_are_read_as_flux_reads_them():
             {"submit-timout": "5"},
             "unknown plugin option 'submit-timout' (known: handler, pythonpath, registry,"
             " submit-timeout, connect-timeout, preflight-timeout, reconnect-timeout,"
-            " reconnect-interval, preflight-cache, estimate-cache, output-limit, early-handoff, journal,"
-            " annotate)",
+            " reconnect-interval, preflight-cache, estimate-cache, output-limit, output-tail, early-handoff,"
+            " journal, annotate, mirror-run, live-output)",
         ),
         ({"connect-timeout": "-3"}, "plugin option connect-timeout=-3: must be more than 0 seconds"),
         ({"connect-timeout": -1.5}, "plugin option connect-timeout=-1.5: must be more than 0 seconds"),

@@ -164,3 +164,36 @@ def test_an_entry_named_by_anything_but_a_string_is_left_out():
     for name in (["data"], {"a": 1}, 3, None):
         assert copy.add(name, 1.0, data("stdout", "x\n"))
     assert copy.malformed == 4 and copy.text() is None
+
+
+def test_live_copy_gives_the_beginning_then_keeps_only_the_tail():
+    from flux_delegate.outputlog import LiveCopy
+
+    copy = LiveCopy(limit=400, tail=200, local_id="fX")
+    given = []
+    for i in range(100):
+        given += copy.take("data", 1.0, {"stream": "stdout", "rank": "0", "data": f"{i}\n"})
+    assert json.loads(given[0])["name"] == "header"  # one of ours: none came
+    data = [json.loads(t) for t in given[1:] if json.loads(t)["name"] == "data"]
+    first = [int(e["context"]["data"]) for e in data]
+    assert first == list(range(len(first))) and 3 < len(first) < 100
+    assert json.loads(given[-1])["name"] == "log" and "output-tail" in given[-1]
+    end = copy.end()
+    assert "bytes of output left out" in end[0] and "flux remote attach fX" in end[0]
+    last = [int(json.loads(t)["context"]["data"]) for t in end[1:]]
+    assert last == list(range(100 - len(last), 100)) and 0 < len(last) < 100 - len(first)
+    assert sum(len(t) + 1 for t in end[1:]) <= 200
+    # Malformed entries are left out and counted; a second header too.
+    assert copy.take("data", 1.0, {"stream": "nope"}) == [] and copy.malformed == 1
+    assert copy.take("header", 1.0, {"version": 1}) == []
+
+
+def test_live_copy_within_the_limit_has_no_end():
+    from flux_delegate.outputlog import LiveCopy
+
+    copy = LiveCopy(limit=4096, tail=1024, local_id="fX")
+    lines = copy.take("header", 2.0, {"version": 1}) + copy.take(
+        "data", 2.0, {"stream": "stderr", "rank": "0", "data": "x\n"}
+    )
+    assert [json.loads(t)["name"] for t in lines] == ["header", "data"]
+    assert copy.end() == []

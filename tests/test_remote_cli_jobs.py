@@ -318,9 +318,10 @@ def test_jobs_json_names_the_remote_jobs(site):
             assert (row["exitcode"], row["remote"]["returncode"]) == (code, code)
             assert row["result"] == ("COMPLETED" if code == 0 else "FAILED")
         row = rows[running]
-        assert row["remote_id"] == there["jobid"] and row["status"] == "DEPEND"
+        assert row["remote_id"] == there["jobid"] and row["status"] == "RUN"  # as it runs there
         assert row["remote"]["state"] == "RUN" and row["exitcode"] is None
-        # Filters apply where the job runs: pending here, running there.
+        # Filters apply where the job runs (here it runs too, or, with
+        # mirror-run=false, is pending).
         assert list(jobs_json(site, "-f", "running")) == [running]
         assert running not in jobs_json(site, "-f", "inactive")
         assert set(jobs_json(site)) >= {running}  # default: pending and running

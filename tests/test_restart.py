@@ -1,4 +1,12 @@
-"""A source instance that restarts neither kills nor forgets remote work."""
+"""A source instance that restarts neither kills nor forgets remote work.
+
+A delegated job runs here while its remote job runs (mirror-run), and at
+shutdown Flux cancels running jobs (its cleanup: flux cancel --states RUN),
+these too, and their remote jobs with them.  Started with
+FLUX_DISABLE_JOB_CLEANUP, which Flux gives for running jobs to outlive a
+restart, the instance keeps them running, and they come back so
+(test_running.py).  A pending one, or any with mirror-run=false, is kept
+whatever."""
 
 import json
 import os
@@ -12,20 +20,29 @@ pytestmark = pytest.mark.integration
 EXAMPLE_CONFIG = os.path.join(os.path.dirname(__file__), "..", "delegate.toml")
 
 
-def example_config():
-    """delegate.toml as shipped, pointed at the plugin and handler under test."""
+#: What keeps running jobs across a restart (flux-core's rc1: no cleanup).
+KEEP_RUNNING_JOBS = {"FLUX_DISABLE_JOB_CLEANUP": "t"}
+
+
+def example_config(**conf):
+    """delegate.toml as shipped, pointed at the plugin and handler under
+    test, with the plugin options conf."""
     with open(EXAMPLE_CONFIG) as fp:
         text = fp.read()
     installed = '{ load = "delegate.so" }'
     assert installed in text
     return text.replace(
-        installed, f'{{ load = "{PLUGIN}", conf = {plugin_conf_toml()} }}'
+        installed, f'{{ load = "{PLUGIN}", conf = {plugin_conf_toml(**conf)} }}'
     )
 
 
-def test_source_restart_during_remote_run(request, target):
+def test_source_restart_during_remote_run_with_the_job_pending_here(request, target):
+    """mirror-run=false: the local job stays pending while the remote job
+    runs, and a shutdown keeps pending jobs."""
     statedir = tempfile.mkdtemp(prefix="delegate-statedir-")
-    source = FluxInstance(name="restarting", config=example_config(), statedir=statedir)
+    source = FluxInstance(
+        name="restarting", config=example_config(**{"mirror-run": "false"}), statedir=statedir
+    )
     request.addfinalizer(source.cleanup)
     source.start()
     jobid = source.submit(
@@ -59,7 +76,9 @@ def test_a_restart_with_outputs_stored_counts_nothing_allocated_here(request):
         config=PERILOG_CONFIG + '[job-manager.epilog]\ncommand = ["sleep", "6"]\n',
     )
     statedir = tempfile.mkdtemp(prefix="delegate-statedir-")
-    source = FluxInstance(name="restarting-stored", config=example_config(), statedir=statedir)
+    source = FluxInstance(
+        name="restarting-stored", config=example_config(), statedir=statedir, env=KEEP_RUNNING_JOBS
+    )
     request.addfinalizer(source.cleanup)
     source.start()
     jobs = [source.submit(f"--dependency=delegate:{slow.uri}", "sh", "-c", f"exit {n}") for n in (2, 3)]
@@ -68,7 +87,7 @@ def test_a_restart_with_outputs_stored_counts_nothing_allocated_here(request):
         slow.wait_event(rid, "finish")
     names = [e["name"] for e in source.eventlog(jobs[0])]
     assert names.index("set-flags") < names.index("delegated")
-    # Stored while pending: R, the output and its exec eventlog.
+    # R stored before the release, the output and its exec eventlog at the end.
     key = source.run("job", "id", "--to=kvs", jobs[1]).stdout.strip()
     deadline = __import__("time").time() + 5
     while source.run("kvs", "get", f"{key}.R", check=False).returncode != 0:

@@ -142,6 +142,43 @@ def release_updates(wait_status):
     }
 
 
+#: The wait status job-exec would give a job released while its remote job
+#: runs (running_updates), should it ever be asked to start it: a failure,
+#: never a false success, and still nothing runs here (test exec mode).
+RUNNING_RELEASE_WAIT_STATUS = 1 << 8
+
+
+def running_updates(annotation):
+    """Jobspec updates of a local job released as its remote job started
+    (starting.py), whose end is not known yet: RELEASE_ATTRIBUTE says so
+    ({"running": true}: a plugin loaded again follows its remote job again,
+    resuming.py) and keeps what 'flux jobs' shows of the remote job (the
+    annotation, given back at a restart, which forgets annotations); and
+    test exec mode as in release_updates().  A job in RUN takes no jobspec
+    update: these are its last."""
+    release = {"running": True}
+    if annotation is not None:
+        release["annotation"] = annotation
+    return {
+        "attributes.system.exec.test": {
+            "run_duration": RELEASE_RUN_DURATION,
+            "wait_status": RUNNING_RELEASE_WAIT_STATUS,
+            "reattach_finish": 1,
+        },
+        f"attributes.system.{RELEASE_ATTRIBUTE}": release,
+    }
+
+
+def released_running(jobspec):
+    """(Whether the job was released by this plugin while its remote job
+    ran, the annotation kept then or None): running_updates()."""
+    release = lookup(jobspec, f"attributes.system.{RELEASE_ATTRIBUTE}")
+    if not isinstance(release, dict) or release.get("running") is not True:
+        return False, None
+    annotation = release.get("annotation")
+    return True, annotation if isinstance(annotation, dict) else None
+
+
 def released_status(jobspec):
     """The wait status a released job finishes with (RELEASE_ATTRIBUTE),
     or None if the job was not released by this plugin."""

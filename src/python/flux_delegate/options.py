@@ -61,10 +61,18 @@ ZERO_OK_OPTIONS = ("preflight-cache", "estimate-cache", "move-margin")
 #: annotate: keep the local job's annotation user.delegate (target, remote
 #: job id and state, nodes) current while it is pending, at the price of a
 #: jobspec-update event in its eventlog per remote state change.
+#: mirror-run: the local job runs (state R) while its remote job does,
+#: from the remote alloc to the remote end (jobmanager/starting.py); off,
+#: it stays pending until the remote job has ended.
+#: live-output: a running job's output is copied as it is written, for
+#: 'flux job attach' to stream it (jobmanager/liveoutput.py); off, or with
+#: mirror-run off, it is copied once the remote job has ended.
 BOOLEAN_OPTIONS = {
     "early-handoff": True,
     "journal": True,
     "annotate": True,
+    "mirror-run": True,
+    "live-output": True,
 }
 
 BOOLEAN_VALUES = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
@@ -84,8 +92,11 @@ MAX_OUTPUT_LIMIT = 100 * 1024 * 1024
 
 #: Plugin options that are sizes in bytes (a number, or with a suffix
 #: K, M or G, powers of 1024, as flux's output.limit), with defaults.
+#: output-tail: of a job whose output passes output-limit as it is copied
+#: live (live-output), the last bytes kept and copied at its end.
 SIZE_OPTIONS = {
     "output-limit": DEFAULT_OUTPUT_LIMIT,
+    "output-tail": 64 * 1024,
 }
 
 SIZE_SUFFIXES = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}

@@ -279,3 +279,92 @@ def missing_notice(reason, local_id):
         f"the remote job's output {reason}; 'flux remote attach {local_id}'"
         " shows it, from the target"
     )
+
+
+class LiveCopy:
+    """The remote job's output eventlog copied as it is written (live
+    output, jobmanager/liveoutput.py): for each entry as it comes, the lines
+    to append to the local job's, the first limit bytes of them; past that,
+    a notice, and only the last tail bytes of the rest are kept (in memory,
+    never more), to be appended at the end (end()).  A header comes first,
+    as 'flux job attach' needs: the remote's, or one of ours."""
+
+    def __init__(self, limit, tail, local_id):
+        self.limit = limit
+        self.tail = tail
+        self.local_id = local_id
+        self.size = 0  # bytes of lines given to append
+        self.header_given = False
+        self.capped = False
+        self.kept = []  # past the limit: (nbytes, text) of the last entries
+        self.kept_size = 0
+        self.left_out = 0  # bytes past the limit not kept
+        self.malformed = 0
+
+    def take(self, name, timestamp, context):
+        """The lines (entry texts) to append now for this entry."""
+        context = normalized(name, context)
+        if context is None:
+            self.malformed += 1
+            return []
+        if not (_typed(timestamp, float) or _typed(timestamp, int)) or not math.isfinite(timestamp):
+            timestamp = 0.0
+        try:
+            text = entry_text(name, timestamp, context)
+        except ValueError:  # a NaN somewhere in it
+            self.malformed += 1
+            return []
+        nbytes = len(text.encode("utf-8")) + 1
+        lines = []
+        if name == "header":
+            if self.header_given:
+                return []
+            self.header_given = True
+            return [text if nbytes <= MAX_HEADER else header_text()]
+        if not self.header_given:
+            self.header_given = True
+            lines.append(header_text())
+        if self.capped:
+            self.keep(nbytes, text)
+            return lines
+        if self.size + nbytes > self.limit:
+            self.capped = True
+            self.keep(nbytes, text)
+            return lines + [notice_text(live_capped_notice(self.limit, self.tail, self.local_id))]
+        self.size += nbytes
+        return lines + [text]
+
+    def keep(self, nbytes, text):
+        """Past the limit: kept among the last tail bytes, or left out."""
+        if nbytes > self.tail:
+            self.left_out += nbytes
+            return
+        self.kept.append((nbytes, text))
+        self.kept_size += nbytes
+        while self.kept_size > self.tail:
+            dropped, _ = self.kept.pop(0)
+            self.kept_size -= dropped
+            self.left_out += dropped
+
+    def end(self):
+        """The lines to append at the end: past the limit, what was left
+        out, said, then the tail kept."""
+        if not self.capped:
+            return []
+        kept, self.kept, self.kept_size = self.kept, [], 0
+        message = (
+            f"{self.left_out} bytes of output left out here; its last"
+            f" {len(kept)} entries follow; 'flux remote attach"
+            f" {self.local_id}' shows all of it, from the target"
+        )
+        return [notice_text(message)] + [text for _, text in kept]
+
+
+def live_capped_notice(limit, tail, local_id):
+    """What live output says where it was capped."""
+    return (
+        f"output capped: only its first {size_text(limit)} are copied here as"
+        f" they come (plugin option output-limit), and its last {size_text(tail)}"
+        f" at the end (output-tail); 'flux remote attach {local_id}' shows all"
+        " of it, from the target"
+    )

@@ -38,7 +38,8 @@ REMOTE_ATTRS = ["all"]
 WINDOW = 256
 
 #: Job states a row's "where it runs" state may be filtered on: a remote
-#: job runs while its local job is pending (DEPEND).
+#: job may run while its local job is pending (DEPEND: mirror-run=false,
+#: or for the moment before the local job starts).
 ACTIVE_FILTERS = {"depend", "priority", "sched", "run", "cleanup", "pending", "running", "active"}
 
 

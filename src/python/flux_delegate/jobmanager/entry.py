@@ -10,7 +10,7 @@ import flux
 import flux.constants
 from flux.job import JobID
 
-from ..jobspec import released_status
+from ..jobspec import released_running, released_status
 from ..policies import job_include_local
 from ..names import DEPENDENCY, EXCEPTION_TYPE, RELEASE_ATTRIBUTE  # noqa: F401 (for delegate.so)
 from ..targets import SELF_DELEGATION, parse_target
@@ -141,29 +141,47 @@ def resume_released(args):
     """Plugin load (reload, restart) with a job this plugin released and
     not ended yet: one a priority plugin held before its alloc is run
     (Resuming.release_again), one whose run a prolog of the site's
-    holds (localrun.py) is taken up again from its eventlog."""
+    holds (localrun.py) is taken up again from its eventlog.  One released
+    while its remote job ran (starting.py) also follows that job again,
+    and its annotation, which a restart forgets, is given back (the
+    answer to job.create)."""
     runtime = current.runtime
     status = released_status(args["jobspec"])
+    with_remote, annotation = released_running(args["jobspec"])
     state = args.get("state")
-    if status is None or int(args["id"]) in runtime.jobs:
-        return
+    if (status is None and not with_remote) or int(args["id"]) in runtime.jobs:
+        return None
     name = JobID(args["id"]).f58
     before_alloc = (flux.constants.FLUX_JOB_STATE_PRIORITY, flux.constants.FLUX_JOB_STATE_SCHED)
     running = (flux.constants.FLUX_JOB_STATE_RUN, flux.constants.FLUX_JOB_STATE_CLEANUP)
     if state not in before_alloc + running:
-        return  # ended, or ending on its own
-    job = DelegatedJob(runtime, args, None)
-    job.phase = ENDED if state == flux.constants.FLUX_JOB_STATE_CLEANUP else RELEASING
+        return None  # ended, or ending on its own
+    # A job released while its remote job ran names no target: it follows
+    # the remote job its eventlog names, or fails (doomed) if none.
+    doomed = "released while its remote job ran, and no remote job is named in its eventlog"
+    job = DelegatedJob(runtime, args, None, doomed=doomed if with_remote else None)
+    if state == flux.constants.FLUX_JOB_STATE_CLEANUP:
+        job.phase = ENDED
+    elif not with_remote:
+        job.phase = RELEASING
     job.wait_status = status
+    job.runs_with_remote = job.released = with_remote
+    job.annotation = annotation
     runtime.jobs[job.id] = job
     runtime.jobtap.job_attach(job.id, job)
     runtime.jobtap.subscribe(job.id)
+    how = "while its remote job ran" if with_remote else "by a prolog"
     if state in before_alloc:
         log(syslog.LOG_INFO, f"{name}: released, not yet allocated: its run taken up again")
         job.resuming.release_again(scheduled=state == flux.constants.FLUX_JOB_STATE_SCHED)
     else:
-        log(syslog.LOG_INFO, f"{name}: released and held by a prolog: its run taken up again")
+        log(syslog.LOG_INFO, f"{name}: released and held {how}: its run taken up again")
         job.resuming.run_again()
+    if with_remote and job.phase != ENDED:
+        job.waiting.check_ready()  # its eventlog names the remote job to follow
+        if annotation is not None:
+            job.showing.republish()  # a restart forgot it
+    return job.showing.answer()
 
 
 def on_job_create(args):
@@ -182,8 +200,7 @@ def on_job_create(args):
                 f"system.{RELEASE_ATTRIBUTE} is the delegate plugin's own: no job may be"
                 " submitted with it"
             )
-        resume_released(args)
-        return None
+        return resume_released(args)
     if has_delegate_dependency(args):
         return None  # job.dependency.delegate decides (and refuses both)
     state = args.get("state")

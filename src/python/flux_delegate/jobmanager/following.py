@@ -64,6 +64,8 @@ class Following(Phase):
             self.connection_lost(remote, remote.lost)
             return
         remote.listeners.add(job)
+        if job.live is not None:
+            job.live.follow()  # its output, copied as it comes (liveoutput.py)
         if remote.journal is not None and remote.journal.follow(job, job.remote_id):
             return  # its events come through the target's journal (journal.py)
         # A target answers a watch at once with the eventlog so far.  One
@@ -259,10 +261,13 @@ class Following(Phase):
             return
         job.reconnecting.contact()
         job.outcome.update(event.name, event.context)
-        if event.name == "alloc":
-            job.annotate(state="running", **nodelist_of(job.remote_R))
         if job.moving is not None:
             job.moving.on_remote_event(event)
+        if event.name == "alloc":
+            # Shown by the local job's state callbacks if it starts now.
+            starting = job.starting.wanted()
+            job.showing.annotate(post=not starting, state="running", **nodelist_of(job.remote_R))
+        job.starting.start()
         if job.failover.requeue_wanted() and not job.outcome.allocated:
             # The target cannot allocate: the remote job will never start,
             # so another target may take the job at once.
@@ -277,6 +282,7 @@ class Following(Phase):
         elif (
             event.name == "finish"
             and job.outcome.exception is None
+            and (job.live is None or not job.live.taking)
             and job.collecting is None
             and job.stored is None
             and job.storing is None

@@ -26,10 +26,11 @@ through these phases (phases.py); where each lives:
               reload mid-submit, a broken connection): the target is
               searched for R by its origin before submitting again.
   following   (following.py: Following) R exists: L got a "delegated"
-              event {jobid: R, uri}, and R's eventlog is watched.  L stays
-              pending (DEPEND), so a restart of this instance neither
-              cancels nor forgets it: on reload (resuming.py: Resuming)
-              the "delegated" event is found again and R followed again.
+              event {jobid: R, uri}, and R's eventlog is watched.  L is
+              pending (DEPEND) while R is; from R's alloc L runs too
+              (starting.py: Starting), its output copied as R writes it
+              (liveoutput.py).  On reload (resuming.py: Resuming) the
+              "delegated" event is found again and R followed again.
               Contact lost is sought again for up to reconnect-timeout.  R
               ended by an allocation failure: the next candidate may take
               the job (Failover).  A pending R may be moved (move.py).
@@ -57,18 +58,19 @@ import flux.constants
 from flux.job import JobID
 
 from ..eventlog import RemoteOutcome, local_end_reason
-from ..names import EXCEPTION_TYPE, REMOTE_STATE_ATTRIBUTE
+from ..names import EXCEPTION_TYPE
 from .cancel import RemoteCancel
 from .choosing import Choosing
 from .failover import Failover
 from .following import Following
 from .phases import ENDED, FOLLOWING, RECOVERING, RELEASING, WAITING
-from .reactor import Timers, guard, log
+from .reactor import Timers, log
 from .releasing import Releasing
 from .resuming import Resuming
+from .showing import Showing
+from .starting import Starting
 from .submitting import Submitting
 from .waiting import Waiting
-
 
 class DelegatedJob:
     """One job taken on for delegation: its state, and the hand-over
@@ -108,7 +110,9 @@ class DelegatedJob:
         self.submitting = Submitting(self)
         self.failover = Failover(self)
         self.following = Following(self)
+        self.starting = Starting(self)
         self.releasing = Releasing(self)
+        self.showing = Showing(self)
         self.resuming = Resuming(self)
 
     def waiting_state(self):
@@ -144,7 +148,7 @@ class DelegatedJob:
         # under way, and how many were made.
         self.moving = None
         self.moves = 0
-        # What 'flux jobs' shows of its remote job (annotate()).
+        # What 'flux jobs' shows of its remote job (showing.py).
         self.annotation = None
 
     def release_state(self):
@@ -155,12 +159,17 @@ class DelegatedJob:
         self.storing = None  # the Collect whose result is being written
         self.stored = None  # the Collect whose result is in the KVS
         self.released = False  # its dependency removed (release_now)
+        # Released as its remote job was allocated (starting.py): running
+        # here while it does; start_token: the start under way.
+        self.runs_with_remote = False
+        self.start_token = None
         self.wait_status = None  # the remote job's, that it ends with
         self.R = None  # the local R given at SCHED (alloc-bypass)
         self.R_given = False
         self.bypass_set = False  # alloc-bypass set by this load
         self.stayed = False  # runs here as an ordinary job (stay_local)
         self.run = None
+        self.live = None  # liveoutput.LiveOutput, while it runs here
 
     @property
     def name(self):
@@ -228,43 +237,6 @@ class DelegatedJob:
         as it is back.  It must not run on alone."""
         RemoteCancel(self, reason).start()
 
-    # -- where it runs, in flux jobs (annotation user.delegate) -------------
-
-    def annotate(self, **changes):
-        """Change what 'flux jobs' shows of its remote job: the annotation
-        user.delegate {target, uri, jobid, state, nodelist}.  The
-        job-manager takes a plugin's annotations only from the callback of
-        a state change or of a jobspec update: while the job is pending
-        here, an update of system.delegate-remote (the remote state) brings
-        job.update, whose answer carries them (on_update).  Posted on the
-        next pass of the reactor: never inside a callback for this job,
-        where flux refuses it; not at all with annotate=false.  At DEPEND
-        and at the release the state callbacks carry them (on_depend,
-        Releasing.on_sched), whatever annotate says: they cost nothing."""
-        annotation = dict(self.annotation or {}, **changes)
-        if annotation == self.annotation:
-            return  # a watch replaying the eventlog: nothing new
-        self.annotation = annotation
-        if self.accepted and self.runtime.annotate and "annotate" not in self.timers:
-            self.timers.start("annotate", 0.0, guard(self.post_annotation, self))
-
-    def post_annotation(self):
-        if self.phase != FOLLOWING or self.released:
-            return  # the release's callbacks carry it
-        try:
-            self.runtime.jobtap.jobspec_update(
-                self.id, {f"attributes.system.{REMOTE_STATE_ATTRIBUTE}": self.annotation["state"]}
-            )
-        except OSError as exc:  # e.g. ending meanwhile: only what it shows
-            log(syslog.LOG_DEBUG, f"{self.name}: annotation not updated: {exc.strerror or exc}")
-
-    def annotations(self, answer=None):
-        """A callback's answer (answer: what else it says), with the
-        annotation."""
-        if self.annotation is None:
-            return answer
-        return dict(answer or {}, annotations={"user": {"delegate": self.annotation}})
-
     # -- what its target's connection and journal tell it (Following) -------
 
     def connection_lost(self, remote, reason):
@@ -289,11 +261,11 @@ class DelegatedJob:
         for action in actions:
             action()
         self.waiting.check_ready()
-        return self.annotations()  # of a job delegated from job.new, if any
+        return self.showing.answer()  # of a job delegated from job.new, if any
 
     def on_update(self, args):
         """job.update: a jobspec update (annotate()'s, or a user's)."""
-        return self.annotations()
+        return self.showing.answer()
 
     def on_dependency_removed(self, args):
         self.waiting.check_ready()
@@ -308,7 +280,7 @@ class DelegatedJob:
         return self.releasing.on_sched(args)
 
     def on_run(self, args):
-        self.releasing.on_run(args)
+        return self.releasing.on_run(args)
 
     def on_prolog(self, args):
         self.releasing.on_prolog(args)
@@ -316,12 +288,16 @@ class DelegatedJob:
     def on_cleanup(self, args):
         """The local job ends.  If that is not our doing, the remote job
         (or the submit in flight) is canceled: nothing runs on its own."""
+        if self.run is not None:
+            self.run.job_ended()  # our prolog closed, if the end was not ours
+        if self.live is not None:
+            self.live.close()  # what was copied kept, the namespace gone
+        if self.annotation is not None:
+            self.annotation = dict(self.annotation, state="ended")
         if self.phase in (RELEASING, ENDED):
             self.phase = ENDED
-            if self.run is not None:
-                self.run.job_ended()
             self.releasing.stop_collecting()
-            return
+            return self.showing.answer()
         reason = local_end_reason(args, self.name)
         previous, self.phase = self.phase, ENDED
         self.canceled_reason = reason
@@ -329,6 +305,7 @@ class DelegatedJob:
         if previous == FOLLOWING:
             self.following.stop()
             self.cancel_remote(reason)
+        return self.showing.answer()
 
     def on_inactive(self, args):
         self.following.stop()

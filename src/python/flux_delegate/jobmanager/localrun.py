@@ -85,10 +85,15 @@ class LocalRun:
     def __init__(self, job, wait_status):
         self.job = job
         self.post = job.runtime.jobtap.post_event
-        self.wait_status = int(wait_status)
+        # None while its remote job runs (starting.py): end_with() gives it.
+        self.wait_status = None if wait_status is None else int(wait_status)
         self.holding = False  # our prolog is open
         self.others = 0  # prologs of others open
         self.ended = False  # finish posted
+        # "start" posted (live output: once the job's guest namespace is
+        # made, liveoutput.py); wanted: to be, once the job runs (hold()).
+        self.started = False
+        self.start_wanted = False
         self.resuming = None  # prolog events seen while its eventlog is read
 
     def allocate(self):
@@ -103,12 +108,33 @@ class LocalRun:
             self.holding = True
             self.post(self.job.id, "prolog-start", {"description": PROLOG})
 
+    def go_on(self):
+        """Once the job's queued events are handled (outside its callbacks:
+        a site's prolog-start, posted with ours, is seen by then): the start
+        wanted meanwhile, and the end, if it has come."""
+        if self.start_wanted:
+            self.post_start()
+        self.finish_when_ready()
+
+    def post_start(self):
+        """The job's guest namespace is there (liveoutput.py): "start", for
+        job-info to read it; in RUN only (hold()), once no prolog of the
+        site's runs (as job-exec's start request would wait: on_prolog)."""
+        if self.started or self.ended:
+            return
+        if not self.holding or self.others:
+            self.start_wanted = True
+            return
+        self.started = True
+        self.post(self.job.id, "start", {})
+
     def resume(self, eventlog, running):
         """A plugin loaded again (reload, restart) while the run waited for
         a prolog of the site's: go on from what its eventlog says, and what
         came since (on_prolog)."""
         seen, self.resuming = self.resuming or [], None
         self.holding, self.others = open_prologs(eventlog)
+        self.started = any(e.get("name") == "start" for e in eventlog)
         last = max((e.get("timestamp", 0.0) for e in eventlog), default=0.0)
         for name, description, timestamp in seen:
             if timestamp > last:
@@ -131,14 +157,24 @@ class LocalRun:
             self.others += 1
         else:
             self.others = max(0, self.others - 1)
+            if self.start_wanted:
+                self.post_start()
             self.finish_when_ready()
 
+    def end_with(self, wait_status):
+        """The remote job of a job released while it ran (starting.py) has
+        ended with wait_status: finish the same way, once ready."""
+        self.wait_status = int(wait_status)
+        self.finish_when_ready()
+
     def finish_when_ready(self):
-        if self.others or self.ended or not self.holding:
+        if self.wait_status is None or self.others or self.ended or not self.holding:
             return
         self.ended = True
         job = self.job.id
-        self.post(job, "start", {})
+        if not self.started:
+            self.started = True
+            self.post(job, "start", {})
         self.post(job, "finish", {"status": self.wait_status})
         self.post(job, "release", {"ranks": "all", "final": True})
         self.close()

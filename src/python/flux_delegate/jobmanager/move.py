@@ -284,6 +284,8 @@ class Move:
         log(syslog.LOG_INFO, f"{self.job.name}: not moved: {why}; it stays on {self.job.uri}")
         if counted == "given-up" or not self.job.outcome.allocated:
             self.release_hold()
+        if self.job.phase == FOLLOWING:
+            self.job.starting.start()  # allocated while it was to move
 
     def release_hold(self):
         """Give the remote job its urgency back (a job allocated meanwhile

@@ -23,7 +23,7 @@ from .localrun import LocalRun, exec_eventlog
 from .move import finish_move, is_move_cancel
 from .following import nodelist_of
 from .output import Collect
-from .phases import FOLLOWING, RELEASING, SUBMITTING, Phase
+from .phases import ENDED, FOLLOWING, RELEASING, SUBMITTING, Phase
 from .reactor import guard, then
 
 
@@ -81,11 +81,25 @@ class Releasing(Phase):
         job.wait_status = wait_status
         if job.annotation is not None:
             job.annotation = dict(job.annotation, state="ended")  # shown at SCHED
-        if job.stored is not None:
+        if job.live is not None and job.live.taking:
+            job.live.end(wait_status, self.on_live_ended)  # copied as it came
+        elif job.stored is not None:
             job.once_accepted(self.release_now)  # taken at its finish
         elif job.collecting is None and job.storing is None:
             self.collect()
         # else: being taken or written: on_R_committed() releases it
+
+    def on_live_ended(self, moved):
+        """Its output all copied as it came, and moved into its KVS
+        directory: it ends; or there was no live output after all (its
+        namespace could not be written): its output is taken now."""
+        job = self.job
+        if job.phase != RELEASING:
+            return
+        if moved:
+            job.run.end_with(job.wait_status)
+        elif job.collecting is None and job.storing is None:
+            self.collect()
 
     def collect(self):
         """Take R and the output from the remote job (output.Collect) and
@@ -125,12 +139,13 @@ class Releasing(Phase):
         job.collecting = None
         if job.phase not in (FOLLOWING, RELEASING):
             return  # ended meanwhile
-        job.R = R if R is not None else local_R(job.runtime.hostname)
-        if job.annotation is not None and "nodelist" not in job.annotation:
-            job.annotation = dict(job.annotation, **nodelist_of(R))  # shown at SCHED
-        job.R_given = False
         txn = flux.kvs.KVSTxn(job.runtime.handle, JobID(job.id).kvs)
-        txn.put("R", job.R)
+        if job.run is None:  # not running here yet (starting.py): R too
+            job.R = R if R is not None else local_R(job.runtime.hostname)
+            if job.annotation is not None and "nodelist" not in job.annotation:
+                job.annotation = dict(job.annotation, **nodelist_of(R))  # shown at SCHED
+            job.R_given = False
+            txn.put("R", job.R)
         if output is not None:
             txn.put("guest.output", output, raw=True)
         if job.outcome.wait_status is not None:
@@ -156,8 +171,13 @@ class Releasing(Phase):
         (job.state.sched and job.state.run, below) before it returns, as a
         rule."""
         job = self.job
-        if job.phase != RELEASING or job.released:
-            return  # ended meanwhile, or released already
+        if job.phase != RELEASING:
+            return  # ended meanwhile
+        if job.runs_with_remote:
+            job.run.end_with(job.wait_status)  # running since the remote alloc
+            return
+        if job.released:
+            return  # released already
         job.released = True
         job.runtime.jobtap.jobspec_update(job.id, release_updates(job.wait_status))
         if not job.bypass_set:
@@ -184,20 +204,22 @@ class Releasing(Phase):
         the job's events are handled: when dependency_remove() returns
         (release_now), else on the next pass of the reactor."""
         job = self.job
-        if job.phase != RELEASING or job.R_given or job.run is None:
+        if job.phase == ENDED or job.R_given or job.run is None:
             return None
         job.R_given = True
         job.run.allocate()
-        job.timers.start("run", 0.0, guard(job.run.finish_when_ready, job))
+        job.timers.start("run", 0.0, guard(job.run.go_on, job))
         if args.get("R") is not None:
-            return job.annotations()  # the job-manager has R (read back at a restart)
-        return job.annotations({"R": job.R if job.R is not None else local_R(job.runtime.hostname)})
+            return job.showing.answer()  # the job-manager has R (read back at a restart)
+        return job.showing.answer({"R": job.R if job.R is not None else local_R(job.runtime.hostname)})
 
     def on_run(self, args):
         """The released job runs: hold job-exec's start request."""
         job = self.job
-        if job.phase == RELEASING and job.run is not None:
+        if job.phase != ENDED and job.run is not None:
             job.run.hold()
+            return job.showing.answer()
+        return None
 
     def on_prolog(self, args):
         """job.event.prolog-start / prolog-finish: a prolog of the site's

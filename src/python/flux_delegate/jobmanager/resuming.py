@@ -5,7 +5,9 @@ A job delegated before ("delegated" event) follows its remote job again
 (follow_again: the remote id is checked to be its own first, Following).
 A job this plugin released and had not run through yet (resume_released
 in entry.py) is allocated and run again (release_again), or its run,
-held by a site's prolog, taken up where it was (run_again).  A submit
+held by a site's prolog or by its remote job still running (starting.py),
+taken up where it was (run_again); one released while its remote job ran
+follows that job again, as a pending one does (Waiting.check_ready).  A submit
 whose answer was lost is looked for on its target (recovery.py).
 """
 
@@ -16,7 +18,7 @@ from flux.core.inner import ffi
 from flux.job import JobID
 
 from .localrun import LocalRun
-from .phases import RELEASING, Phase
+from .phases import ENDED, Phase
 from .reactor import guard, log, then
 from .waiting import look_up_own
 
@@ -36,7 +38,11 @@ class Resuming(Phase):
         log(syslog.LOG_INFO, f"{job.name}: following {job.remote_id.f58} on {job.uri} again")
         job.lost_reason = "the source reloaded"
         label = delegation.get("label")
-        job.annotate(target=label or job.uri, uri=job.uri, jobid=job.remote_id.f58, state="pending")
+        # A job running here shows its remote job running (starting.py)
+        # until its eventlog, replayed, says otherwise.
+        running = job.runs_with_remote and job.annotation is not None
+        state = job.annotation.get("state", "running") if running else "pending"
+        job.showing.annotate(target=label or job.uri, uri=job.uri, jobid=job.remote_id.f58, state=state)
         job.reconnecting.start()
 
     def release_again(self, scheduled):
@@ -58,7 +64,7 @@ class Resuming(Phase):
 
     def allocate(self):
         job = self.job
-        if job.phase == RELEASING:
+        if job.phase != ENDED:
             job.run.allocate()  # outside callbacks: handled before it returns
             job.run.finish_when_ready()
 
@@ -79,4 +85,6 @@ class Resuming(Phase):
 
     def on_run_eventlog(self, future):
         job = self.job
-        job.run.resume(future.get()["eventlog"], running=job.phase == RELEASING)
+        job.run.resume(future.get()["eventlog"], running=job.phase != ENDED)
+        if job.runs_with_remote and job.run.holding:
+            job.starting.begin_live_output(resumed=True)  # its output copied again

@@ -58,6 +58,8 @@ def new_counts():
         "journal-malformed": 0,  # answers or entries that were neither
         "output-from-namespace": 0,
         "output-from-job-directory": 0,
+        # Local jobs started as their remote job was allocated (starting.py).
+        "started-with-remote": 0,
         "output-watched": 0,
     }
 
@@ -97,6 +99,12 @@ class Runtime:
         self.journal = self.conf["journal"]
         # Whether a pending job's annotation follows its remote job (annotate()).
         self.annotate = self.conf["annotate"]
+        # Whether a local job runs while its remote job does (starting.py).
+        self.mirror_run = self.conf["mirror-run"]
+        # Whether a running job's output is copied as it comes (liveoutput.py),
+        # and how much of its end is kept past output-limit.
+        self.live_output = self.conf["live-output"]
+        self.output_tail = self.conf["output-tail"]
         self.counts = new_counts()
         connect_timeout = self.conf["connect-timeout"]
         self.reconnect_interval = self.conf["reconnect-interval"]
@@ -293,6 +301,9 @@ class Runtime:
             "early-handoff": self.early_handoff,
             "journal": self.journal,
             "annotate": self.annotate,
+            "mirror-run": self.mirror_run,
+            "live-output": self.live_output,
+            "output-tail": self.output_tail,
             "journals": {
                 uri: remote.journal.state() if remote.journal else "off"
                 for uri, remote in self.connections.open.items()
@@ -331,6 +342,8 @@ class Runtime:
         self.mover.stop()
         for job in list(self.jobs.values()):
             job.following.stop()  # its watch's cancel, while it can be sent
+            if job.live is not None:
+                job.live.stop()  # its output's too
         self.connections.close()
         self.helpers.close()
         # Timers still pending (timeouts, retries) would only fire to find

@@ -261,4 +261,4 @@ class Submitting(Phase):
         if label:
             context["label"] = label
         job.runtime.jobtap.post_event(job.id, "delegated", context)
-        job.annotate(target=label or uri, uri=uri, jobid=job.remote_id.f58, state="pending")
+        job.showing.annotate(target=label or uri, uri=uri, jobid=job.remote_id.f58, state="pending")

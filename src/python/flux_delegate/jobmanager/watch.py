@@ -5,8 +5,8 @@ making sure a cancel took (cancel.py) both do.
 import errno
 import syslog
 
-import flux
-import flux.job
+from flux.job.event import RAW as JOB_RAW
+from flux.job.event import JobEventWatchFuture
 
 from .reactor import Timer, answered, guard, log
 
@@ -28,8 +28,22 @@ class EventlogWatch:
     reported against job (guard()).
     """
 
-    def __init__(self, remote, remote_id, on_event, on_end, job=None, answer_within=None):
+    def __init__(
+        self,
+        remote,
+        remote_id,
+        on_event,
+        on_end,
+        job=None,
+        answer_within=None,
+        eventlog="eventlog",
+        flags=0,
+    ):
         self.remote = remote
+        # Its name: "eventlog", or "guest.output" (liveoutput.py, with
+        # FLUX_JOB_EVENT_WATCH_WAITCREATE: written once the shell starts).
+        self.eventlog = eventlog
+        self.flags = flags
         self.remote_id = remote_id
         self.on_event = on_event
         self.on_end = on_end
@@ -42,7 +56,9 @@ class EventlogWatch:
     def start(self):
         self.outgoing = self.remote.request(
             1024,
-            lambda h: flux.job.event_watch_async(h, self.remote_id),
+            lambda h: JobEventWatchFuture(
+                JOB_RAW.event_watch(h, int(self.remote_id), self.eventlog, self.flags)
+            ),
             self.on_answer,
             job=self.job,
         )
