@@ -185,10 +185,13 @@ class LiveOutput:
         copied: only its end is left, and Releasing takes its output again
         then, the usual way)."""
 
+        self.state = "resuming"  # taking: no output collected meanwhile
+
         def on_moved(moved):
             if moved:
+                self.state = "new"
                 self.job.live = None
-            else:
+            elif self.state == "resuming":
                 self.begin(post_start)
 
         look_for_moved_guest(self.job, on_moved)
@@ -325,6 +328,8 @@ class LiveOutput:
         if self.state == "making":  # once it is made (on_made)
             self.wait_status, self.on_end = int(wait_status), on_end
             return
+        if self.state == "resuming":  # ended before it began again: collected
+            self.state = "new"
         if not self.live:
             on_end(False)
             return
@@ -392,6 +397,8 @@ class LiveOutput:
         self.job.timers.cancel("live-output")
         if self.state == "making":
             self.state = "ending-early"  # on_made() removes it
+        elif self.state == "resuming":
+            self.state = "new"  # not begun (resume())
         elif self.live and not self.writing:
             self.move(None)
         elif self.live:

@@ -140,6 +140,11 @@ class Releasing(Phase):
         if job.phase not in (FOLLOWING, RELEASING):
             return  # ended meanwhile
         txn = flux.kvs.KVSTxn(job.runtime.handle, JobID(job.id).kvs)
+        if job.run is not None and output is not None:
+            # Running here (starting.py): its guest key may still link a
+            # guest namespace made for live output (liveoutput.py), now
+            # given up or gone; the output goes in a directory of its own.
+            txn.unlink("guest")
         if job.run is None:  # not running here yet (starting.py): R too
             job.R = R if R is not None else local_R(job.runtime.hostname)
             if job.annotation is not None and "nodelist" not in job.annotation:
