@@ -51,8 +51,10 @@ from .watch import EventlogWatch
 
 #: Seconds after the remote job's end within which the watch of its output
 #: should have ended (job-info ends it as the remote guest namespace is
-#: moved, before the remote clean): past that, it is read again (give_up).
-END_GRACE = 2.0
+#: moved, before the remote clean): past that (or submit-timeout, if
+#: shorter), it is read again (give_up).  Under load a watch was seen to
+#: take more than 2 s, and the read again then not to answer either.
+END_GRACE = 10.0
 
 #: The stdin service shell.init names (attach sends stdin to SERVICE.stdin):
 #: none answers it here.
