@@ -162,6 +162,20 @@ def _json_size(text):
     return len(json.dumps(text, ensure_ascii=False).encode("utf-8")) - 2
 
 
+def checked_entry(name, timestamp, context):
+    """(context as attach reads it, the entry's text), or None if it is not
+    an output entry attach reads (normalized); a bad timestamp becomes 0."""
+    context = normalized(name, context)
+    if context is None:
+        return None
+    if not (_typed(timestamp, float) or _typed(timestamp, int)) or not math.isfinite(timestamp):
+        timestamp = 0.0
+    try:
+        return context, entry_text(name, timestamp, context)
+    except ValueError:  # a NaN somewhere in it
+        return None
+
+
 class _Data:
     """Consecutive plain data entries of one stream and rank, joined into
     one (their pieces kept apart until written: joining as they come would
@@ -211,17 +225,11 @@ class OutputCopy:
         """Take the next entry; False once nothing more is wanted."""
         if self.capped:
             return False
-        context = normalized(name, context)
-        if context is None:
+        checked = checked_entry(name, timestamp, context)
+        if checked is None:
             self.malformed += 1
             return True
-        if not (_typed(timestamp, float) or _typed(timestamp, int)) or not math.isfinite(timestamp):
-            timestamp = 0.0
-        try:
-            text = entry_text(name, timestamp, context)
-        except ValueError:  # a NaN somewhere in it
-            self.malformed += 1
-            return True
+        context, text = checked
         nbytes = len(text.encode("utf-8")) + 1
         if name == "header":
             if self.header is None and nbytes <= MAX_HEADER:
@@ -303,17 +311,11 @@ class LiveCopy:
 
     def take(self, name, timestamp, context):
         """The lines (entry texts) to append now for this entry."""
-        context = normalized(name, context)
-        if context is None:
+        checked = checked_entry(name, timestamp, context)
+        if checked is None:
             self.malformed += 1
             return []
-        if not (_typed(timestamp, float) or _typed(timestamp, int)) or not math.isfinite(timestamp):
-            timestamp = 0.0
-        try:
-            text = entry_text(name, timestamp, context)
-        except ValueError:  # a NaN somewhere in it
-            self.malformed += 1
-            return []
+        context, text = checked
         nbytes = len(text.encode("utf-8")) + 1
         lines = []
         if name == "header":
