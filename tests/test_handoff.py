@@ -201,10 +201,7 @@ def test_jobs_go_on_by_their_eventlog_once_the_targets_journal_ends(fresh_source
 
     target = start_instance(request, name="journal-end")
     target.use_sched_simple()
-    # Copied at the end: a target whose job-manager was reloaded under a
-    # job may leave its output's watch unanswered (a known limit of live
-    # output, doc/design.md).
-    fresh_source.load_plugin(None, "live-output=false")
+    fresh_source.load_plugin()
     warm = fresh_source.submit(f"--dependency=delegate:{target.uri}", "true")
     assert fresh_source.status(warm) == 0
     assert query(fresh_source)["journals"] == {target.uri: "reading"}

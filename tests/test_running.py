@@ -186,6 +186,23 @@ def test_a_burst_runs_each_local_job_while_its_remote_job_runs(fresh_source, tar
     assert query["counts"]["started-with-remote"] == 24
 
 
+def test_a_burst_of_jobs_that_run_for_milliseconds_each_has_its_whole_output(fresh_source, target):
+    """A remote job that ends within milliseconds has often cleaned up
+    before its output is watched, or is watched while its guest namespace
+    is removed (a watch flux-core 0.88's job-info may never answer): its
+    output is then read from its KVS directory, whole, at once."""
+    source = fresh_source
+    source.load_plugin()
+    jobs = source.run(
+        "submit", "--cc=1-30", f"--dependency=delegate:{target.uri}", "sh", "-c", "echo line{cc}"
+    ).stdout.split()
+    assert [source.status(j, timeout=120) for j in jobs] == [0] * 30
+    for i, jobid in enumerate(jobs, start=1):
+        assert source.run("job", "attach", jobid).stdout == f"line{i}\n", jobid
+    counts = json.loads(source.run("jobtap", "query", "delegate.so").stdout)["counts"]
+    assert counts["output-live"] + counts["output-read-again"] == 30, counts
+
+
 def test_a_source_shutdown_cancels_a_running_delegated_job_and_its_remote_job(request, target):
     """Flux cancels running jobs at shutdown (its cleanup): a delegated one
     too, and its remote job does not run on alone."""

@@ -17,8 +17,10 @@ final).  No job-exec runs a delegated job here: this does the same for it
          to the namespace's output as it comes: one commit at a time, what
          comes meanwhile in the next; within output-limit, then only the
          last output-tail bytes are kept, for the end (outputlog.LiveCopy);
-  end    (the remote job ended: Releasing) once the watch has ended, or
-         submit-timeout after the remote end: the tail, and the exec
+  end    (the remote job ended: Releasing) once the watch has ended (or,
+         END_GRACE after the remote end, the output read again whole from
+         the remote job's KVS directory; at once, without a watch, for a
+         remote job that cleaned up before it was watched): the tail, and the exec
          eventlog's complete and done, are written; the namespace is
          copied into the job's KVS directory and removed; then the job
          finishes (LocalRun).  A job that ends otherwise (an exception, a
@@ -52,9 +54,11 @@ from .watch import EventlogWatch
 #: Seconds after the remote job's end within which the watch of its output
 #: should have ended (job-info ends it as the remote guest namespace is
 #: moved, before the remote clean): past that (or submit-timeout, if
-#: shorter), it is read again (give_up).  Under load a watch was seen to
-#: take more than 2 s, and the read again then not to answer either.
-END_GRACE = 10.0
+#: shorter), it is read again from the remote job's KVS directory
+#: (give_up).  flux-core 0.88's job-info was seen never to answer a watch
+#: that reached it as the namespace was being removed (a job that ran for
+#: milliseconds), not even with the header.
+END_GRACE = 2.0
 
 #: The stdin service shell.init names (attach sends stdin to SERVICE.stdin):
 #: none answers it here.
@@ -154,6 +158,8 @@ class LiveOutput:
         self.complete = False  # the remote output has all come
         self.interrupted = None  # why the watch broke off, if it did
         self.watched = None  # the remote job whose output is copied
+        self.received = False  # whether its watch has answered yet
+        self.after_reread = None  # the state a read again goes back to
         self.watch = None
         self.wait_status = None
         self.on_end = None
@@ -256,7 +262,9 @@ class LiveOutput:
         """Watch the remote job's output, the whole of it from its start,
         once it can be (Following.follow: connected, the remote id checked);
         again, in place of what was copied, after the watch broke off (a
-        lost connection) or for another remote job (a requeue)."""
+        lost connection) or for another remote job (a requeue).  A remote
+        job that has cleaned up already (it ran for milliseconds) is not
+        watched: its output is read whole from its KVS directory."""
         job = self.job
         if self.state not in ("live", "ending") or self.watch is not None:
             return
@@ -268,6 +276,10 @@ class LiveOutput:
             self.copy = LiveCopy(self.runtime.output_limit, self.runtime.output_tail, job.name)
             self.pending, self.first, self.complete, self.interrupted = [], True, False, None
         self.watched = job.remote_id
+        self.received = False
+        if job.outcome.ended:
+            self.read_again()
+            return
         self.watch = EventlogWatch(
             job.remote, job.remote_id, self.on_entry, self.on_watch_end, job=job,
             eventlog="guest.output",
@@ -276,6 +288,7 @@ class LiveOutput:
         self.watch.start()
 
     def on_entry(self, event):
+        self.received = True
         if self.live:
             self.pending += self.copy.take(event.name, event.timestamp, event.context)
             self.write()
@@ -287,6 +300,7 @@ class LiveOutput:
         self.watch = None
         if error is None or error.errno == errno.ENOENT:
             self.complete = True
+            self.runtime.counts["output-live"] += 1
         else:
             self.interrupted = error.strerror or str(error)
         self.write()
@@ -332,12 +346,24 @@ class LiveOutput:
             return
         if self.state == "resuming":  # ended before it began again: collected
             self.state = "new"
+        if self.state == "rereading":  # moved once read (on_reread)
+            self.wait_status, self.on_end = int(wait_status), on_end
+            self.after_reread = "ending"
+            return
         if not self.live:
             on_end(False)
             return
         self.wait_status = int(wait_status)
         self.on_end = on_end
         self.state = "ending"
+        if not self.complete and not self.received:
+            # A watch not answered by the remote end, not even with the
+            # header the shell writes first, is the watch job-info may never
+            # answer (END_GRACE): the output is all in the remote job's
+            # directory now.
+            self.stop()
+            self.read_again()
+            return
         if not self.complete:
             grace = min(END_GRACE, self.runtime.submit_timeout)
             self.job.timers.start("live-output", grace, guard(self.give_up, self.job))
@@ -346,23 +372,30 @@ class LiveOutput:
     def give_up(self):
         """The remote output has not all come END_GRACE after the remote end
         (its job-info did not answer the watch, or it broke off): it is read
-        again whole, as a job without live output's is (output.RemoteOutput),
-        and written in place of what was copied."""
+        again whole, in place of what was copied."""
         if self.state != "ending" or self.complete:
             return
         self.stop()
         why = self.interrupted or f"not all of it came within {END_GRACE:g}s of the end"
         log(syslog.LOG_INFO, f"{self.job.name}: output copied as it came is short ({why}): read again")
+        self.read_again()
+
+    def read_again(self):
+        """The remote job has cleaned up: its output is read whole from its
+        KVS directory, as a job without live output's is
+        (output.RemoteOutput), and written in place of what was copied."""
+        self.after_reread = self.state
         self.state = "rereading"
+        self.runtime.counts["output-read-again"] += 1
         job = self.job
         RemoteOutput(
-            job, job.remote, job.remote_id, self.runtime.output_limit, self.on_reread
+            job, job.remote, job.remote_id, self.runtime.output_limit, self.on_reread, moved=True
         ).start()
 
     def on_reread(self, text):
         if self.state != "rereading":
             return
-        self.state = "ending"
+        self.state = self.after_reread
         self.complete = True
         self.copy = LiveCopy(self.runtime.output_limit, self.runtime.output_tail, self.job.name)
         self.pending = [text.rstrip("\n")] if text else []

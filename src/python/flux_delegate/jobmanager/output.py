@@ -43,15 +43,21 @@ class RemoteOutput:
     may read.  Where that cannot be read either (a guest of a multi-user
     target, EPERM), or the namespace holds no output (ENOENT), it is read
     through job-info (eventlog-watch of guest.output, which waits for the
-    namespace to be moved before it ends).
+    namespace to be moved before it ends).  'moved': the remote job has
+    cleaned up, its namespace is gone: read from its KVS directory at once
+    (flux-core 0.88's KVS was seen to leave a lookup in a namespace being
+    removed, and a job-info watch made in that moment, unanswered).
 
     Once the limit is reached the copy is done; the watch is canceled and
     what the target still sends (job-info sends a finished job's whole
     eventlog at once, a cancel or not; the stream, its last pieces) is
     read and let go, one answer at a time, never kept."""
 
-    def __init__(self, job, remote, remote_id, limit, on_done):
+    def __init__(self, job, remote, remote_id, limit, on_done, moved=False):
         self.job = job
+        # Whether the remote job has cleaned up (its namespace moved into
+        # its KVS directory): read there at once.
+        self.moved = moved
         self.runtime = job.runtime
         self.remote = remote
         self.remote_id = remote_id
@@ -73,7 +79,10 @@ class RemoteOutput:
             notice = missing_notice("was not copied (plugin option output-limit=0)", self.local_id)
             self.finish(self.copy.text(notice))
             return self
-        self.stream(f"job-{int(self.remote_id)}", "output", "output-from-namespace")
+        if self.moved:
+            self.stream(None, f"{self.remote_id.kvs}.guest.output", "output-from-job-directory")
+        else:
+            self.stream(f"job-{int(self.remote_id)}", "output", "output-from-namespace")
         return self
 
     def stream(self, namespace, key, read_from):

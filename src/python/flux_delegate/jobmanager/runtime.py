@@ -61,6 +61,10 @@ def new_counts():
         # Local jobs started as their remote job was allocated (starting.py).
         "started-with-remote": 0,
         "output-watched": 0,
+        # Live output (liveoutput.py): copied whole as it came; read again
+        # whole from the remote job's directory at its end.
+        "output-live": 0,
+        "output-read-again": 0,
     }
 
 
