@@ -18,6 +18,7 @@ from flux_delegate.jobspec import (
     remote_jobspec,
     requeue_allowed,
     same_origin,
+    with_output_batch_timeout,
 )
 from flux_delegate.preflight import feasibility_jobspec
 
@@ -276,3 +277,25 @@ def test_feasibility_jobspec_keeps_what_schedulers_decide_with():
     assert jobspec["tasks"][0]["command"] == ["sleep", "60"]  # the job's own is left as it was
     assert feasibility_jobspec({"version": 1})["attributes"] == {"system": {}}
     assert feasibility_jobspec({"version": 1, "attributes": None})["attributes"] == {"system": {}}
+
+
+def test_with_output_batch_timeout_sets_it_on_copies_unless_the_job_has_its_own():
+    local = {"attributes": {"system": {"shell": {"options": {"rlimit": {"nofile": 8}}}}}}
+    remote = with_output_batch_timeout(local, 0.1)
+    assert remote["attributes"]["system"]["shell"]["options"] == {
+        "rlimit": {"nofile": 8},
+        "output": {"batch-timeout": 0.1},
+    }
+    # The local jobspec is as it was (its tables are copied, not changed).
+    assert local == {"attributes": {"system": {"shell": {"options": {"rlimit": {"nofile": 8}}}}}}
+    own = {"attributes": {"system": {"shell": {"options": {"output": {"batch-timeout": 2}}}}}}
+    assert with_output_batch_timeout(own, 0.1) is own
+    redirected = {"attributes": {"system": {"shell": {"options": {"output": {"stdout": {"type": "file"}}}}}}}
+    assert with_output_batch_timeout(redirected, 0.1)["attributes"]["system"]["shell"]["options"][
+        "output"
+    ] == {"stdout": {"type": "file"}, "batch-timeout": 0.1}
+    assert with_output_batch_timeout({"attributes": {"system": {}}}, 0.5) == {
+        "attributes": {"system": {"shell": {"options": {"output": {"batch-timeout": 0.5}}}}}
+    }
+    odd = {"attributes": {"system": {"shell": "not a table"}}}
+    assert with_output_batch_timeout(odd, 0.1) is odd

@@ -50,7 +50,8 @@ def test_durations_are_read_as_flux_reads_them():
             {"submit-timout": "5"},
             "unknown plugin option 'submit-timout' (known: handler, pythonpath, registry,"
             " submit-timeout, connect-timeout, preflight-timeout, reconnect-timeout,"
-            " reconnect-interval, preflight-cache, estimate-cache, output-limit, output-tail, early-handoff,"
+            " reconnect-interval, preflight-cache, estimate-cache, output-batch-timeout, output-limit,"
+            " output-tail, early-handoff,"
             " journal, annotate, mirror-run, live-output)",
         ),
         ({"connect-timeout": "-3"}, "plugin option connect-timeout=-3: must be more than 0 seconds"),
@@ -58,6 +59,10 @@ def test_durations_are_read_as_flux_reads_them():
         ({"reconnect-interval": "0"}, "plugin option reconnect-interval=0: must be more than 0 seconds"),
         ({"reconnect-interval": 0}, "plugin option reconnect-interval=0: must be more than 0 seconds"),
         ({"submit-timeout": 10**400}, f"plugin option submit-timeout={10**400}: too long a duration"),
+        (
+            {"output-batch-timeout": "-1"},
+            "plugin option output-batch-timeout=-1: must be 0 (off) or more",
+        ),
     ],
 )
 def test_plugin_options_errors_name_the_option(conf, message):

@@ -272,3 +272,31 @@ def test_live_output_past_output_limit_keeps_its_beginning_and_its_tail(fresh_so
     assert f"flux remote attach {jobid}" in proc.stderr
     size = len(source.run("job", "eventlog", "-p", "guest.output", jobid).stdout)
     assert size < (16 + 4 + 4) * 1024  # the KVS holds no more than asked
+
+
+def remote_shell_output_options(source, target, jobid):
+    rid = str(source.wait_event(jobid, "delegated")["context"]["jobid"])
+    spec = json.loads(target.run("job", "info", rid, "jobspec").stdout)
+    return spec["attributes"]["system"].get("shell", {}).get("options", {}).get("output", {})
+
+
+def test_the_remote_shell_commits_output_every_output_batch_timeout(fresh_source, target):
+    """With live output the remote shell commits its output every 0.1 s
+    (output-batch-timeout), not every 0.5 s (its own default), unless the
+    job says otherwise; not set without live output."""
+    source = fresh_source
+    source.load_plugin()
+    plain = source.submit(f"--dependency=delegate:{target.uri}", "true")
+    own = source.submit(f"--dependency=delegate:{target.uri}", "-o", "output.batch-timeout=0.3", "true")
+    assert remote_shell_output_options(source, target, plain) == {"batch-timeout": 0.1}
+    assert remote_shell_output_options(source, target, own) == {"batch-timeout": 0.3}
+    assert source.status(plain) == 0 and source.status(own) == 0
+    source.remove_plugin()
+    source.load_plugin(None, "live-output=false")
+    unset = source.submit(f"--dependency=delegate:{target.uri}", "true")
+    assert remote_shell_output_options(source, target, unset) == {}
+    source.remove_plugin()
+    source.load_plugin(None, "output-batch-timeout=0.02s")
+    short = source.submit(f"--dependency=delegate:{target.uri}", "true")
+    assert remote_shell_output_options(source, target, short) == {"batch-timeout": 0.02}
+    assert source.status(short) == 0

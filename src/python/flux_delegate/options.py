@@ -42,11 +42,15 @@ SECONDS_OPTIONS = {
     # How long a target's plan (earliest_start's estimates) is used before
     # the target is read again; jobs sent meanwhile are counted in at once.
     "estimate-cache": 2.0,
+    # With live output: the remote shell's output.batch-timeout (how long
+    # it gathers output before it commits it; its own default is 0.5 s),
+    # unless the job sets its own.  0: the shell's default.
+    "output-batch-timeout": 0.1,
 }
 
 #: Duration options that may be 0 (off): preflight-cache, how long a
 #: target's "feasible" answer for a shape of job is taken as still true.
-ZERO_OK_OPTIONS = ("preflight-cache", "estimate-cache", "move-margin")
+ZERO_OK_OPTIONS = ("preflight-cache", "estimate-cache", "move-margin", "output-batch-timeout")
 
 
 #: Plugin options that are true or false, with their defaults.

@@ -14,6 +14,7 @@ import syslog
 from flux.core.inner import ffi, lib
 
 from ..estimate import request_of_jobspec
+from ..jobspec import with_output_batch_timeout
 from ..names import DEPENDENCY
 from ..policies import (
     Candidate,
@@ -55,6 +56,10 @@ class Choosing(Phase):
             lib.free(original)
         environment = spec.get("attributes", {}).get("system", {}).get("environment")
         job.remote_spec = job.runtime.remote_jobspec(job.jobspec, environment, job.origin)
+        if job.runtime.streams_live and job.runtime.output_batch_timeout:
+            job.remote_spec = with_output_batch_timeout(
+                job.remote_spec, job.runtime.output_batch_timeout
+            )
         target = job.target
         if target.kind == "policy":
             candidates = [Candidate(c) for c in job.runtime.registry.clusters]

@@ -72,6 +72,12 @@ class Runtime:
     """State of one loaded handler: plugin conf, the job-manager's handle,
     connections, the registry and policies, and the jobs it follows."""
 
+    @property
+    def streams_live(self):
+        """Whether a job's output is copied as it comes (liveoutput.py):
+        running while its remote job does, live-output on, an output-limit."""
+        return self.mirror_run and self.live_output and self.output_limit > 0
+
     def __init__(self, conf, jobtap, remote_jobspec=None, policies=None):
         self.conf = plugin_options(conf)
         # This load's jobtap calls (delegate_jobtap.Jobtap): they stop
@@ -109,6 +115,8 @@ class Runtime:
         # and how much of its end is kept past output-limit.
         self.live_output = self.conf["live-output"]
         self.output_tail = self.conf["output-tail"]
+        # The remote shell's output.batch-timeout set for live output (0: not set).
+        self.output_batch_timeout = self.conf["output-batch-timeout"]
         self.counts = new_counts()
         connect_timeout = self.conf["connect-timeout"]
         self.reconnect_interval = self.conf["reconnect-interval"]
@@ -308,6 +316,7 @@ class Runtime:
             "mirror-run": self.mirror_run,
             "live-output": self.live_output,
             "output-tail": self.output_tail,
+            "output-batch-timeout": self.output_batch_timeout,
             "journals": {
                 uri: remote.journal.state() if remote.journal else "off"
                 for uri, remote in self.connections.open.items()
