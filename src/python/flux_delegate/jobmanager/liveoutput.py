@@ -13,7 +13,8 @@ final).  No job-exec runs a delegated job here: this does the same for it
          shell.init); the job's guest key is linked to it (as job-exec
          does: 'flux kvs get' finds it there) and "start" is posted;
   copy   the remote job's guest.output is watched (job-info's
-         eventlog-watch, over the job's connection) and each entry appended
+         eventlog-watch, over the job's connection; WATCH_DELAY after
+         the start, so that a job of milliseconds is not) and each entry appended
          to the namespace's output as it comes: one commit at a time, what
          comes meanwhile in the next; within output-limit, then only the
          last output-tail bytes are kept, for the end (outputlog.LiveCopy);
@@ -59,6 +60,14 @@ from .watch import EventlogWatch
 #: that reached it as the namespace was being removed (a job that ran for
 #: milliseconds), not even with the header.
 END_GRACE = 2.0
+
+#: Seconds after the local start before the remote output is watched: a
+#: job that ends sooner (a 'true') is not watched at all, its output read
+#: once from the remote job's directory at its end (read_again), which
+#: costs the target less than a job-info watch and its kvs-watch.  A watch
+#: replays the output from its beginning: the first lines come this much
+#: later, none is lost.
+WATCH_DELAY = 0.1
 
 #: The stdin service shell.init names (attach sends stdin to SERVICE.stdin):
 #: none answers it here.
@@ -280,6 +289,19 @@ class LiveOutput:
         if job.outcome.ended:
             self.read_again()
             return
+        if "live-watch" not in job.timers:
+            job.timers.start("live-watch", WATCH_DELAY, guard(self.start_watch, job))
+
+    def start_watch(self):
+        """WATCH_DELAY after follow(), if the job still wants it."""
+        job = self.job
+        if self.state not in ("live", "ending") or self.watch is not None or self.complete:
+            return
+        if job.remote is None or job.remote.lost:
+            return
+        if job.outcome.ended:
+            self.read_again()
+            return
         self.watch = EventlogWatch(
             job.remote, job.remote_id, self.on_entry, self.on_watch_end, job=job,
             eventlog="guest.output",
@@ -308,6 +330,7 @@ class LiveOutput:
     def stop(self):
         """The plugin is unloaded: the watch goes; the namespace stays, for
         the next load."""
+        self.job.timers.cancel("live-watch")
         if self.watch is not None:
             self.watch.cancel()
             self.watch = None
@@ -426,6 +449,7 @@ class LiveOutput:
     def close(self):
         """The job ended otherwise (an exception, a cancel): stop copying,
         and move what was copied into its KVS directory."""
+        self.job.timers.cancel("live-watch")
         if self.watch is not None:
             self.watch.cancel()
             self.watch = None
@@ -447,6 +471,7 @@ class LiveOutput:
         was_live = self.live
         made = self.state == "making" and made
         self.state = "failed"
+        self.job.timers.cancel("live-watch")
         if self.watch is not None:
             self.watch.cancel()
             self.watch = None
