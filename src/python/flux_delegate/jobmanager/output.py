@@ -131,6 +131,10 @@ class RemoteOutput:
                     # The namespace is gone: moved into the job's directory.
                     key = f"{self.remote_id.kvs}.guest.output"
                     self.stream(None, key, "output-from-job-directory")
+                elif exc.errno == errno.ENOENT and self.moved:
+                    # Cleaned up, and no output in its directory: the job
+                    # ran no shell (test exec), and printed nothing.
+                    self.finish(self.copy.text())
                 else:
                     # ENOENT: no output; EPERM: not ours to read; or
                     # whatever else: job-info says what there is.
