@@ -302,15 +302,15 @@ def test_failover_on_remote_alloc_exception(request, fresh_source, spare):
     assert "start" not in [e["name"] for e in stuck.eventlog(rid)]
 
 
-def requeue_scenario(request, fresh_source, spare, tmp_path, *submit_args):
+def requeue_scenario(request, fresh_source, spare, tmp_path, *submit_args, again="exit 4"):
     """A job that starts on its first target, which then raises an alloc
     exception on it (its allocation failed): (jobid, first delegation).
-    The command exits 4 if it ran before (a marker file), else sleeps."""
+    The command runs 'again' if it ran before (a marker file), else sleeps."""
     failing = start_instance(request, name="failing")
     fresh_source.load_plugin()
     configure(fresh_source, registry_of(("failing", failing.uri), ("spare", spare.uri)))
     marker = tmp_path / "ran-before"
-    script = f"test -e {marker} && exit 4; touch {marker}; sleep 300"
+    script = f"test -e {marker} && {{ {again}; }}; touch {marker}; sleep 300"
     jobid = fresh_source.submit(
         "-S", "system.delegate=assign:0", *submit_args, "sh", "-c", script
     )
@@ -340,6 +340,38 @@ def test_a_started_job_is_requeued_on_an_alloc_exception(request, fresh_source, 
     assert "alloc exception" in failover[0]["reason"]
     assert [e["context"]["label"] for e in events if e["name"] == "delegated"] == ["failing", "spare"]
     failing.wait_event(rid, "clean")  # the first run ended there
+
+
+def test_a_job_requeued_while_it_runs_here_shows_and_streams_its_new_remote_job(
+    request, fresh_source, spare, tmp_path
+):
+    """Running here (R) from its first remote job's start, it stays R
+    through the requeue; once the job runs again on spare, its annotation
+    names spare and the new remote job, and its output is the second run's
+    alone (the first run printed nothing)."""
+    jobid, failing, rid = requeue_scenario(
+        request, fresh_source, spare, tmp_path, again="echo second run; sleep 3; exit 4"
+    )
+    deadline = time.time() + 30
+    while len(landed := [e for e in fresh_source.eventlog(jobid) if e["name"] == "delegated"]) < 2:
+        assert time.time() < deadline
+        time.sleep(0.1)
+    second = str(landed[1]["context"]["jobid"])
+    spare.wait_event(second, "start")
+    deadline = time.time() + 10
+    while True:
+        shown = json.loads(fresh_source.run("jobs", "-a", "--json", jobid).stdout)
+        note = shown.get("annotations", {}).get("user", {}).get("delegate", {})
+        if note.get("uri") == spare.uri and note.get("state") == "running":
+            break
+        assert time.time() < deadline, note
+        time.sleep(0.1)
+    assert shown["state"] == "RUN"
+    from flux.job import JobID
+
+    assert note["jobid"] == JobID(int(second)).f58
+    assert fresh_source.status(jobid) == 4
+    assert fresh_source.run("job", "attach", jobid, check=False).stdout == "second run\n"
 
 
 def test_a_job_may_opt_out_of_requeue(request, fresh_source, spare, tmp_path):
