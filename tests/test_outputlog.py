@@ -197,3 +197,28 @@ def test_live_copy_within_the_limit_has_no_end():
     )
     assert [json.loads(t)["name"] for t in lines] == ["header", "data"]
     assert copy.end() == []
+
+
+def test_tailed_copy_keeps_the_beginning_and_the_tail_of_a_whole_read():
+    """A whole output read again for live output (TailedCopy, OutputCopy's
+    interface): never full, its text the live copy's: the beginning, the
+    capped notice, what was left out said, the tail."""
+    from flux_delegate.outputlog import TailedCopy
+
+    copy = TailedCopy(limit=400, tail=200, local_id="fX")
+    assert copy.text() is None
+    assert copy.add("header", 1.0, {"version": 1, "count": {"stdout": 1}})
+    assert all(
+        copy.add("data", 1.0, {"stream": "stdout", "rank": "0", "data": f"{i}\n"}) for i in range(100)
+    )
+    copy.malformed += 1
+    assert copy.live.malformed == 1
+    entries = [json.loads(t) for t in copy.text().splitlines()]
+    assert entries[0]["name"] == "header" and entries[0]["context"]["count"] == {"stdout": 1}
+    data = [int(e["context"]["data"]) for e in entries if e["name"] == "data"]
+    notices = [e["context"]["message"] for e in entries if e["name"] == "log"]
+    assert len(notices) == 2 and "output-tail" in notices[0] and "left out" in notices[1]
+    cut = next(i for i, v in enumerate(data) if v != i)
+    assert 3 < cut < 100 and data[cut:] == list(range(data[cut], 100))
+    only_notice = TailedCopy(limit=400, tail=200, local_id="fX").text("did not come")
+    assert [json.loads(t)["name"] for t in only_notice.splitlines()] == ["header", "log"]

@@ -274,6 +274,31 @@ def test_live_output_past_output_limit_keeps_its_beginning_and_its_tail(fresh_so
     assert size < (16 + 4 + 4) * 1024  # the KVS holds no more than asked
 
 
+def test_live_output_of_printf_directives_is_copied_as_data(fresh_source, target):
+    """Remote output full of printf directives ('%n' would write through
+    the broker's memory, were it ever a format), past the live limit, under
+    a job name of them: copied verbatim, beginning and tail, with the
+    notices, and the broker goes on."""
+    source = fresh_source
+    source.load_plugin(None, "output-limit=8K", "output-tail=2K")
+    line = "%n%s%x%p%*d%1000000d"
+    jobid = source.submit(
+        f"--dependency=delegate:{target.uri}", f"--job-name={line}",
+        "sh", "-c", f"for i in $(seq 1 2000); do echo \"$i {line}\"; echo \"$i {line}\" >&2; done",
+    )
+    assert source.status(jobid) == 0
+    proc = source.run("job", "attach", jobid, check=False)
+    out = proc.stdout.splitlines()
+    assert out[0] == f"1 {line}"
+    assert all(text.endswith(f" {line}") for text in out)
+    err = [text for text in proc.stderr.splitlines() if "flux-shell:" not in text and "flux-job:" not in text]
+    assert err[0] == f"1 {line}" and err[-1] == f"2000 {line}", proc.stderr[-2000:]
+    assert all(text.endswith(f" {line}") for text in err)
+    assert "output capped" in proc.stderr and "output-tail" in proc.stderr
+    assert source.run("jobs", "-no", "{name}", jobid).stdout.strip() == line
+    assert source.run("getattr", "rank").stdout.strip() == "0"  # the broker is alive
+
+
 def remote_shell_output_options(source, target, jobid):
     rid = str(source.wait_event(jobid, "delegated")["context"]["jobid"])
     spec = json.loads(target.run("job", "info", rid, "jobspec").stdout)

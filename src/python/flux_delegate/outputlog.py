@@ -362,6 +362,50 @@ class LiveCopy:
         return [notice_text(message)] + [text for _, text in kept]
 
 
+class TailedCopy:
+    """OutputCopy's interface over a LiveCopy, for a whole output read
+    again (output.RemoteOutput, from jobmanager/liveoutput.py): its first
+    limit bytes, then, past them, a notice and only its last tail bytes,
+    as the live copy it replaces would have kept.  It never says it is
+    full: the whole output is read, never more than limit + tail of it
+    held."""
+
+    header = None  # given in the lines (LiveCopy.take)
+
+    def __init__(self, limit, tail, local_id):
+        self.live = LiveCopy(limit, tail, local_id)
+        self.lines = []
+
+    @property
+    def malformed(self):
+        return self.live.malformed
+
+    @malformed.setter
+    def malformed(self, count):
+        self.live.malformed = count
+
+    @property
+    def entries(self):
+        return self.lines
+
+    def add(self, name, timestamp, context):
+        self.lines += self.live.take(name, timestamp, context)
+        return True
+
+    def text(self, notice=None):
+        lines = self.lines + self.live.end()
+        if not lines and notice is None:
+            return None
+        if not lines:
+            lines = [header_text()]
+        if notice is not None:
+            lines.append(notice_text(notice))
+        return "\n".join(lines) + "\n"
+
+    def clear(self):
+        self.lines = []
+
+
 def live_capped_notice(limit, tail, local_id):
     """What live output says where it was capped."""
     return (

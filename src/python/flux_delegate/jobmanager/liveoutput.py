@@ -47,7 +47,7 @@ from flux.core.inner import ffi, lib
 from flux.future import Future
 from flux.job import JobID
 
-from ..outputlog import LiveCopy, header_text
+from ..outputlog import LiveCopy, TailedCopy, header_text
 from .output import RemoteOutput
 from .reactor import guard, log, then
 from .watch import EventlogWatch
@@ -406,13 +406,17 @@ class LiveOutput:
     def read_again(self):
         """The remote job has cleaned up: its output is read whole from its
         KVS directory, as a job without live output's is
-        (output.RemoteOutput), and written in place of what was copied."""
+        (output.RemoteOutput), its beginning and its tail kept as a live
+        copy keeps them (outputlog.TailedCopy), and written in place of
+        what was copied."""
         self.after_reread = self.state
         self.state = "rereading"
         self.runtime.counts["output-read-again"] += 1
         job = self.job
+        limit, tail = self.runtime.output_limit, self.runtime.output_tail
         RemoteOutput(
-            job, job.remote, job.remote_id, self.runtime.output_limit, self.on_reread, moved=True
+            job, job.remote, job.remote_id, limit, self.on_reread, moved=True,
+            make_copy=lambda: TailedCopy(limit, tail, job.name),
         ).start()
 
     def on_reread(self, text):

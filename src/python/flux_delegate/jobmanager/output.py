@@ -53,7 +53,7 @@ class RemoteOutput:
     eventlog at once, a cancel or not; the stream, its last pieces) is
     read and let go, one answer at a time, never kept."""
 
-    def __init__(self, job, remote, remote_id, limit, on_done, moved=False):
+    def __init__(self, job, remote, remote_id, limit, on_done, moved=False, make_copy=None):
         self.job = job
         # Whether the remote job has cleaned up (its namespace moved into
         # its KVS directory): read there at once.
@@ -63,7 +63,10 @@ class RemoteOutput:
         self.remote_id = remote_id
         self.limit = limit
         self.on_done = on_done
-        self.copy = OutputCopy(limit)
+        # What keeps the output read: its beginning (OutputCopy), or its
+        # beginning and its tail (outputlog.TailedCopy, for live output).
+        self.make_copy = make_copy or (lambda: OutputCopy(limit))
+        self.copy = self.make_copy()
         self.partial = b""  # a streamed piece's last line, if it was cut
         self.read_from = None  # the count of the plugin's query it adds to
         self.outgoing = None
@@ -125,7 +128,7 @@ class RemoteOutput:
                 if not self.done:
                     self.finish(self.copy.text())
             else:
-                self.copy = OutputCopy(self.limit)
+                self.copy = self.make_copy()
                 self.partial = b""
                 if exc.errno == errno.ENOTSUP and self.read_from == "output-from-namespace":
                     # The namespace is gone: moved into the job's directory.
