@@ -74,23 +74,23 @@ def remote_jobspec(jobspec, environment=None, origin=None):
     return spec
 
 
-def with_output_batch_timeout(spec, seconds):
-    """spec (a remote jobspec) with its shell's output.batch-timeout set
+def with_output_batch_timeout(remote, seconds):
+    """remote (a remote jobspec) with its shell's output.batch-timeout set
     to seconds, unless the job sets its own (-o output.batch-timeout=):
     how long the flux shell gathers output before it commits it (0.5 s by
     default), most of what a line takes to reach an attach.  A new jobspec
     where it sets it: the tables on the way are copied, not changed (a
-    site's remote_jobspec may share them with the local jobspec); spec
+    site's remote_jobspec may share them with the local jobspec); remote
     itself where a table on the way is not one (not flux's: left alone)."""
     path = ("attributes", "system", "shell", "options", "output")
-    tables = [spec]
+    tables = [remote]
     for key in path:
         table = tables[-1].get(key, {})
         if not isinstance(table, dict):
-            return spec
+            return remote
         tables.append(table)
     if "batch-timeout" in tables[-1]:
-        return spec
+        return remote
     new = dict(tables[-1], **{"batch-timeout": seconds})
     for key, table in zip(reversed(path), reversed(tables[:-1])):
         new = dict(table, **{key: new})
