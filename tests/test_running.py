@@ -254,6 +254,28 @@ def test_attach_streams_the_output_as_the_remote_job_writes_it(source, target):
     assert [e["context"]["status"] for e in shell] == [768]
 
 
+def test_attach_refuses_stdin_clearly_and_streams_with_read_only(source, target):
+    """stdin is not forwarded to the remote job: 'flux job attach LOCALID'
+    given input says so (flux's own message) and exits 1; with --read-only
+    it streams the output as always ('flux remote attach' forwards stdin)."""
+    import subprocess
+
+    from flux_instance import FLUX
+
+    jobid = source.submit(f"--dependency=delegate:{target.uri}", "sh", "-c", "sleep 2; echo done")
+    source.wait_event(jobid, "start")
+    refused = subprocess.run(
+        [FLUX, "job", "attach", jobid], env=source.env(), input="hello\n",
+        capture_output=True, text=True, timeout=60,
+    )
+    assert refused.returncode == 1 and "stdin not accepted by job" in refused.stderr
+    read_only = subprocess.run(
+        [FLUX, "job", "attach", "--read-only", jobid], env=source.env(), input="hello\n",
+        capture_output=True, text=True, timeout=60,
+    )
+    assert read_only.returncode == 0 and read_only.stdout == "done\n", read_only
+
+
 def test_live_output_past_output_limit_keeps_its_beginning_and_its_tail(fresh_source, target):
     source = fresh_source
     source.load_plugin(None, "output-limit=16K", "output-tail=4K")
