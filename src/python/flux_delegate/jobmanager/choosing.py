@@ -56,7 +56,10 @@ class Choosing(Phase):
             lib.free(original)
         environment = spec.get("attributes", {}).get("system", {}).get("environment")
         job.remote_spec = job.runtime.remote_jobspec(job.jobspec, environment, job.origin)
-        if job.runtime.streams_live and job.runtime.output_batch_timeout:
+        runtime = job.runtime  # its output copied as it comes (liveoutput.py)?
+        if runtime.mirror_run and runtime.live_output and runtime.output_limit > 0 and (
+            runtime.output_batch_timeout
+        ):
             job.remote_spec = with_output_batch_timeout(
                 job.remote_spec, job.runtime.output_batch_timeout
             )

@@ -152,6 +152,63 @@ def remove_namespace(job, namespace, on_removed):
     then(removing, removed, job=job)
 
 
+def namespace_made(live, future, post_start):
+    """LiveOutput.on_made: the namespace is made: its exec eventlog and
+    output header written, the job's guest key linked to it."""
+    job = live.job
+    try:
+        future.get()
+    except OSError as exc:
+        if exc.errno != errno.EEXIST:  # made before a reload: taken again
+            live.fail(f"its guest namespace could not be made: {exc.strerror or exc}", made=False)
+            return
+    if live.state != "making":
+        live.remove()  # the job ended meanwhile (close())
+        return
+    now = time.time()
+    guest = flux.kvs.KVSTxn(live.runtime.handle, namespace=live.namespace)
+    guest.put(
+        "exec.eventlog",
+        exec_entry("init", now=now)
+        + exec_entry("starting", now=now)
+        + exec_entry("shell.init", {"leader-rank": 0, "service": NO_STDIN_SERVICE}, now),
+        raw=True,
+    )
+    # 'flux job attach' reads the output from shell.init on, and finds
+    # it there, as a shell writes its header first: ours, one per job.
+    guest.put("output", header_text(now) + "\n", raw=True)
+    live.copy.header_given = True
+    live.first = False
+    link = flux.kvs.KVSTxn(live.runtime.handle)
+    flux.kvs.RAW.flux_kvs_txn_symlink(
+        link.txn, 0, f"{JobID(job.id).kvs}.guest", live.namespace, "."
+    )
+    waiting = {"count": 2, "error": None}
+
+    def committed(f):
+        try:
+            f.get()
+        except OSError as exc:
+            waiting["error"] = exc
+        waiting["count"] -= 1
+        if waiting["count"]:
+            return
+        if waiting["error"] is not None:
+            live.fail(f"its guest namespace could not be written: {waiting['error']}")
+        elif live.state == "making":
+            live.state = "live"
+            if post_start is not None:
+                post_start()
+            live.follow()
+            if live.on_end is not None:  # the remote job ended meanwhile
+                live.end(live.wait_status, live.on_end)
+        else:
+            live.remove()
+
+    then(guest.commit_async(), committed, job=job)
+    then(link.commit_async(), committed, job=job)
+
+
 class LiveOutput:
     """The live output of one running job (see the module's docstring)."""
 
@@ -214,58 +271,7 @@ class LiveOutput:
         look_for_moved_guest(self.job, on_moved)
 
     def on_made(self, future, post_start):
-        job = self.job
-        try:
-            future.get()
-        except OSError as exc:
-            if exc.errno != errno.EEXIST:  # made before a reload: taken again
-                self.fail(f"its guest namespace could not be made: {exc.strerror or exc}", made=False)
-                return
-        if self.state != "making":
-            self.remove()  # the job ended meanwhile (close())
-            return
-        now = time.time()
-        guest = flux.kvs.KVSTxn(self.runtime.handle, namespace=self.namespace)
-        guest.put(
-            "exec.eventlog",
-            exec_entry("init", now=now)
-            + exec_entry("starting", now=now)
-            + exec_entry("shell.init", {"leader-rank": 0, "service": NO_STDIN_SERVICE}, now),
-            raw=True,
-        )
-        # 'flux job attach' reads the output from shell.init on, and finds
-        # it there, as a shell writes its header first: ours, one per job.
-        guest.put("output", header_text(now) + "\n", raw=True)
-        self.copy.header_given = True
-        self.first = False
-        link = flux.kvs.KVSTxn(self.runtime.handle)
-        flux.kvs.RAW.flux_kvs_txn_symlink(
-            link.txn, 0, f"{JobID(job.id).kvs}.guest", self.namespace, "."
-        )
-        waiting = {"count": 2, "error": None}
-
-        def committed(f):
-            try:
-                f.get()
-            except OSError as exc:
-                waiting["error"] = exc
-            waiting["count"] -= 1
-            if waiting["count"]:
-                return
-            if waiting["error"] is not None:
-                self.fail(f"its guest namespace could not be written: {waiting['error']}")
-            elif self.state == "making":
-                self.state = "live"
-                if post_start is not None:
-                    post_start()
-                self.follow()
-                if self.on_end is not None:  # the remote job ended meanwhile
-                    self.end(self.wait_status, self.on_end)
-            else:
-                self.remove()
-
-        then(guest.commit_async(), committed, job=job)
-        then(link.commit_async(), committed, job=job)
+        namespace_made(self, future, post_start)
 
     def follow(self):
         """Watch the remote job's output, the whole of it from its start,

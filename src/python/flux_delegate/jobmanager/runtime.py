@@ -72,12 +72,6 @@ class Runtime:
     """State of one loaded handler: plugin conf, the job-manager's handle,
     connections, the registry and policies, and the jobs it follows."""
 
-    @property
-    def streams_live(self):
-        """Whether a job's output is copied as it comes (liveoutput.py):
-        running while its remote job does, live-output on, an output-limit."""
-        return self.mirror_run and self.live_output and self.output_limit > 0
-
     def __init__(self, conf, jobtap, remote_jobspec=None, policies=None):
         self.conf = plugin_options(conf)
         # This load's jobtap calls (delegate_jobtap.Jobtap): they stop
@@ -315,8 +309,7 @@ class Runtime:
             "annotate": self.annotate,
             "mirror-run": self.mirror_run,
             "live-output": self.live_output,
-            "output-tail": self.output_tail,
-            "output-batch-timeout": self.output_batch_timeout,
+            **{"output-tail": self.output_tail, "output-batch-timeout": self.output_batch_timeout},
             "journals": {
                 uri: remote.journal.state() if remote.journal else "off"
                 for uri, remote in self.connections.open.items()
